@@ -1,0 +1,49 @@
+# Two commands matter: `make run` (the gateway locally) and `make test` (everything CI runs).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Python 3.13: on PATH, or the pyenv-installed 3.13.x when pyenv has no global 3.13.
+PYTHON313 := $(shell for p in python3.13 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null); do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NPM := node_modules/.installed
+PORT ?= 7071
+FAKE_PORT ?= 18080
+
+.PHONY: help venv deps run test lint clean
+
+help:
+	@echo "make run    - run the gateway locally (func start if Core Tools exist, else the development host)"
+	@echo "make test   - install everything needed and run the whole test suite"
+	@echo "make lint   - ruff"
+
+$(STAMP_PY): requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 is required (python3.13 on PATH or under pyenv)"; exit 1; }
+	@test -x $(PY) || $(PYTHON313) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+venv: $(STAMP_PY)
+deps: $(STAMP_PY) $(STAMP_NPM)
+
+local.settings.json:
+	cp local.settings.sample.json local.settings.json
+	@echo "Created local.settings.json from the sample (dev key, the fake Azure OpenAI as backend)."
+
+run: deps local.settings.json
+	@$(PY) -m tests.support.run_local --port $(PORT) --fake-port $(FAKE_PORT)
+
+test: deps
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,0 +1,299 @@
+"""Typed, frozen settings, parsed and validated once at start-up.
+
+Backends come from `GATEWAY_BACKEND_<n>` connection strings, from the file named by `GATEWAY_CONFIG_FILE`
+(JSON or YAML, same keys), or both. Every other setting the gateway reads is listed in `SETTINGS` with its
+default, so a typo in a `GATEWAY_*` name fails at start-up instead of silently doing nothing, and the
+deployment templates can be checked against one list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["SETTINGS", "Backend", "ConfigError", "Settings", "load_settings", "parse_backend"]
+
+# Every GATEWAY_* setting besides the backends, with its default ("" = unset). One place, one default.
+SETTINGS: Mapping[str, str] = MappingProxyType(
+    {
+        "GATEWAY_CONFIG_FILE": "",
+        "GATEWAY_API_KEYS": "",
+        "GATEWAY_AUTH": "keys",
+        "GATEWAY_API_VERSION": "2024-10-21",
+        "GATEWAY_CONNECT_TIMEOUT_S": "5",
+        "GATEWAY_READ_TIMEOUT_S": "120",
+        "GATEWAY_SYNC_BUDGET_S": "200",
+        "GATEWAY_MAX_ATTEMPTS": "3",
+        "GATEWAY_MAX_BODY_BYTES": str(25 * 1024 * 1024),
+        "GATEWAY_USAGE_FILE": "",
+    }
+)
+
+BACKEND_PREFIX = "GATEWAY_BACKEND_"
+# The limit Azure puts on an HTTP-triggered function's answer, whatever functionTimeout says.
+HTTP_ANSWER_LIMIT_S = 230
+
+_BACKEND_KEYS = frozenset(
+    {"host", "mode", "processor", "usemi", "api-key", "probe", "priority", "weight", "tier", "deployments", "name"}
+)
+_MODES = frozenset({"direct", "apim"})
+_PROCESSORS = frozenset({"openai", "none"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One Azure OpenAI / AI Foundry endpoint (or an APIM in front of one)."""
+
+    name: str
+    host: str
+    mode: str = "apim"
+    processor: str = "openai"
+    use_mi: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    probe: str | None = None
+    priority: int = 1
+    weight: int = 1
+    tier: str | None = None
+    # model alias -> deployment name on this backend; empty means "any deployment, name unchanged".
+    deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def parses_usage(self) -> bool:
+        return self.processor == "openai"
+
+    def deployment_for(self, name: str) -> str | None:
+        """The deployment this backend uses for a client-facing model/deployment name, or None."""
+        if not self.deployments:
+            return name
+        if name in self.deployments:
+            return self.deployments[name]
+        return name if name in self.deployments.values() else None
+
+    def masked(self) -> dict[str, Any]:
+        """A view safe to show operators: the key is reduced to whether one is set."""
+        return {
+            "name": self.name,
+            "host": self.host,
+            "mode": self.mode,
+            "processor": self.processor,
+            "usemi": self.use_mi,
+            "api-key": "***" if self.api_key else None,
+            "probe": self.probe,
+            "priority": self.priority,
+            "weight": self.weight,
+            "tier": self.tier,
+            "deployments": dict(self.deployments),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    backends: tuple[Backend, ...]
+    api_keys: frozenset[str] = field(repr=False)
+    auth_disabled: bool = False
+    api_version: str = "2024-10-21"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    sync_budget_s: float = 200.0
+    max_attempts: int = 3
+    max_body_bytes: int = 25 * 1024 * 1024
+    usage_file: str | None = None
+
+    def models(self) -> list[str]:
+        """Model names clients can ask for (the aliases the backends declare), sorted."""
+        return sorted({alias for b in self.backends for alias in b.deployments})
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Reads and validates every setting; raises ConfigError naming the first wrong one."""
+    env = os.environ if env is None else env
+    unknown = sorted(k for k in env if k.startswith("GATEWAY_") and k not in SETTINGS and not _is_backend_setting(k))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown setting (check the spelling; see README 'Configuration')")
+
+    def get(name: str) -> str:
+        return env.get(name, SETTINGS[name]).strip()
+
+    backends: list[Backend] = []
+    if path := get("GATEWAY_CONFIG_FILE"):
+        backends.extend(_backends_from_file(path))
+    for key in sorted((k for k in env if _is_backend_setting(k)), key=lambda k: int(k[len(BACKEND_PREFIX) :])):
+        backends.append(parse_backend(env[key], setting=key))
+    if not backends:
+        raise ConfigError("GATEWAY_BACKEND_1", "no backend configured (set GATEWAY_BACKEND_1 or GATEWAY_CONFIG_FILE)")
+    seen: set[str] = set()
+    for b in backends:
+        if b.name in seen:
+            raise ConfigError(b.name, "two backends have this name; names must be unique")
+        seen.add(b.name)
+
+    auth = get("GATEWAY_AUTH").lower()
+    if auth not in ("keys", "none"):
+        raise ConfigError("GATEWAY_AUTH", "must be 'keys' (default) or 'none'")
+    api_keys = frozenset(k.strip() for k in get("GATEWAY_API_KEYS").split(",") if k.strip())
+
+    sync_budget = _number(get, "GATEWAY_SYNC_BUDGET_S", float, minimum=1)
+    if sync_budget >= HTTP_ANSWER_LIMIT_S:
+        raise ConfigError(
+            "GATEWAY_SYNC_BUDGET_S", f"must stay under {HTTP_ANSWER_LIMIT_S} s, the limit Azure puts on HTTP answers"
+        )
+    api_version = get("GATEWAY_API_VERSION")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", api_version):
+        raise ConfigError("GATEWAY_API_VERSION", "must look like 2024-10-21 or 2025-04-01-preview")
+    return Settings(
+        backends=tuple(backends),
+        api_keys=api_keys,
+        auth_disabled=auth == "none",
+        api_version=api_version,
+        connect_timeout_s=_number(get, "GATEWAY_CONNECT_TIMEOUT_S", float, minimum=0.1),
+        read_timeout_s=_number(get, "GATEWAY_READ_TIMEOUT_S", float, minimum=0.1),
+        sync_budget_s=sync_budget,
+        max_attempts=_number(get, "GATEWAY_MAX_ATTEMPTS", int, minimum=1),
+        max_body_bytes=_number(get, "GATEWAY_MAX_BODY_BYTES", int, minimum=1024),
+        usage_file=get("GATEWAY_USAGE_FILE") or None,
+    )
+
+
+def parse_backend(connection_string: str, *, setting: str) -> Backend:
+    """Parses `host=...;mode=...;...` (keys as in ARCHITECTURE §3). Values are never echoed in errors."""
+    fields: dict[str, str] = {}
+    for position, segment in enumerate(connection_string.split(";"), start=1):
+        if not segment.strip():
+            continue
+        key, sep, value = segment.partition("=")
+        if not sep:
+            raise ConfigError(setting, f"segment {position} is not key=value")
+        fields[key.strip().lower()] = value.strip()
+    return _backend_from_fields(fields, setting)
+
+
+def _backend_from_fields(fields: Mapping[str, Any], setting: str) -> Backend:
+    for key in fields:
+        if key not in _BACKEND_KEYS:
+            raise ConfigError(setting, f"unknown key '{key}' (known: {', '.join(sorted(_BACKEND_KEYS))})")
+    host = str(fields.get("host") or "").rstrip("/")
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(setting, "host must be an http(s) URL such as https://myres.openai.azure.com")
+    if parts.query or parts.fragment:
+        raise ConfigError(setting, "host must not carry a query or fragment")
+    name = str(fields.get("name") or parts.hostname.split(".")[0])
+    if not _NAME.match(name):
+        raise ConfigError(setting, "name must be 1-63 letters, digits, '.', '_' or '-'")
+    mode = str(fields.get("mode", "apim")).lower()
+    if mode not in _MODES:
+        raise ConfigError(setting, "mode must be 'direct' or 'apim'")
+    processor = str(fields.get("processor", "OpenAI")).lower()
+    if processor not in _PROCESSORS:
+        raise ConfigError(setting, "processor must be 'OpenAI' or 'none'")
+    probe = fields.get("probe") or None
+    if probe is not None and not str(probe).startswith("/"):
+        raise ConfigError(setting, "probe must be a path starting with '/'")
+    return Backend(
+        name=name,
+        host=host,
+        mode=mode,
+        processor=processor,
+        use_mi=_bool(fields.get("usemi", False), setting, "usemi"),
+        api_key=str(fields["api-key"]) if fields.get("api-key") else None,
+        probe=str(probe) if probe else None,
+        priority=_int_field(fields.get("priority", 1), setting, "priority", minimum=1),
+        weight=_int_field(fields.get("weight", 1), setting, "weight", minimum=0),
+        tier=str(fields["tier"]) if fields.get("tier") else None,
+        deployments=MappingProxyType(_deployments(fields.get("deployments"), setting)),
+    )
+
+
+def _deployments(value: Any, setting: str) -> dict[str, str]:
+    """`gpt-4o=gpt-4o-weu,gpt-4o-mini` (alias=deployment, or a name that is both), a list, or a mapping."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[str, str]] = ((str(k), str(v)) for k, v in value.items())
+    else:
+        entries = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+        items = []
+        for entry in entries:
+            alias, _, deployment = entry.strip().partition("=")
+            items.append((alias.strip(), (deployment or alias).strip()))
+    result: dict[str, str] = {}
+    for alias, deployment in items:
+        if not alias or not deployment or "/" in alias + deployment:
+            raise ConfigError(setting, "deployments must be a comma list of model or model=deployment names")
+        result[alias] = deployment
+    return result
+
+
+def _backends_from_file(path: str) -> list[Backend]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("GATEWAY_CONFIG_FILE", f"cannot read the file ({exc.strerror})") from None
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # only needed for YAML files; kept off the import path of everyone else
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise ConfigError("GATEWAY_CONFIG_FILE", f"not valid JSON/YAML ({type(exc).__name__})") from None
+    entries = data.get("backends") if isinstance(data, Mapping) else None
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ConfigError("GATEWAY_CONFIG_FILE", "must hold a 'backends' list of objects")
+    extra = set(data) - {"backends"}
+    if extra:
+        raise ConfigError("GATEWAY_CONFIG_FILE", f"unknown top-level key '{sorted(extra)[0]}'")
+    return [
+        _backend_from_fields(
+            {str(k).lower().replace("_", "-"): v for k, v in e.items()}, f"GATEWAY_CONFIG_FILE backends[{i}]"
+        )
+        for i, e in enumerate(entries)
+    ]
+
+
+def _is_backend_setting(key: str) -> bool:
+    return key.startswith(BACKEND_PREFIX) and key[len(BACKEND_PREFIX) :].isdigit()
+
+
+def _number[T: (int, float)](get: Any, name: str, kind: type[T], *, minimum: float) -> T:
+    raw = get(name)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a {'whole ' if kind is int else ''}number, got '{raw}'") from None
+    if value < minimum:
+        raise ConfigError(name, f"must be at least {minimum}")
+    return value
+
+
+def _int_field(value: Any, setting: str, key: str, *, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(setting, f"{key} must be a whole number") from None
+    if number < minimum:
+        raise ConfigError(setting, f"{key} must be at least {minimum}")
+    return number
+
+
+def _bool(value: Any, setting: str, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(setting, f"{key} must be true or false")

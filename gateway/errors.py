@@ -1,0 +1,102 @@
+"""Errors the gateway itself produces, and the OpenAI-shaped body every one of them is sent as.
+
+Backend answers are relayed unchanged; only errors that originate here use these types, so a client's
+OpenAI SDK always finds `error.message`, `error.type` and `error.code` where it expects them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+__all__ = [
+    "ConfigError",
+    "GatewayError",
+    "bad_request",
+    "error_body",
+    "not_found",
+    "too_large",
+    "unauthorized",
+    "unavailable",
+    "upstream_failure",
+]
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; raised at start-up, the message names the setting, never its secret."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself, with an HTTP status and an OpenAI-style error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+
+def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    """The JSON error envelope of the OpenAI API: {"error": {"message", "type", "param", "code"}}."""
+    return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
+
+
+# Constructors for the errors the pipeline raises, so wording and codes stay consistent.
+
+
+def bad_request(message: str, *, code: str = "invalid_request", param: str | None = None) -> GatewayError:
+    return GatewayError(400, message, code=code, param=param)
+
+
+def unauthorized() -> GatewayError:
+    return GatewayError(
+        401,
+        "Missing or invalid API key. Send it as the 'api-key' header or as 'Authorization: Bearer <key>'.",
+        type="authentication_error",
+        code="invalid_api_key",
+    )
+
+
+def not_found(message: str, *, code: str = "not_found") -> GatewayError:
+    return GatewayError(404, message, code=code)
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"Request body exceeds the gateway limit of {limit} bytes.", code="request_too_large")
+
+
+def unavailable(status: int, message: str, retry_after_s: int | None) -> GatewayError:
+    """429/503 when no backend can take the request now; Retry-After tells the client when one can."""
+    headers = {"Retry-After": str(max(1, retry_after_s))} if retry_after_s is not None else None
+    return GatewayError(
+        status,
+        message,
+        type="rate_limit_error" if status == 429 else "service_unavailable",
+        code="backends_unavailable",
+        headers=headers,
+    )
+
+
+def upstream_failure(status: int, message: str) -> GatewayError:
+    """502 (bad gateway) or 504 (gateway timeout) when the last backend attempt failed at transport level."""
+    return GatewayError(status, message, type="upstream_error", code="bad_gateway" if status == 502 else "timeout")

@@ -1,0 +1,337 @@
+"""The synchronous request path: authorize → resolve → choose backends → send with failover → relay → record.
+
+Independent of the hosting layer: it takes an `Inbound` and returns an `Outbound` whose body is either bytes
+or an async iterator relayed chunk by chunk. Backend answers are passed through unchanged apart from the
+headers the gateway owns; only the gateway's own errors use the OpenAI error shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from . import errors, translate
+from .config import Settings
+from .credentials import BackendAuth
+from .routing import BackendPool, Target
+from .streaming import SseUsageTap, prepare_stream_request
+from .upstream import Upstream
+from .usage import Usage, UsageRecord, UsageRecorder, count_tokens, estimate_prompt_tokens, usage_from_json_body
+
+__all__ = ["Gateway", "Inbound", "Outbound"]
+
+log = logging.getLogger("gateway.pipeline")
+
+# Answers that say "this backend, not this request": try the next backend.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself; never copied across.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# Client credentials for the gateway (or the Functions host): never forwarded to a backend.
+_CLIENT_AUTH = frozenset({"api-key", "authorization", "x-functions-key", "cookie"})
+_REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | {"accept-encoding", "x-request-id", "prefer"}
+_RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id"}
+DEFAULT_RETRY_AFTER_S = 10.0
+
+
+@dataclass(slots=True)
+class Inbound:
+    """A client request as the hosting layer received it (header names lower-case)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Outbound:
+    """The answer: `body` bytes, or `stream` to relay chunk by chunk."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """What the failed attempts of one request taught us, to build the final error."""
+
+    count: int = 0
+    retry_after_s: list[float] = field(default_factory=list)
+    all_throttled: bool = True
+    last_transport_error: str | None = None  # "timeout" | "connect" when the last failure had no answer
+
+
+class Gateway:
+    """Holds the process-wide parts (settings, pool, upstream session, credentials, usage) and handles requests."""
+
+    def __init__(self, settings: Settings, *, credential=None) -> None:
+        self.settings = settings
+        self.pool = BackendPool(settings.backends)
+        self.upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
+        self.auth = BackendAuth(self.upstream.get_json, credential)
+        self.usage = UsageRecorder(settings.usage_file)
+        self._keys = [k.encode() for k in settings.api_keys]
+        self._models_body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "azure-ai-gateway"}
+                    for m in settings.models()
+                ],
+            }
+        ).encode()
+
+    async def handle(self, inbound: Inbound) -> Outbound:
+        """Answers one request; every gateway-made failure becomes an OpenAI-style error body."""
+        request_id = inbound.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            return await self._handle(inbound, request_id)
+        except errors.GatewayError as exc:
+            error = exc
+        except Exception:
+            log.exception("Unexpected failure (request %s)", request_id)  # the trace goes to logs, not the client
+            error = errors.GatewayError(
+                500, "The gateway failed to process the request.", type="server_error", code="internal_error"
+            )
+        headers = {"content-type": "application/json", "x-request-id": request_id, **error.headers}
+        return Outbound(error.status, headers, error.body())
+
+    async def close(self) -> None:
+        await self.upstream.close()
+        await self.auth.close()
+
+    def authorize(self, headers: Mapping[str, str]) -> None:
+        """Accepts a configured key as `api-key` or `Authorization: Bearer`; secure by default."""
+        if self.settings.auth_disabled:
+            return
+        presented = headers.get("api-key") or ""
+        if not presented:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            presented = token.strip() if scheme.lower() == "bearer" else ""
+        candidate = presented.encode()
+        # Compare against every key, in constant time each, so timing reveals neither key nor position.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(candidate, key)
+        if not (matched and candidate):
+            raise errors.unauthorized()
+
+    async def _handle(self, inbound: Inbound, request_id: str) -> Outbound:
+        started = time.monotonic()
+        self.authorize(inbound.headers)
+        limit = self.settings.max_body_bytes
+        if len(inbound.body) > limit or int(inbound.headers.get("content-length") or 0) > limit:
+            raise errors.too_large(limit)
+        route = translate.resolve(
+            inbound.method,
+            inbound.path,
+            inbound.query,
+            inbound.headers.get("content-type", ""),
+            inbound.body,
+            self.settings.api_version,
+        )
+        if route.api_style == "models":
+            return Outbound(200, {"content-type": "application/json", "x-request-id": request_id}, self._models_body)
+        targets = self.pool.candidates(route.model)
+        if not targets:
+            if route.api_style == "azure":
+                raise errors.not_found(
+                    f"The API deployment '{route.model}' is not served by this gateway.", code="DeploymentNotFound"
+                )
+            raise errors.not_found(
+                f"The model '{route.model}' does not exist or is not served by this gateway.",
+                code="model_not_found",
+            )
+        return await self._forward(inbound, route, targets, request_id, started)
+
+    async def _forward(
+        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], request_id: str, started: float
+    ) -> Outbound:
+        """Tries the targets in order, moving on after a retryable answer or a transport failure."""
+        deadline = started + self.settings.sync_budget_s
+        forwarded = {k: v for k, v in inbound.headers.items() if k not in _REQUEST_DROP}
+        forwarded["x-request-id"] = request_id
+        forwarded["accept-encoding"] = "identity"  # we read usage from the bytes we relay
+        attempts = _Attempts()
+        for target in targets[: self.settings.max_attempts]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            backend = target.backend
+            body, injected = inbound.body, False
+            if route.streaming and backend.parses_usage and route.operation in ("chat/completions", "completions"):
+                body, injected = prepare_stream_request(inbound.body, route.json or {})
+            headers = forwarded | await self.auth.headers(backend)
+            url = backend.host + translate.upstream_path(route, target.deployment)
+            attempts.count += 1
+            try:
+                resp = await self.upstream.send(
+                    inbound.method, url, headers, body, total_s=None if route.streaming else remaining
+                )
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                log.warning("Backend %s timed out (request %s)", backend.name, request_id)
+                attempts.all_throttled, attempts.last_transport_error = False, "timeout"
+                continue
+            except aiohttp.ClientError as exc:
+                log.warning("Backend %s failed: %s (request %s)", backend.name, type(exc).__name__, request_id)
+                attempts.all_throttled, attempts.last_transport_error = False, "connect"
+                continue
+            if resp.status in RETRYABLE_STATUS:
+                retry_after = retry_after_seconds(resp.headers)
+                log.info("Backend %s answered %d (request %s)", backend.name, resp.status, request_id)
+                resp.release()
+                attempts.retry_after_s.append(retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_S)
+                attempts.all_throttled &= resp.status == 429
+                attempts.last_transport_error = None
+                continue
+            return await self._relay(resp, route, target, request_id, started, attempts.count, injected)
+        raise self._exhausted(attempts)
+
+    async def _relay(
+        self,
+        resp: aiohttp.ClientResponse,
+        route: translate.Route,
+        target: Target,
+        request_id: str,
+        started: float,
+        attempts: int,
+        injected: bool,
+    ) -> Outbound:
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP}
+        headers["x-request-id"] = request_id
+        headers["x-gateway-backend"] = target.backend.name
+        headers["x-gateway-attempts"] = str(attempts)
+        record = UsageRecord(
+            request_id=request_id,
+            api_style=route.api_style,
+            operation=route.operation,
+            model=route.model,
+            deployment=target.deployment,
+            backend=target.backend.name,
+            status=resp.status,
+            streaming=False,
+            attempts=attempts,
+            duration_ms=0.0,
+            usage=None,
+        )
+        content_type = resp.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream"):
+            record.streaming = True
+            tap = SseUsageTap(strip_injected_usage=injected) if target.backend.parses_usage else None
+            return Outbound(resp.status, headers, stream=self._relay_stream(resp, tap, route, record, started))
+        if not content_type.startswith("application/json"):
+            # Audio, images as bytes, anything large: relay as it comes, nothing to count.
+            return Outbound(resp.status, headers, stream=self._relay_stream(resp, None, route, record, started))
+        try:
+            body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            resp.close()
+            status = 504 if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) else 502
+            raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
+        finally:
+            resp.release()
+        if target.backend.parses_usage:
+            record.usage = usage_from_json_body(body)
+        self._finish(record, started)
+        return Outbound(resp.status, headers, body)
+
+    async def _relay_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        tap: SseUsageTap | None,
+        route: translate.Route,
+        record: UsageRecord,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        """Yields each upstream read as it arrives; records usage when the stream ends, however it ends."""
+        complete = False
+        try:
+            async for data in resp.content.iter_any():
+                if tap is not None:
+                    data = tap.feed(data)
+                if data:
+                    yield data
+            if tap is not None and (rest := tap.flush()):
+                yield rest
+            complete = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning(
+                "Stream from %s broke off: %s (request %s)", record.backend, type(exc).__name__, record.request_id
+            )
+        finally:
+            if complete:
+                resp.release()
+            else:
+                resp.close()  # cut by the backend or the client went away: do not reuse this connection
+            if tap is not None and record.status < 400:
+                record.usage = tap.usage or _estimate(route, tap)
+            self._finish(record, started)
+
+    def _finish(self, record: UsageRecord, started: float) -> None:
+        record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        self.usage.record(record)
+
+    def _exhausted(self, attempts: _Attempts) -> errors.GatewayError:
+        """The error for a request no backend answered: 429/503 with Retry-After, or 502/504."""
+        retry_after = round(min(attempts.retry_after_s)) if attempts.retry_after_s else None
+        if attempts.last_transport_error == "timeout":
+            return errors.upstream_failure(504, "The backend did not answer in time.")
+        if attempts.last_transport_error == "connect":
+            return errors.upstream_failure(502, "The backend could not be reached.")
+        if attempts.count and attempts.all_throttled:
+            return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
+        return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` (Azure OpenAI), or `Retry-After` in seconds or as an HTTP date."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _estimate(route: translate.Route, tap: SseUsageTap) -> Usage | None:
+    """Counts tokens ourselves when a stream ended without usage; the record says it is an estimate."""
+    prompt = estimate_prompt_tokens(route.json)
+    completion = count_tokens(tap.completion_text())
+    if not prompt and not completion:
+        return None
+    return Usage(prompt, completion, prompt + completion, estimated=True)

@@ -1,0 +1,164 @@
+"""Settings parsing: connection strings, config files, and start-up errors that name the setting."""
+
+import json
+
+import pytest
+
+from gateway.config import SETTINGS, ConfigError, load_settings, parse_backend
+
+SEED = (
+    "host=https://weu.openai.azure.com;mode=direct;processor=OpenAI;usemi=true;"
+    "api-key=@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/weu);probe=/status;priority=1;"
+    "weight=10;tier=ptu;deployments=gpt-4o=gpt-4o-weu,gpt-4o-mini;name=weu"
+)
+
+
+def test_parses_the_architecture_example():
+    b = parse_backend(SEED, setting="GATEWAY_BACKEND_1")
+    assert (b.name, b.host, b.mode, b.processor, b.use_mi) == (
+        "weu",
+        "https://weu.openai.azure.com",
+        "direct",
+        "openai",
+        True,
+    )
+    assert (b.probe, b.priority, b.weight, b.tier) == ("/status", 1, 10, "ptu")
+    assert b.api_key == "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/weu)"
+    assert dict(b.deployments) == {"gpt-4o": "gpt-4o-weu", "gpt-4o-mini": "gpt-4o-mini"}
+    assert b.deployment_for("gpt-4o") == "gpt-4o-weu"
+    assert b.deployment_for("gpt-4o-weu") == "gpt-4o-weu"  # the real deployment name works too
+    assert b.deployment_for("gpt-35") is None
+    assert "api_key" not in repr(b) and "KeyVault" not in repr(b)
+    assert b.masked()["api-key"] == "***"
+
+
+def test_defaults_follow_the_seed():
+    b = parse_backend("host=https://neu.openai.azure.com/", setting="S")
+    assert (b.name, b.host, b.mode, b.processor, b.priority, b.weight) == (
+        "neu",
+        "https://neu.openai.azure.com",
+        "apim",
+        "openai",
+        1,
+        1,
+    )
+    assert b.deployment_for("anything") == "anything"  # no list: passthrough
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("host=https://a.example;colour=blue", "unknown key 'colour'"),
+        ("mode=direct", "host must be an http(s) URL"),
+        ("host=ftp://a.example", "host must be an http(s) URL"),
+        ("host=https://a.example;mode=fast", "mode must be"),
+        ("host=https://a.example;priority=first", "priority must be a whole number"),
+        ("host=https://a.example;priority=0", "priority must be at least 1"),
+        ("host=https://a.example;usemi=maybe", "usemi must be true or false"),
+        ("host=https://a.example;probe=status", "probe must be a path"),
+        ("host=https://a.example;deployments=a/b", "deployments must be"),
+        ("host=https://a.example;sekrit", "segment 2 is not key=value"),
+    ],
+)
+def test_wrong_backend_settings_name_the_setting_and_the_problem(value, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_BACKEND_3": value})
+    assert str(info.value).startswith("GATEWAY_BACKEND_3: ")
+    assert fragment in str(info.value)
+
+
+def test_secrets_never_appear_in_errors():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example;api-key=TOPSECRET;weight=heavy"})
+    assert "TOPSECRET" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example;TOPSECRET"})
+    assert "TOPSECRET" not in str(info.value)
+
+
+def test_global_settings_and_defaults():
+    s = load_settings(
+        {
+            "GATEWAY_BACKEND_2": "host=https://b.example;name=b",
+            "GATEWAY_BACKEND_10": "host=https://c.example",
+            "GATEWAY_API_KEYS": " k1, k2 ,",
+            "GATEWAY_SYNC_BUDGET_S": "150",
+        }
+    )
+    assert [b.name for b in s.backends] == ["b", "c"]  # numeric order, not string order
+    assert s.api_keys == {"k1", "k2"} and not s.auth_disabled
+    assert s.sync_budget_s == 150 and s.api_version == SETTINGS["GATEWAY_API_VERSION"]
+    assert load_settings({"GATEWAY_BACKEND_1": "host=https://b.example"}).sync_budget_s == 200
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({}, "GATEWAY_BACKEND_1"),
+        ({"GATEWAY_SYNC_BUDGET_S": "240"}, "GATEWAY_SYNC_BUDGET_S"),
+        ({"GATEWAY_MAX_ATTEMPTS": "three"}, "GATEWAY_MAX_ATTEMPTS"),
+        ({"GATEWAY_AUTH": "off"}, "GATEWAY_AUTH"),
+        ({"GATEWAY_API_VERSION": "latest"}, "GATEWAY_API_VERSION"),
+        ({"GATEWAY_SYNC_BUDGET": "100"}, "GATEWAY_SYNC_BUDGET"),  # a typo is caught, not ignored
+        ({"GATEWAY_CONFIG_FILE": "/nonexistent/gw.yaml"}, "GATEWAY_CONFIG_FILE"),
+    ],
+)
+def test_wrong_global_settings_fail_by_name(env, setting):
+    if setting != "GATEWAY_BACKEND_1":
+        env = {"GATEWAY_BACKEND_1": "host=https://a.example", **env}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert info.value.setting == setting
+
+
+def test_duplicate_names_are_refused():
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_BACKEND_2": "host=https://a.example"})
+
+
+def test_config_file_yaml_and_json_load_the_same_model(tmp_path):
+    data = {
+        "backends": [
+            {
+                "name": "weu",
+                "host": "https://weu.openai.azure.com",
+                "mode": "direct",
+                "usemi": True,
+                "priority": 1,
+                "deployments": {"gpt-4o": "gpt-4o-weu"},
+            },
+            {
+                "name": "neu",
+                "host": "https://neu.openai.azure.com",
+                "api_key": "k",
+                "priority": 2,
+                "deployments": ["gpt-4o"],
+            },
+        ]
+    }
+    json_file = tmp_path / "gw.json"
+    json_file.write_text(json.dumps(data))
+    yaml_file = tmp_path / "gw.yaml"
+    yaml_file.write_text(
+        "backends:\n"
+        "  - {name: weu, host: 'https://weu.openai.azure.com', mode: direct, usemi: true, priority: 1,"
+        " deployments: {gpt-4o: gpt-4o-weu}}\n"
+        "  - {name: neu, host: 'https://neu.openai.azure.com', api_key: k, priority: 2, deployments: [gpt-4o]}\n"
+    )
+    from_json = load_settings({"GATEWAY_CONFIG_FILE": str(json_file)})
+    from_yaml = load_settings({"GATEWAY_CONFIG_FILE": str(yaml_file)})
+    assert from_json.backends == from_yaml.backends
+    assert from_json.backends[1].api_key == "k" and from_json.models() == ["gpt-4o"]
+    # File and connection strings combine.
+    both = load_settings({"GATEWAY_CONFIG_FILE": str(json_file), "GATEWAY_BACKEND_1": "host=https://x.example"})
+    assert [b.name for b in both.backends] == ["weu", "neu", "x"]
+
+
+def test_config_file_errors_name_the_entry(tmp_path):
+    bad = tmp_path / "gw.json"
+    bad.write_text(json.dumps({"backends": [{"host": "https://a.example", "colour": "red"}]}))
+    with pytest.raises(ConfigError, match=r"backends\[0\].*unknown key 'colour'"):
+        load_settings({"GATEWAY_CONFIG_FILE": str(bad)})
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_settings({"GATEWAY_CONFIG_FILE": str(bad)})
