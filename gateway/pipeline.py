@@ -7,6 +7,7 @@ headers the gateway owns; only the gateway's own errors use the OpenAI error sha
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -268,12 +269,18 @@ class Gateway:
         record: UsageRecord,
         started: float,
     ) -> AsyncIterator[bytes]:
-        """Yields each upstream read as it arrives; records usage when the stream ends, however it ends."""
-        complete = False
+        """Yields each upstream read as it arrives; records usage once, when the stream ends, however it ends.
+
+        The record is written as soon as `[DONE]` is seen, before that last chunk goes out, so whoever reads
+        usage after the client has its whole answer finds it there.
+        """
+        complete = recorded = False
         try:
             async for data in resp.content.iter_any():
                 if tap is not None:
                     data = tap.feed(data)
+                    if tap.done and not recorded:
+                        recorded = await self._finish_stream(record, tap, route, started)
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -288,9 +295,17 @@ class Gateway:
                 resp.release()
             else:
                 resp.close()  # cut by the backend or the client went away: do not reuse this connection
-            if tap is not None and record.status < 400:
-                record.usage = tap.usage or _estimate(route, tap)
-            self._finish(record, started)
+            if not recorded:
+                await self._finish_stream(record, tap, route, started)
+
+    async def _finish_stream(
+        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float
+    ) -> bool:
+        if tap is not None and record.status < 400:
+            # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
+            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, tap)
+        self._finish(record, started)
+        return True
 
     def _finish(self, record: UsageRecord, started: float) -> None:
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)

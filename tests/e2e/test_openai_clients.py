@@ -1,0 +1,168 @@
+"""The official `openai` clients against the development host over real HTTP, two fake backends behind it.
+
+This is what a user does: point `AzureOpenAI(azure_endpoint=...)` or `OpenAI(base_url=.../v1)` at the gateway.
+The devhost runs in its own process with the settings `func start` would use; usage records come back
+through the usage file, the way an operator would read them locally.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support.devhost import DevHost
+from tests.support.fake_openai import FakeAzureOpenAI, Fault
+
+KEY = "e2e-client-key"
+MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
+
+
+class Stack:
+    def __init__(self, weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, host: DevHost, usage_file: Path) -> None:
+        self.weu, self.neu, self.host, self.usage_file = weu, neu, host, usage_file
+
+    def usage(self) -> list[dict]:
+        if not self.usage_file.exists():
+            return []
+        return [json.loads(line) for line in self.usage_file.read_text().splitlines()]
+
+    def azure(self) -> openai.AzureOpenAI:
+        return openai.AzureOpenAI(azure_endpoint=self.host.url, api_key=KEY, api_version="2024-10-21", max_retries=0)
+
+    def v1(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.host.url + "/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, azurite) -> Iterator[Stack]:
+    usage_file = tmp_path_factory.mktemp("usage") / "usage.jsonl"
+    weu = FakeAzureOpenAI(name="weu", api_key="weu-key")
+    neu = FakeAzureOpenAI(name="neu", api_key="neu-key")
+    with weu.threaded(), neu.threaded():
+        env = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;processor=OpenAI;api-key=weu-key;priority=1;"
+            "deployments=gpt-4o-mini,text-embedding-3-small",
+            "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;processor=OpenAI;api-key=neu-key;priority=2;"
+            "deployments=gpt-4o-mini,text-embedding-3-small",
+            "GATEWAY_API_KEYS": KEY,
+            "GATEWAY_USAGE_FILE": str(usage_file),
+        }
+        with DevHost(env=env) as host:
+            yield Stack(weu, neu, host, usage_file)
+
+
+@pytest.fixture
+def fresh(stack: Stack) -> Stack:
+    stack.weu.clear()
+    stack.neu.clear()
+    return stack
+
+
+@pytest.mark.parametrize("style", ["azure", "v1"])
+def test_chat(fresh: Stack, style: str):
+    client = fresh.azure() if style == "azure" else fresh.v1()
+    before = len(fresh.usage())
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    completion = raw.parse()
+    assert "weu" in completion.choices[0].message.content
+    assert raw.headers["x-gateway-backend"] == "weu" and raw.headers["x-gateway-attempts"] == "1"
+    assert completion.usage.total_tokens > 0
+    assert fresh.weu.requests[-1].path == "/openai/deployments/gpt-4o-mini/chat/completions"
+    record = fresh.usage()[before]
+    assert (record["api_style"], record["total_tokens"], record["streaming"]) == (
+        style,
+        completion.usage.total_tokens,
+        False,
+    )
+
+
+@pytest.mark.parametrize("style", ["azure", "v1"])
+def test_streamed_chat_records_usage_the_client_did_not_ask_for(fresh: Stack, style: str):
+    client = fresh.azure() if style == "azure" else fresh.v1()
+    before = len(fresh.usage())
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "weu" in text
+    # The client sees no extra chunk: every chunk has choices except Azure's own prompt-filter chunk, none has usage.
+    assert all(c.usage is None for c in chunks)
+    assert [c for c in chunks if not c.choices and not getattr(c, "prompt_filter_results", None)] == []
+    assert fresh.weu.requests[-1].json["stream_options"] == {"include_usage": True}
+    record = fresh.usage()[before]
+    assert record["streaming"] is True and record["usage_estimated"] is False
+    assert record["completion_tokens"] > 0 and record["prompt_tokens"] > 0
+
+
+def test_streamed_chat_with_usage_requested_keeps_it(fresh: Stack):
+    chunks = list(
+        fresh.v1().chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0 and chunks[-1].choices == []
+
+
+@pytest.mark.parametrize("style", ["azure", "v1"])
+def test_embeddings(fresh: Stack, style: str):
+    client = fresh.azure() if style == "azure" else fresh.v1()
+    result = client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
+    assert len(result.data) == 2 and len(result.data[0].embedding) == 8
+    assert result.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("style", ["azure", "v1"])
+def test_failover_when_the_first_backend_answers_429(fresh: Stack, style: str):
+    client = fresh.azure() if style == "azure" else fresh.v1()
+    fresh.weu.enqueue(Fault.status(429, retry_after=30))
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert "neu" in raw.parse().choices[0].message.content
+    assert raw.headers["x-gateway-backend"] == "neu" and raw.headers["x-gateway-attempts"] == "2"
+    assert len(fresh.weu.requests) == 1 and len(fresh.neu.requests) == 1
+
+
+def test_streamed_failover_when_the_first_backend_answers_429(fresh: Stack):
+    fresh.weu.enqueue(Fault.status(429, retry_after=30))
+    chunks = list(fresh.azure().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert "neu" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_the_first_chunk_arrives_before_the_backend_sends_the_last(fresh: Stack):
+    """No buffering anywhere: the backend holds its stream after two events until the client has seen them."""
+    hold = fresh.weu.hold_stream(after_chunks=2)  # Azure's prompt-filter event, then the role chunk
+    try:
+        stream = iter(fresh.v1().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+        # Each next() would block until release() if anything between backend and client buffered.
+        prompt_filter, role = next(stream), next(stream)
+        assert prompt_filter.choices == [] and role.choices[0].delta.role == "assistant"
+        assert hold.reached.wait(10)
+    finally:
+        hold.release()
+    rest = list(stream)
+    assert rest[-1].choices[0].finish_reason == "stop"
+    assert "weu" in "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+
+
+def test_gateway_errors_reach_the_sdk_as_typed_errors(fresh: Stack):
+    with pytest.raises(openai.AuthenticationError) as auth:
+        openai.OpenAI(base_url=fresh.host.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    assert auth.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as missing:
+        fresh.v1().chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert missing.value.body["code"] == "model_not_found"
+    fresh.weu.enqueue(Fault.content_filter())
+    with pytest.raises(openai.BadRequestError) as filtered:
+        fresh.azure().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert filtered.value.body["code"] == "content_filter"
+    assert fresh.neu.requests == []
+
+
+def test_models_and_health(fresh: Stack):
+    assert [m.id for m in fresh.v1().models.list()] == ["gpt-4o-mini", "text-embedding-3-small"]
+    health = httpx.get(fresh.host.url + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert httpx.get(fresh.host.url + "/api/health").status_code == 404  # no api/ prefix

@@ -1,0 +1,1 @@
+"""A tiny Functions app used only to test the development host and the indexing helper."""
