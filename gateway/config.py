@@ -35,8 +35,23 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "GATEWAY_MAX_ATTEMPTS": "3",
         "GATEWAY_MAX_BODY_BYTES": str(25 * 1024 * 1024),
         "GATEWAY_USAGE_FILE": "",
+        # Backend pool: strategies, shared breaker state, probes.
+        "GATEWAY_STRATEGY": "priority",
+        "GATEWAY_STRATEGIES": "",
+        "GATEWAY_STATE_STORAGE": "",
+        "GATEWAY_STATE_TABLE": "gatewaystate",
+        "GATEWAY_STATE_REFRESH_MS": "1000",
+        "GATEWAY_BREAKER_FAILURES": "5",
+        "GATEWAY_BREAKER_WINDOW_S": "10",
+        "GATEWAY_BREAKER_COOLDOWN_S": "10",
+        "GATEWAY_DEFAULT_RETRY_AFTER_S": "10",
+        "GATEWAY_MAX_WAIT_S": "30",
+        "GATEWAY_PROBE_SCHEDULE": "*/30 * * * * *",
+        "GATEWAY_LATENCY_EXPLORE": "0.05",
+        "GATEWAY_CAPACITY_WINDOW_S": "60",
     }
 )
+STRATEGIES = frozenset({"priority", "weighted", "round-robin", "random", "latency", "capacity"})
 
 BACKEND_PREFIX = "GATEWAY_BACKEND_"
 # The limit Azure puts on an HTTP-triggered function's answer, whatever functionTimeout says.
@@ -108,6 +123,22 @@ class Settings:
     max_attempts: int = 3
     max_body_bytes: int = 25 * 1024 * 1024
     usage_file: str | None = None
+    strategy: str = "priority"
+    strategies: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model -> strategy
+    state_storage: str = ""  # connection string; "" = the host's AzureWebJobsStorage
+    state_table: str = "gatewaystate"
+    state_refresh_s: float = 1.0
+    breaker_failures: int = 5
+    breaker_window_s: float = 10.0
+    breaker_cooldown_s: float = 10.0
+    default_retry_after_s: float = 10.0
+    max_wait_s: float = 30.0
+    probe_schedule: str = "*/30 * * * * *"
+    latency_explore: float = 0.05
+    capacity_window_s: float = 60.0
+
+    def strategy_for(self, model: str) -> str:
+        return self.strategies.get(model, self.strategy)
 
     def models(self) -> list[str]:
         """Model names clients can ask for (the aliases the backends declare), sorted."""
@@ -161,6 +192,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_number(get, "GATEWAY_MAX_ATTEMPTS", int, minimum=1),
         max_body_bytes=_number(get, "GATEWAY_MAX_BODY_BYTES", int, minimum=1024),
         usage_file=get("GATEWAY_USAGE_FILE") or None,
+        strategy=_strategy(get("GATEWAY_STRATEGY"), "GATEWAY_STRATEGY"),
+        strategies=MappingProxyType(_strategies(get("GATEWAY_STRATEGIES"))),
+        state_storage=get("GATEWAY_STATE_STORAGE"),
+        state_table=_table_name(get("GATEWAY_STATE_TABLE")),
+        state_refresh_s=_number(get, "GATEWAY_STATE_REFRESH_MS", int, minimum=50) / 1000,
+        breaker_failures=_number(get, "GATEWAY_BREAKER_FAILURES", int, minimum=1),
+        breaker_window_s=_number(get, "GATEWAY_BREAKER_WINDOW_S", float, minimum=0.1),
+        breaker_cooldown_s=_number(get, "GATEWAY_BREAKER_COOLDOWN_S", float, minimum=0.1),
+        default_retry_after_s=_number(get, "GATEWAY_DEFAULT_RETRY_AFTER_S", float, minimum=0),
+        max_wait_s=_number(get, "GATEWAY_MAX_WAIT_S", float, minimum=0),
+        probe_schedule=_schedule(get("GATEWAY_PROBE_SCHEDULE")),
+        latency_explore=_fraction(get("GATEWAY_LATENCY_EXPLORE"), "GATEWAY_LATENCY_EXPLORE"),
+        capacity_window_s=_number(get, "GATEWAY_CAPACITY_WINDOW_S", float, minimum=1),
     )
 
 
@@ -261,6 +305,46 @@ def _backends_from_file(path: str) -> list[Backend]:
         )
         for i, e in enumerate(entries)
     ]
+
+
+def _strategy(value: str, setting: str) -> str:
+    value = value.lower()
+    if value not in STRATEGIES:
+        raise ConfigError(setting, f"must be one of {', '.join(sorted(STRATEGIES))}")
+    return value
+
+
+def _strategies(value: str) -> dict[str, str]:
+    """`gpt-4o=latency,text-embedding-3-small=weighted`: a strategy per model alias."""
+    result: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        model, sep, strategy = entry.partition("=")
+        if not sep or not model.strip():
+            raise ConfigError("GATEWAY_STRATEGIES", "must be a comma list of model=strategy")
+        result[model.strip()] = _strategy(strategy.strip(), "GATEWAY_STRATEGIES")
+    return result
+
+
+def _table_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", value):
+        raise ConfigError("GATEWAY_STATE_TABLE", "must be 3-63 letters and digits, starting with a letter")
+    return value
+
+
+def _schedule(value: str) -> str:
+    if len(value.split()) != 6:
+        raise ConfigError("GATEWAY_PROBE_SCHEDULE", "must be a six-field NCRONTAB expression, e.g. */30 * * * * *")
+    return value
+
+
+def _fraction(value: str, setting: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(setting, f"must be a number between 0 and 1, got '{value}'") from None
+    if not 0 <= number <= 1:
+        raise ConfigError(setting, "must be between 0 and 1")
+    return number
 
 
 def _is_backend_setting(key: str) -> bool:

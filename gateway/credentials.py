@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .config import Backend
 
-__all__ = ["COGNITIVE_SCOPE", "BackendAuth"]
+__all__ = ["COGNITIVE_SCOPE", "BackendAuth", "storage_credential"]
 
 COGNITIVE_SCOPE = "https://cognitiveservices.azure.com/.default"
 VAULT_SCOPE = "https://vault.azure.net/.default"
@@ -92,3 +92,10 @@ class BackendAuth:
             )
             secret = self._secrets[value] = str(body["value"])
         return secret
+
+
+def storage_credential(client_id: str | None) -> TokenCredential:
+    """The identity for identity-based storage: a user-assigned one by client id, else DefaultAzureCredential."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()

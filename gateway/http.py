@@ -11,11 +11,13 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
 
+from . import operator
 from .pipeline import Gateway, Inbound
 
 __all__ = ["build_blueprint"]
 
 ANONYMOUS = func.AuthLevel.ANONYMOUS
+FUNCTION = func.AuthLevel.FUNCTION
 
 
 def build_blueprint(gateway: Gateway) -> df.Blueprint:
@@ -41,6 +43,30 @@ def build_blueprint(gateway: Gateway) -> df.Blueprint:
     async def health(req: Request) -> JSONResponse:
         """Liveness: the app is loaded and its settings are valid (it would not have started otherwise)."""
         return JSONResponse({"status": "ok", "backends": len(gateway.settings.backends)})
+
+    # Operator routes: function keys (the host checks them). Not under admin/, which the host reserves.
+    @bp.route(route="gateway/backends", methods=["GET"], auth_level=FUNCTION)
+    async def list_backends(req: Request) -> JSONResponse:
+        """Every backend: configuration (secrets masked), breaker, latency, last error, capacity, probe."""
+        await gateway.pool.refresh_if_due()
+        return JSONResponse(operator.backends_view(gateway))
+
+    @bp.route(route="gateway/backends/{name}/{action}", methods=["POST"], auth_level=FUNCTION)
+    async def change_backend(req: Request) -> JSONResponse:
+        """reset (close the breaker everywhere), disable or enable a backend for every instance."""
+        name, action = req.url.path.rstrip("/").split("/")[-2:]
+        status, body = await operator.change_backend(gateway, name, action)
+        return JSONResponse(body, status_code=status)
+
+    @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
+    async def stats(req: Request) -> JSONResponse:
+        """Counters of this instance: requests handled and storage operations made."""
+        return JSONResponse(operator.stats(gateway))
+
+    @bp.timer_trigger(arg_name="timer", schedule=gateway.settings.probe_schedule, run_on_startup=False)
+    async def probe_backends(timer: func.TimerRequest) -> None:
+        """Probes APIM-mode backends on GATEWAY_PROBE_SCHEDULE and shares the results."""
+        await operator.probe(gateway)
 
     return bp
 

@@ -11,6 +11,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -23,6 +25,7 @@ from . import errors, translate
 from .config import Settings
 from .credentials import BackendAuth
 from .routing import BackendPool, Target
+from .state_store import StateStore
 from .streaming import SseUsageTap, prepare_stream_request
 from .upstream import Upstream
 from .usage import Usage, UsageRecord, UsageRecorder, count_tokens, estimate_prompt_tokens, usage_from_json_body
@@ -53,7 +56,6 @@ _HOP_BY_HOP = frozenset(
 _CLIENT_AUTH = frozenset({"api-key", "authorization", "x-functions-key", "cookie"})
 _REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | {"accept-encoding", "x-request-id", "prefer"}
 _RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id"}
-DEFAULT_RETRY_AFTER_S = 10.0
 
 
 @dataclass(slots=True)
@@ -90,13 +92,16 @@ class _Attempts:
 class Gateway:
     """Holds the process-wide parts (settings, pool, upstream session, credentials, usage) and handles requests."""
 
-    def __init__(self, settings: Settings, *, credential=None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: StateStore | None = None, credential=None, clock=time.time
+    ) -> None:
         self.settings = settings
-        self.pool = BackendPool(settings.backends)
+        self.pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
         self.upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
         self.auth = BackendAuth(self.upstream.get_json, credential)
         self.usage = UsageRecorder(settings.usage_file)
         self._keys = [k.encode() for k in settings.api_keys]
+        self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
                 "object": "list",
@@ -110,6 +115,7 @@ class Gateway:
     async def handle(self, inbound: Inbound) -> Outbound:
         """Answers one request; every gateway-made failure becomes an OpenAI-style error body."""
         request_id = inbound.headers.get("x-request-id") or uuid.uuid4().hex
+        self.requests += 1
         try:
             return await self._handle(inbound, request_id)
         except errors.GatewayError as exc:
@@ -123,6 +129,9 @@ class Gateway:
         return Outbound(error.status, headers, error.body())
 
     async def close(self) -> None:
+        await self.pool.settle()
+        if self.pool.store is not None:
+            await self.pool.store.close()
         await self.upstream.close()
         await self.auth.close()
 
@@ -173,13 +182,29 @@ class Gateway:
     async def _forward(
         self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], request_id: str, started: float
     ) -> Outbound:
-        """Tries the targets in order, moving on after a retryable answer or a transport failure."""
+        """Tries backends as the pool chooses them, moving on after a retryable answer or a transport failure.
+
+        A backend is not tried twice in one request, unless it is the only one and it frees up within the
+        budget. When every backend is cooling down the request waits (jittered) for the first to free up, if
+        that fits the sync budget and GATEWAY_MAX_WAIT_S; otherwise it is answered 429 with Retry-After.
+        """
         deadline = started + self.settings.sync_budget_s
+        await self.pool.refresh_if_due()
         forwarded = {k: v for k, v in inbound.headers.items() if k not in _REQUEST_DROP}
         forwarded["x-request-id"] = request_id
         forwarded["accept-encoding"] = "identity"  # we read usage from the bytes we relay
         attempts = _Attempts()
-        for target in targets[: self.settings.max_attempts]:
+        tried: set[str] = set()
+        while attempts.count < self.settings.max_attempts:
+            target = self.pool.choose(route.model, tried)
+            if target is None:
+                if not await self._wait_for_backend(route.model, targets, tried, deadline):
+                    break
+                continue
+            if not await self.pool.acquire(target):
+                tried.add(target.backend.name)  # another instance holds this backend's half-open trial
+                continue
+            tried.add(target.backend.name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -190,28 +215,59 @@ class Gateway:
             headers = forwarded | await self.auth.headers(backend)
             url = backend.host + translate.upstream_path(route, target.deployment)
             attempts.count += 1
+            sent_at = time.monotonic()
             try:
                 resp = await self.upstream.send(
                     inbound.method, url, headers, body, total_s=None if route.streaming else remaining
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 log.warning("Backend %s timed out (request %s)", backend.name, request_id)
+                self.pool.on_transport_error(target, "timeout")
                 attempts.all_throttled, attempts.last_transport_error = False, "timeout"
                 continue
             except aiohttp.ClientError as exc:
                 log.warning("Backend %s failed: %s (request %s)", backend.name, type(exc).__name__, request_id)
+                self.pool.on_transport_error(target, type(exc).__name__)
                 attempts.all_throttled, attempts.last_transport_error = False, "connect"
                 continue
+            retry_after = retry_after_seconds(resp.headers) if resp.status in RETRYABLE_STATUS else None
+            self.pool.on_answer(target, resp.status, (time.monotonic() - sent_at) * 1000, resp.headers, retry_after)
             if resp.status in RETRYABLE_STATUS:
-                retry_after = retry_after_seconds(resp.headers)
                 log.info("Backend %s answered %d (request %s)", backend.name, resp.status, request_id)
                 resp.release()
-                attempts.retry_after_s.append(retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_S)
+                attempts.retry_after_s.append(
+                    retry_after if retry_after is not None else self.settings.default_retry_after_s
+                )
                 attempts.all_throttled &= resp.status == 429
                 attempts.last_transport_error = None
                 continue
             return await self._relay(resp, route, target, request_id, started, attempts.count, injected)
         raise self._exhausted(attempts)
+
+    async def _wait_for_backend(
+        self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float
+    ) -> bool:
+        """Nothing is available now: waits for the first cooling backend if that fits, else answers 429.
+
+        Returns False when there is nothing worth waiting for (every backend tried, disabled or down).
+        """
+        only_one = len(targets) == 1
+        free_at = self.pool.earliest_open_until(model, frozenset() if only_one else tried)
+        if free_at is None:
+            return False
+        now = self.pool.clock()
+        delay = max(0.0, free_at - now) + random.uniform(0, 0.1)  # jitter: instances do not return in lockstep
+        if delay > min(deadline - time.monotonic(), self.settings.max_wait_s):
+            raise errors.unavailable(
+                429,
+                "Every backend for this model is cooling down; retry after the indicated time.",
+                math.ceil(free_at - now),
+            )
+        log.info("Every backend for %s is cooling down; waiting %.2f s", model, delay)
+        await asyncio.sleep(delay)
+        if only_one:
+            tried.clear()  # the only backend may be tried again once it has freed up
+        return True
 
     async def _relay(
         self,
@@ -318,7 +374,13 @@ class Gateway:
             return errors.upstream_failure(504, "The backend did not answer in time.")
         if attempts.last_transport_error == "connect":
             return errors.upstream_failure(502, "The backend could not be reached.")
-        if attempts.count and attempts.all_throttled:
+        if not attempts.count:
+            return errors.unavailable(
+                503,
+                "No backend for this model is available (disabled, down or busy); retry later.",
+                round(self.settings.default_retry_after_s),
+            )
+        if attempts.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
 

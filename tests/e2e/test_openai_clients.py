@@ -19,6 +19,7 @@ from tests.support.devhost import DevHost
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 KEY = "e2e-client-key"
+OPERATOR = {"x-functions-key": "devhost-function-key"}
 MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
 
 
@@ -59,8 +60,11 @@ def stack(tmp_path_factory, azurite) -> Iterator[Stack]:
 
 @pytest.fixture
 def fresh(stack: Stack) -> Stack:
-    stack.weu.clear()
-    stack.neu.clear()
+    """Each test starts with quiet backends and closed breakers (reset through the operator API)."""
+    for fake in (stack.weu, stack.neu):
+        fake.clear()
+        reset = httpx.post(f"{stack.host.url}/gateway/backends/{fake.name}/reset", headers=OPERATOR)
+        assert reset.status_code == 200 and reset.json()["breaker"] == "closed"
     return stack
 
 
