@@ -365,3 +365,40 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
         assert [r.headers["authorization"] for r in weu.requests] == ["Bearer fake-token-1"] * 3
         assert all("api-key" not in r.headers for r in weu.requests)
         await gateway.close()
+
+
+async def test_the_only_backend_is_retried_when_its_retry_after_fits(backends):
+    weu, _ = backends
+    gateway = Gateway(load_settings({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key",
+                                     "GATEWAY_API_KEYS": KEY}))
+    weu.enqueue(Fault.status(429, retry_after_ms=200))
+    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    assert out.status == 200 and out.headers["x-gateway-attempts"] == "2" and len(weu.requests) == 2
+    await gateway.close()
+
+
+async def test_a_wait_beyond_the_limit_is_answered_429_with_retry_after_instead(backends):
+    weu, neu = backends
+    gateway, _ = make_gateway(weu, neu, GATEWAY_MAX_WAIT_S="5")
+    weu.enqueue(Fault.status(429, retry_after=120))
+    neu.enqueue(Fault.status(429, retry_after=90))
+    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    assert out.status == 429 and out.headers["Retry-After"] == "90"
+    # While both cool down, requests are answered at once, without touching a backend.
+    again = await gateway.handle(post("/v1/chat/completions", CHAT))
+    assert again.status == 429 and 88 <= int(again.headers["Retry-After"]) <= 90
+    assert json.loads(again.body)["error"]["code"] == "backends_unavailable"
+    assert len(weu.requests) == 1 and len(neu.requests) == 1
+    await gateway.close()
+
+
+async def test_408_and_timeouts_count_toward_the_breaker(backends):
+    weu, neu = backends
+    gateway, _ = make_gateway(weu, neu, GATEWAY_BREAKER_FAILURES="2", GATEWAY_READ_TIMEOUT_S="0.2")
+    weu.enqueue(Fault.status(408))
+    assert (await gateway.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
+    weu.enqueue(Fault.stall())
+    assert (await gateway.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
+    assert gateway.pool.status("weu") == "open"
+    weu.release_stalls()
+    await gateway.close()
