@@ -11,9 +11,11 @@ import socket
 import uuid
 from collections.abc import Mapping
 
+from .completions import build_publisher
 from .config import load_settings
 from .credentials import storage_credential
 from .pipeline import Gateway
+from .results import ResultStore
 from .state_store import StateStore
 from .storage import storage_account
 
@@ -32,4 +34,6 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Gateway:
     account = storage_account(env, settings.state_storage)
     table = settings.state_table
     store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
-    return Gateway(settings, store=store)
+    results = ResultStore(account, settings.results_container, storage_credential)
+    completions = build_publisher(settings, account, storage_credential)
+    return Gateway(settings, store=store, results=results, completions=completions)

@@ -49,6 +49,21 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "GATEWAY_PROBE_SCHEDULE": "*/30 * * * * *",
         "GATEWAY_LATENCY_EXPLORE": "0.05",
         "GATEWAY_CAPACITY_WINDOW_S": "60",
+        # Async path: Durable orchestrations, results in Blob Storage, completion messages.
+        "GATEWAY_ASYNC_MODELS": "",
+        "GATEWAY_ASYNC_TTL_S": "86400",
+        "GATEWAY_ASYNC_MAX_ATTEMPTS": "20",
+        "GATEWAY_TOKENS_PER_SECOND": "40",
+        "GATEWAY_RESULTS_CONTAINER": "gateway-results",
+        "GATEWAY_RESULT_INLINE_BYTES": "32768",
+        "GATEWAY_COMPLETIONS_ENTITY": "completions",
+        "GATEWAY_COMPLETIONS_QUEUE": "gateway-completions",
+        "GATEWAY_PURGE_AFTER_DAYS": "7",
+        "GATEWAY_HOUSEKEEPING_SCHEDULE": "0 */15 * * * *",
+        # Service Bus for completion messages (the Functions identity-based connection convention).
+        "COMPLETIONS_SERVICEBUS": "",
+        "COMPLETIONS_SERVICEBUS__fullyQualifiedNamespace": "",
+        "COMPLETIONS_SERVICEBUS__clientId": "",
     }
 )
 STRATEGIES = frozenset({"priority", "weighted", "round-robin", "random", "latency", "capacity"})
@@ -136,6 +151,19 @@ class Settings:
     probe_schedule: str = "*/30 * * * * *"
     latency_explore: float = 0.05
     capacity_window_s: float = 60.0
+    async_models: frozenset[str] = frozenset()
+    async_ttl_s: float = 86400.0
+    async_max_attempts: int = 20
+    tokens_per_second: float = 40.0
+    results_container: str = "gateway-results"
+    result_inline_bytes: int = 32768
+    completions_entity: str = "completions"
+    completions_queue: str = "gateway-completions"
+    purge_after_days: float = 7.0
+    housekeeping_schedule: str = "0 */15 * * * *"
+    servicebus_connection: str = field(default="", repr=False)
+    servicebus_namespace: str = ""
+    servicebus_client_id: str = ""
 
     def strategy_for(self, model: str) -> str:
         return self.strategies.get(model, self.strategy)
@@ -205,6 +233,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         probe_schedule=_schedule(get("GATEWAY_PROBE_SCHEDULE")),
         latency_explore=_fraction(get("GATEWAY_LATENCY_EXPLORE"), "GATEWAY_LATENCY_EXPLORE"),
         capacity_window_s=_number(get, "GATEWAY_CAPACITY_WINDOW_S", float, minimum=1),
+        async_models=frozenset(m.strip() for m in get("GATEWAY_ASYNC_MODELS").split(",") if m.strip()),
+        async_ttl_s=_number(get, "GATEWAY_ASYNC_TTL_S", float, minimum=1),
+        async_max_attempts=_number(get, "GATEWAY_ASYNC_MAX_ATTEMPTS", int, minimum=1),
+        tokens_per_second=_number(get, "GATEWAY_TOKENS_PER_SECOND", float, minimum=0.1),
+        results_container=_container(get("GATEWAY_RESULTS_CONTAINER")),
+        result_inline_bytes=_number(get, "GATEWAY_RESULT_INLINE_BYTES", int, minimum=0),
+        completions_entity=get("GATEWAY_COMPLETIONS_ENTITY") or "completions",
+        completions_queue=_container(get("GATEWAY_COMPLETIONS_QUEUE"), "GATEWAY_COMPLETIONS_QUEUE"),
+        purge_after_days=_number(get, "GATEWAY_PURGE_AFTER_DAYS", float, minimum=0.01),
+        housekeeping_schedule=_schedule(get("GATEWAY_HOUSEKEEPING_SCHEDULE"), "GATEWAY_HOUSEKEEPING_SCHEDULE"),
+        servicebus_connection=get("COMPLETIONS_SERVICEBUS"),
+        servicebus_namespace=get("COMPLETIONS_SERVICEBUS__fullyQualifiedNamespace"),
+        servicebus_client_id=get("COMPLETIONS_SERVICEBUS__clientId"),
     )
 
 
@@ -331,9 +372,15 @@ def _table_name(value: str) -> str:
     return value
 
 
-def _schedule(value: str) -> str:
+def _schedule(value: str, setting: str = "GATEWAY_PROBE_SCHEDULE") -> str:
     if len(value.split()) != 6:
-        raise ConfigError("GATEWAY_PROBE_SCHEDULE", "must be a six-field NCRONTAB expression, e.g. */30 * * * * *")
+        raise ConfigError(setting, "must be a six-field NCRONTAB expression, e.g. */30 * * * * *")
+    return value
+
+
+def _container(value: str, setting: str = "GATEWAY_RESULTS_CONTAINER") -> str:
+    if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+        raise ConfigError(setting, "must be 3-63 lower-case letters, digits and single hyphens")
     return value
 
 

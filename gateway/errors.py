@@ -97,6 +97,20 @@ def unavailable(status: int, message: str, retry_after_s: int | None) -> Gateway
     )
 
 
+class CoolingDown(GatewayError):
+    """Every backend is cooling down past what a synchronous request may wait: 429, or the async path."""
+
+
+def cooling_down(retry_after_s: int) -> CoolingDown:
+    return CoolingDown(
+        429,
+        "Every backend for this model is cooling down; retry after the indicated time.",
+        type="rate_limit_error",
+        code="backends_unavailable",
+        headers={"Retry-After": str(max(1, retry_after_s))},
+    )
+
+
 def upstream_failure(status: int, message: str) -> GatewayError:
     """502 (bad gateway) or 504 (gateway timeout) when the last backend attempt failed at transport level."""
     return GatewayError(status, message, type="upstream_error", code="bad_gateway" if status == 502 else "timeout")

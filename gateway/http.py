@@ -7,12 +7,18 @@ sets routePrefix to ""), so clients use the gateway's base URL exactly as an Azu
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
 
 from . import operator
-from .pipeline import Gateway, Inbound
+from .pipeline import Deferred, Gateway, Inbound, Outbound
+
+# (durable client, deferred request, base URL of this request) -> the 202 answer
+StartAsync = Callable[[Any, Deferred, str], Awaitable[Outbound]]
 
 __all__ = ["build_blueprint"]
 
@@ -20,19 +26,25 @@ ANONYMOUS = func.AuthLevel.ANONYMOUS
 FUNCTION = func.AuthLevel.FUNCTION
 
 
-def build_blueprint(gateway: Gateway) -> df.Blueprint:
-    """The data-plane routes, bound to one Gateway (the gateway authenticates clients itself)."""
+def build_blueprint(gateway: Gateway, start_async: StartAsync | None = None) -> df.Blueprint:
+    """The data-plane and operator routes, bound to one Gateway (the gateway authenticates clients itself).
+
+    `start_async(client, deferred, base_url)` starts the async path for requests the pipeline defers; the
+    data-plane functions get a Durable client binding for it.
+    """
     bp = df.Blueprint()
 
     @bp.route(route="openai/deployments/{deployment}/{*operation}", methods=["POST"], auth_level=ANONYMOUS)
-    async def azure_openai(req: Request) -> Response:
+    @bp.durable_client_input(client_name="client")
+    async def azure_openai(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """Azure-native passthrough: /openai/deployments/{deployment}/{operation}?api-version=..."""
-        return await _serve(gateway, req)
+        return await _serve(gateway, req, client, start_async)
 
     @bp.route(route="v1/{*operation}", methods=["GET", "POST"], auth_level=ANONYMOUS)
-    async def openai_v1(req: Request) -> Response:
+    @bp.durable_client_input(client_name="client")
+    async def openai_v1(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """OpenAI v1 surface: `model` in the body picks the deployment."""
-        return await _serve(gateway, req)
+        return await _serve(gateway, req, client, start_async)
 
     @bp.route(route="openai/models", methods=["GET"], auth_level=ANONYMOUS)
     async def azure_models(req: Request) -> Response:
@@ -71,9 +83,16 @@ def build_blueprint(gateway: Gateway) -> df.Blueprint:
     return bp
 
 
-async def _serve(gateway: Gateway, req: Request) -> Response:
+async def _serve(gateway: Gateway, req: Request, client=None, start_async: StartAsync | None = None) -> Response:
     inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body())
-    out = await gateway.handle(inbound)
+    defer = None
+    if client is not None and start_async is not None:
+        base_url = str(req.base_url)
+
+        async def defer(deferred: Deferred) -> Outbound:
+            return await start_async(client, deferred, base_url)
+
+    out = await gateway.handle(inbound, defer)
     if out.stream is not None:
         return StreamingResponse(out.stream, status_code=out.status, headers=out.headers)
     return Response(out.body, status_code=out.status, headers=out.headers)

@@ -8,6 +8,7 @@ headers the gateway owns; only the gateway's own errors use the OpenAI error sha
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -15,22 +16,34 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 
 from . import errors, translate
+from .completions import CompletionPublisher
 from .config import Settings
 from .credentials import BackendAuth
+from .results import ResultStore
 from .routing import BackendPool, Target
 from .state_store import StateStore
 from .streaming import SseUsageTap, prepare_stream_request
 from .upstream import Upstream
 from .usage import Usage, UsageRecord, UsageRecorder, count_tokens, estimate_prompt_tokens, usage_from_json_body
 
-__all__ = ["Gateway", "Inbound", "Outbound"]
+__all__ = [
+    "Attempt",
+    "Defer",
+    "Deferred",
+    "Gateway",
+    "Inbound",
+    "Outbound",
+    "forwarded_headers",
+    "prefers_async",
+    "retry_after_seconds",
+]
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -80,6 +93,32 @@ class Outbound:
 
 
 @dataclass(slots=True)
+class Attempt:
+    """The outcome of one try on one backend: an answer to relay, or why it failed."""
+
+    target: Target
+    resp: aiohttp.ClientResponse | None = None  # a non-retryable answer (success or the client's 4xx)
+    injected: bool = False  # include_usage was added to a streamed request
+    status: int | None = None
+    retry_after_s: float | None = None
+    failure: str | None = None  # "throttled" | "failed" (5xx/408) | "timeout" | "connect"
+
+
+@dataclass(slots=True)
+class Deferred:
+    """A request handed to the async path, with everything needed to run it later."""
+
+    inbound: Inbound
+    route: translate.Route
+    request_id: str
+    caller: str
+    reason: str
+
+
+Defer = Callable[[Deferred], Awaitable[Outbound]]
+
+
+@dataclass(slots=True)
 class _Attempts:
     """What the failed attempts of one request taught us, to build the final error."""
 
@@ -93,9 +132,18 @@ class Gateway:
     """Holds the process-wide parts (settings, pool, upstream session, credentials, usage) and handles requests."""
 
     def __init__(
-        self, settings: Settings, *, store: StateStore | None = None, credential=None, clock=time.time
+        self,
+        settings: Settings,
+        *,
+        store: StateStore | None = None,
+        results: ResultStore | None = None,
+        completions: CompletionPublisher | None = None,
+        credential=None,
+        clock=time.time,
     ) -> None:
         self.settings = settings
+        self.results = results  # the async path's blobs (None: no async path, e.g. in unit tests)
+        self.completions = completions
         self.pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
         self.upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
         self.auth = BackendAuth(self.upstream.get_json, credential)
@@ -112,12 +160,16 @@ class Gateway:
             }
         ).encode()
 
-    async def handle(self, inbound: Inbound) -> Outbound:
-        """Answers one request; every gateway-made failure becomes an OpenAI-style error body."""
+    async def handle(self, inbound: Inbound, defer: Defer | None = None) -> Outbound:
+        """Answers one request; every gateway-made failure becomes an OpenAI-style error body.
+
+        `defer`, when the hosting layer can start orchestrations, takes over requests that should run
+        asynchronously (see `defer_reason`) and answers them 202.
+        """
         request_id = inbound.headers.get("x-request-id") or uuid.uuid4().hex
         self.requests += 1
         try:
-            return await self._handle(inbound, request_id)
+            return await self._handle(inbound, request_id, defer)
         except errors.GatewayError as exc:
             error = exc
         except Exception:
@@ -129,16 +181,22 @@ class Gateway:
         return Outbound(error.status, headers, error.body())
 
     async def close(self) -> None:
+        for part in (self.results, self.completions):
+            if part is not None:
+                await part.close()
         await self.pool.settle()
         if self.pool.store is not None:
             await self.pool.store.close()
         await self.upstream.close()
         await self.auth.close()
 
-    def authorize(self, headers: Mapping[str, str]) -> None:
-        """Accepts a configured key as `api-key` or `Authorization: Bearer`; secure by default."""
+    def authorize(self, headers: Mapping[str, str]) -> str:
+        """Accepts a configured key as `api-key` or `Authorization: Bearer`; secure by default.
+
+        Returns the caller's identity for records and result ownership: a fingerprint of the key, never the key.
+        """
         if self.settings.auth_disabled:
-            return
+            return "anonymous"
         presented = headers.get("api-key") or ""
         if not presented:
             scheme, _, token = headers.get("authorization", "").partition(" ")
@@ -150,10 +208,11 @@ class Gateway:
             matched |= hmac.compare_digest(candidate, key)
         if not (matched and candidate):
             raise errors.unauthorized()
+        return "key:" + hashlib.sha256(candidate).hexdigest()[:12]
 
-    async def _handle(self, inbound: Inbound, request_id: str) -> Outbound:
+    async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
-        self.authorize(inbound.headers)
+        caller = self.authorize(inbound.headers)
         limit = self.settings.max_body_bytes
         if len(inbound.body) > limit or int(inbound.headers.get("content-length") or 0) > limit:
             raise errors.too_large(limit)
@@ -177,7 +236,34 @@ class Gateway:
                 f"The model '{route.model}' does not exist or is not served by this gateway.",
                 code="model_not_found",
             )
-        return await self._forward(inbound, route, targets, request_id, started)
+        deferred = Deferred(inbound, route, request_id, caller, "")
+        if defer is not None and (reason := self.defer_reason(inbound, route, targets)):
+            deferred.reason = reason
+            return await defer(deferred)
+        try:
+            return await self._forward(inbound, route, targets, request_id, started)
+        except errors.CoolingDown:
+            if defer is None or route.streaming:  # a stream is never silently turned async
+                raise
+            deferred.reason = "every backend is cooling down past the sync budget"
+            return await defer(deferred)
+
+    def defer_reason(self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...]) -> str:
+        """Why this request should run asynchronously ("" = it should not)."""
+        if inbound.method != "POST":
+            return ""
+        if prefers_async(inbound.headers.get("prefer", "")):
+            return "the client sent Prefer: respond-async"
+        if route.model in self.settings.async_models:
+            return "the model is configured to run asynchronously (GATEWAY_ASYNC_MODELS)"
+        if route.streaming or not route.json:
+            return ""
+        max_tokens = route.json.get("max_completion_tokens") or route.json.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens > 0:
+            rate = self.pool.tokens_per_second(targets) or self.settings.tokens_per_second
+            if max_tokens / rate > self.settings.sync_budget_s:
+                return f"{max_tokens} tokens at ~{rate:.0f} tokens/s would not finish inside the sync budget"
+        return ""
 
     async def _forward(
         self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], request_id: str, started: float
@@ -190,9 +276,7 @@ class Gateway:
         """
         deadline = started + self.settings.sync_budget_s
         await self.pool.refresh_if_due()
-        forwarded = {k: v for k, v in inbound.headers.items() if k not in _REQUEST_DROP}
-        forwarded["x-request-id"] = request_id
-        forwarded["accept-encoding"] = "identity"  # we read usage from the bytes we relay
+        headers = forwarded_headers(inbound.headers, request_id)
         attempts = _Attempts()
         tried: set[str] = set()
         while attempts.count < self.settings.max_attempts:
@@ -208,41 +292,67 @@ class Gateway:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            backend = target.backend
-            body, injected = inbound.body, False
-            if route.streaming and backend.parses_usage and route.operation in ("chat/completions", "completions"):
-                body, injected = prepare_stream_request(inbound.body, route.json or {})
-            headers = forwarded | await self.auth.headers(backend)
-            url = backend.host + translate.upstream_path(route, target.deployment)
             attempts.count += 1
-            sent_at = time.monotonic()
-            try:
-                resp = await self.upstream.send(
-                    inbound.method, url, headers, body, total_s=None if route.streaming else remaining
+            outcome = await self.attempt(inbound, route, target, headers, request_id, remaining)
+            if outcome.resp is not None:
+                return await self._relay(
+                    outcome.resp, route, target, request_id, started, attempts.count, outcome.injected
                 )
-            except (TimeoutError, aiohttp.ServerTimeoutError):
-                log.warning("Backend %s timed out (request %s)", backend.name, request_id)
-                self.pool.on_transport_error(target, "timeout")
-                attempts.all_throttled, attempts.last_transport_error = False, "timeout"
-                continue
-            except aiohttp.ClientError as exc:
-                log.warning("Backend %s failed: %s (request %s)", backend.name, type(exc).__name__, request_id)
-                self.pool.on_transport_error(target, type(exc).__name__)
-                attempts.all_throttled, attempts.last_transport_error = False, "connect"
-                continue
-            retry_after = retry_after_seconds(resp.headers) if resp.status in RETRYABLE_STATUS else None
-            self.pool.on_answer(target, resp.status, (time.monotonic() - sent_at) * 1000, resp.headers, retry_after)
-            if resp.status in RETRYABLE_STATUS:
-                log.info("Backend %s answered %d (request %s)", backend.name, resp.status, request_id)
-                resp.release()
+            if outcome.failure in ("timeout", "connect"):
+                attempts.all_throttled, attempts.last_transport_error = False, outcome.failure
+            else:
                 attempts.retry_after_s.append(
-                    retry_after if retry_after is not None else self.settings.default_retry_after_s
+                    outcome.retry_after_s if outcome.retry_after_s is not None else self.settings.default_retry_after_s
                 )
-                attempts.all_throttled &= resp.status == 429
+                attempts.all_throttled &= outcome.failure == "throttled"
                 attempts.last_transport_error = None
-                continue
-            return await self._relay(resp, route, target, request_id, started, attempts.count, injected)
         raise self._exhausted(attempts)
+
+    async def attempt(
+        self,
+        inbound: Inbound,
+        route: translate.Route,
+        target: Target,
+        headers: dict[str, str],
+        request_id: str,
+        remaining_s: float | None,
+    ) -> Attempt:
+        """One try on one backend. The pool learns from the outcome (latency, capacity, breaker transitions).
+
+        Shared by the synchronous path and the async activity: both go through the same pool, breakers,
+        credentials and upstream session. A returned `resp` is the caller's to read and release.
+        """
+        backend = target.backend
+        body, injected = inbound.body, False
+        if route.streaming and backend.parses_usage and route.operation in ("chat/completions", "completions"):
+            body, injected = prepare_stream_request(inbound.body, route.json or {})
+        headers = headers | await self.auth.headers(backend)
+        url = backend.host + translate.upstream_path(route, target.deployment)
+        sent_at = time.monotonic()
+        try:
+            resp = await self.upstream.send(
+                inbound.method, url, headers, body, total_s=None if route.streaming else remaining_s
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            log.warning("Backend %s timed out (request %s)", backend.name, request_id)
+            self.pool.on_transport_error(target, "timeout")
+            return Attempt(target, failure="timeout")
+        except aiohttp.ClientError as exc:
+            log.warning("Backend %s failed: %s (request %s)", backend.name, type(exc).__name__, request_id)
+            self.pool.on_transport_error(target, type(exc).__name__)
+            return Attempt(target, failure="connect")
+        retry_after = retry_after_seconds(resp.headers) if resp.status in RETRYABLE_STATUS else None
+        self.pool.on_answer(target, resp.status, (time.monotonic() - sent_at) * 1000, resp.headers, retry_after)
+        if resp.status in RETRYABLE_STATUS:
+            log.info("Backend %s answered %d (request %s)", backend.name, resp.status, request_id)
+            resp.release()
+            return Attempt(
+                target,
+                retry_after_s=retry_after,
+                failure="throttled" if resp.status == 429 else "failed",
+                status=resp.status,
+            )
+        return Attempt(target, resp=resp, injected=injected, status=resp.status)
 
     async def _wait_for_backend(
         self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float
@@ -258,11 +368,7 @@ class Gateway:
         now = self.pool.clock()
         delay = max(0.0, free_at - now) + random.uniform(0, 0.1)  # jitter: instances do not return in lockstep
         if delay > min(deadline - time.monotonic(), self.settings.max_wait_s):
-            raise errors.unavailable(
-                429,
-                "Every backend for this model is cooling down; retry after the indicated time.",
-                math.ceil(free_at - now),
-            )
+            raise errors.cooling_down(math.ceil(free_at - now))
         log.info("Every backend for %s is cooling down; waiting %.2f s", model, delay)
         await asyncio.sleep(delay)
         if only_one:
@@ -314,6 +420,8 @@ class Gateway:
             resp.release()
         if target.backend.parses_usage:
             record.usage = usage_from_json_body(body)
+            if record.usage is not None and resp.status == 200:
+                self.pool.observe_generation(target, record.usage.completion_tokens, time.monotonic() - started)
         self._finish(record, started)
         return Outbound(resp.status, headers, body)
 
@@ -383,6 +491,19 @@ class Gateway:
         if attempts.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
+
+
+def prefers_async(prefer: str) -> bool:
+    """RFC 7240: `Prefer: respond-async` among possibly several comma-separated preferences."""
+    return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, str]:
+    """The client's headers a backend may see: no credentials, no hop-by-hop, our request id, identity encoding."""
+    headers = {k: v for k, v in inbound.items() if k not in _REQUEST_DROP}
+    headers["x-request-id"] = request_id
+    headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
+    return headers
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -45,7 +45,7 @@ class BackendRuntime:
 
     __slots__ = (
         "backend", "breaker", "capacity_at", "failures", "health", "last_error", "last_error_at", "last_status",
-        "remaining_requests", "remaining_tokens", "ttfb_ms",
+        "remaining_requests", "remaining_tokens", "tokens_per_s", "ttfb_ms",
     )  # fmt: skip
 
     def __init__(self, backend: Backend, failures: FailureWindow) -> None:
@@ -53,6 +53,7 @@ class BackendRuntime:
         self.breaker = SharedBreaker()
         self.failures = failures
         self.ttfb_ms: float | None = None  # EWMA of time to first byte (answers and probes)
+        self.tokens_per_s: float | None = None  # EWMA of generation speed, for "will it finish in time?"
         self.remaining_tokens: int | None = None
         self.remaining_requests: int | None = None
         self.capacity_at = 0.0
@@ -242,6 +243,18 @@ class BackendPool:
         else:  # success, or the client's own mistake (4xx): never counts against the backend
             if runtime.breaker.tripped and runtime.breaker.status(now) == HALF_OPEN:
                 self._close(runtime)
+
+    def observe_generation(self, target: Target, completion_tokens: int, seconds: float) -> None:
+        """Generation speed from a finished answer (only answers long enough to say something)."""
+        if completion_tokens >= 16 and seconds > 0:
+            runtime = self.runtimes[target.backend.name]
+            rate = completion_tokens / seconds
+            runtime.tokens_per_s = rate if runtime.tokens_per_s is None else 0.7 * runtime.tokens_per_s + 0.3 * rate
+
+    def tokens_per_second(self, targets: tuple[Target, ...]) -> float | None:
+        """The best observed generation speed among `targets`, None when none was observed yet."""
+        rates = [r for t in targets if (r := self.runtimes[t.backend.name].tokens_per_s)]
+        return max(rates) if rates else None
 
     def on_transport_error(self, target: Target, kind: str) -> None:
         """Timeouts and connection errors count as failures toward the breaker."""

@@ -16,6 +16,8 @@ NOT a production host: no scale-out, no retries, no non-HTTP triggers. What it r
 * auth: FUNCTION/ADMIN routes need ``x-functions-key`` or ``?code=`` equal to ``DEVHOST_FUNCTION_KEY``;
 * errors: an unhandled exception gives 500 with an empty body (traceback on stderr only); unknown
   route or method gives 404.
+* durable: orchestrators, activities and ``durableClient`` bindings run on the in-memory Durable stand-in
+  of tests/support/durable_standin.py (the real Durable extension cannot run here).
 
 Functions whose bindings go beyond the HTTP trigger and HTTP output need a provider for each extra
 binding type in ``BINDING_PROVIDERS`` (binding type -> coroutine giving the keyword argument's value);
@@ -392,11 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     if app is None or not hasattr(app, "get_functions"):
         print(f"devhost: module {args.app!r} has no Functions app named 'app'", file=sys.stderr)
         return 2
+    app_dir = Path(module.__file__ or cwd).parent
+    from tests.support.durable_standin import DurableStandIn  # the Durable extension's stand-in
+
+    durable = DurableStandIn.from_app(app, system_key=function_key, app_dir=app_dir)
+    durable.register(BINDING_PROVIDERS)  # provides the durableClient binding
+    print(durable.banner(), flush=True)
     functions, skipped = discover_http_functions(app)
     for message in skipped:
         warn(message)
-    route_prefix = read_route_prefix(Path(module.__file__ or cwd).parent)
-    asgi_app = build_asgi_app(functions, route_prefix, function_key)
+    route_prefix = read_route_prefix(app_dir)
+    asgi_app = durable.wrap(build_asgi_app(functions, route_prefix, function_key))
     base_url = f"http://{args.host}:{args.port}/" + (f"{route_prefix}/" if route_prefix else "")
     for fn in functions:
         methods = ",".join(fn.methods) if fn.methods else "*"
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(
-        asgi_app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off",
+        asgi_app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=5,
     ))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler that

@@ -1,0 +1,180 @@
+"""Completion messages: one per async request, when its orchestration ends, whatever the end.
+
+Published to Service Bus (a topic or queue named by `GATEWAY_COMPLETIONS_ENTITY`) with `message_id` = the
+orchestration instance id, so Service Bus duplicate detection turns a retried publish into one delivery;
+`correlation_id` = the client's request id; `subject` = the status. Without Service Bus settings the same
+JSON body goes to the Storage queue `GATEWAY_COMPLETIONS_QUEUE` (base64, as Functions queue triggers expect).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import Settings
+from .storage import CLIENT_OPTIONS, StorageAccount
+
+__all__ = ["CompletionMessage", "CompletionPublisher", "QueuePublisher", "ServiceBusPublisher", "build_publisher"]
+
+log = logging.getLogger("gateway.completions")
+STATUSES = ("succeeded", "failed", "expired", "cancelled")
+
+
+@dataclass(slots=True)
+class CompletionMessage:
+    """The body is documented in the README ("Completion messages"); keep both in step."""
+
+    id: str  # orchestration instance id = result id
+    request_id: str
+    status: str  # succeeded | failed | expired | cancelled
+    model: str | None = None
+    deployment: str | None = None
+    backend: str | None = None
+    caller: str | None = None
+    attempts: int = 0
+    http_status: int | None = None
+    usage: dict[str, Any] | None = None
+    result_url: str | None = None
+    error: dict[str, Any] | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    kind: str = "response"  # "response" (async request) or "batch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        data = {k: getattr(self, k) for k in self.__slots__ if k != "extra"}
+        data.update(self.extra)
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def properties(self) -> dict[str, str | int]:
+        """Application properties: what subscribers filter on without parsing the body."""
+        usage = self.usage or {}
+        props: dict[str, str | int] = {"status": self.status, "kind": self.kind}
+        for key in ("model", "deployment", "backend", "caller"):
+            if value := getattr(self, key):
+                props[key] = value
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if isinstance(usage.get(key), int):
+                props[key] = usage[key]
+        return props
+
+
+class CompletionPublisher(Protocol):
+    async def publish(self, message: CompletionMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ServiceBusPublisher:
+    """One ServiceBusClient and sender per process, created lazily and rebuilt after a failure."""
+
+    def __init__(self, client_factory: Callable[[], Any], entity: str) -> None:
+        self._client_factory = client_factory
+        self._entity = entity
+        self._client: Any = None
+        self._sender: Any = None
+
+    async def publish(self, message: CompletionMessage) -> None:
+        from azure.servicebus import ServiceBusMessage
+
+        if self._sender is None:
+            self._client = self._client_factory()
+            self._sender = self._client.get_queue_sender(self._entity)  # a topic name works the same way
+        sb_message = ServiceBusMessage(
+            message.body(),
+            message_id=message.id,
+            correlation_id=message.request_id,
+            subject=message.status,
+            content_type="application/json",
+            application_properties=message.properties(),
+        )
+        try:
+            await self._sender.send_messages(sb_message)
+        except Exception:
+            await self.close()  # a broken link is rebuilt on the next publish
+            raise
+
+    async def close(self) -> None:
+        sender, client, self._sender, self._client = self._sender, self._client, None, None
+        for item in (sender, client):
+            if item is not None:
+                try:
+                    await item.close()
+                except Exception as exc:  # closing a broken link must not hide the original error
+                    log.debug("closing Service Bus %s: %s", type(item).__name__, exc)
+
+
+class QueuePublisher:
+    """The local default: the same JSON body on a Storage queue."""
+
+    def __init__(self, account: StorageAccount, queue: str, credential_factory: Callable[[str | None], Any]):
+        self._account = account
+        self._queue = queue
+        self._credential_factory = credential_factory
+        self._client: Any = None
+
+    async def publish(self, message: CompletionMessage) -> None:
+        client = await self._ready()
+        await client.send_message(message.body().decode())
+
+    async def _ready(self) -> Any:
+        if self._client is None:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+            from azure.storage.queue.aio import QueueClient
+
+            policies = {
+                "message_encode_policy": TextBase64EncodePolicy(),
+                "message_decode_policy": TextBase64DecodePolicy(),
+            }
+            if self._account.connection_string:
+                client = QueueClient.from_connection_string(
+                    self._account.connection_string, self._queue, **policies, **CLIENT_OPTIONS
+                )
+            else:
+                client = QueueClient(
+                    self._account.queue_uri,
+                    self._queue,
+                    credential=self._credential_factory(self._account.client_id),
+                    **policies,
+                    **CLIENT_OPTIONS,
+                )
+            try:
+                await client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._client = client
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def build_publisher(
+    settings: Settings, account: StorageAccount, credential_factory: Callable[[str | None], Any]
+) -> CompletionPublisher:
+    """Service Bus when configured (identity-based namespace or connection string), else the Storage queue."""
+    if settings.servicebus_namespace or settings.servicebus_connection:
+
+        def client() -> Any:
+            from azure.servicebus.aio import ServiceBusClient
+
+            if settings.servicebus_connection:
+                return ServiceBusClient.from_connection_string(settings.servicebus_connection)
+            return ServiceBusClient(
+                settings.servicebus_namespace, credential_factory(settings.servicebus_client_id or None)
+            )
+
+        return ServiceBusPublisher(client, settings.completions_entity)
+    return QueuePublisher(account, settings.completions_queue, credential_factory)
+
+
+def message_from_output(output: Mapping[str, Any]) -> CompletionMessage:
+    """Rebuilds a message from an orchestration's output (the housekeeping sweep uses it)."""
+    known = {k: output[k] for k in CompletionMessage.__slots__ if k in output and k != "extra"}
+    return CompletionMessage(**known)

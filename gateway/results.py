@@ -1,0 +1,126 @@
+"""Blob Storage for the async path: request bodies, results, and the record of sent completion messages.
+
+Orchestration inputs and outputs stay small (a reference, not the body): Durable history is replayed on
+every step, and big payloads in it cost time and storage on each replay. Layout in one container:
+`requests/{id}` the body the client sent, `results/{id}` the backend's answer (with its content type and
+HTTP status in metadata), `completions/{id}.json` the completion message once it has been published.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from .storage import CLIENT_OPTIONS, StorageAccount
+
+__all__ = ["ResultStore", "StoredBlob"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    body: bytes
+    content_type: str
+    metadata: dict[str, str]
+
+
+class ResultStore:
+    def __init__(self, account: StorageAccount, container: str, credential_factory: Callable[[str | None], Any]):
+        self._account = account
+        self._container_name = container
+        self._credential_factory = credential_factory
+        self._service: Any = None
+        self._container: Any = None
+        self._ready = False
+
+    async def put_request(self, request_id: str, body: bytes, content_type: str) -> None:
+        await self._put(f"requests/{request_id}", body, content_type, {})
+
+    async def get_request(self, request_id: str) -> StoredBlob | None:
+        return await self._get(f"requests/{request_id}")
+
+    async def put_result(self, request_id: str, body: bytes, content_type: str, http_status: int) -> None:
+        await self._put(f"results/{request_id}", body, content_type, {"http_status": str(http_status)})
+
+    async def get_result(self, request_id: str) -> StoredBlob | None:
+        return await self._get(f"results/{request_id}")
+
+    async def put_completion(self, request_id: str, message: bytes) -> bool:
+        """Records a published completion; False when it was already recorded (published before)."""
+        container = await self._ready_container()
+        try:
+            await container.upload_blob(f"completions/{request_id}.json", message, overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def get_completion(self, request_id: str) -> dict[str, Any] | None:
+        """The completion message recorded for this request, None if none was published yet."""
+        blob = await self._get(f"completions/{request_id}.json")
+        return None if blob is None else json.loads(blob.body)
+
+    async def delete_request(self, request_id: str) -> None:
+        """The body is not needed once the request has ended."""
+        await self._delete(f"requests/{request_id}")
+
+    async def delete(self, request_id: str) -> None:
+        """Everything stored for a request (housekeeping, or a client deleting its finished result)."""
+        for name in (f"requests/{request_id}", f"results/{request_id}", f"completions/{request_id}.json"):
+            await self._delete(name)
+
+    async def _delete(self, name: str) -> None:
+        container = await self._ready_container()
+        try:
+            await container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+
+    async def close(self) -> None:
+        if self._service is not None:
+            await self._service.close()
+            self._service = self._container = None
+            self._ready = False
+
+    async def _put(self, name: str, body: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        from azure.storage.blob import ContentSettings
+
+        container = await self._ready_container()
+        await container.upload_blob(
+            name, body, overwrite=True, metadata=metadata, content_settings=ContentSettings(content_type=content_type)
+        )
+
+    async def _get(self, name: str) -> StoredBlob | None:
+        container = await self._ready_container()
+        try:
+            downloader = await container.download_blob(name)
+            body = await downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        props = downloader.properties
+        return StoredBlob(body, props.content_settings.content_type or "application/octet-stream", dict(props.metadata))
+
+    async def _ready_container(self) -> Any:
+        if self._container is None:
+            from azure.storage.blob.aio import BlobServiceClient
+
+            if self._account.connection_string:
+                self._service = BlobServiceClient.from_connection_string(
+                    self._account.connection_string, **CLIENT_OPTIONS
+                )
+            else:
+                self._service = BlobServiceClient(
+                    self._account.blob_uri,
+                    credential=self._credential_factory(self._account.client_id),
+                    **CLIENT_OPTIONS,
+                )
+            self._container = self._service.get_container_client(self._container_name)
+        if not self._ready:
+            try:
+                await self._container.create_container()
+            except ResourceExistsError:
+                pass
+            self._ready = True
+        return self._container

@@ -1,0 +1,79 @@
+"""The async path's functions: the orchestrator, its activities, results routes and housekeeping.
+
+Decorated wrappers only; the logic is in workflows (deterministic), activities and starter (plain async).
+"""
+
+from __future__ import annotations
+
+import json
+
+import azure.durable_functions as df
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
+
+from gateway.errors import GatewayError
+from gateway.pipeline import Gateway, Inbound, Outbound
+
+from . import activities, starter, workflows
+
+__all__ = ["build_async_blueprint", "starter_for"]
+
+
+def starter_for(gateway: Gateway):
+    """What the data-plane functions call to defer a request: bound to this gateway, given the request's client."""
+
+    async def start(client: df.DurableOrchestrationClient, deferred, base_url: str) -> Outbound:
+        return await starter.start(client, gateway, deferred, base_url)
+
+    return start
+
+
+def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
+    bp = df.Blueprint()
+
+    @bp.orchestration_trigger(context_name="context", orchestration=workflows.RELAY_ORCHESTRATOR)
+    def relay_request(context: df.DurableOrchestrationContext):
+        """One deferred request, retried across backends with durable timers, ending in a completion message."""
+        return (yield from workflows.relay_request(context))
+
+    @bp.activity_trigger(input_name="payload", activity=workflows.ATTEMPT_ACTIVITY)
+    async def attempt_backend(payload: str) -> dict:
+        return await activities.attempt_backend(gateway, _decoded(payload))
+
+    @bp.activity_trigger(input_name="payload", activity=workflows.PUBLISH_ACTIVITY)
+    async def publish_completion(payload: str) -> dict:
+        return await activities.publish_completion(gateway, _decoded(payload))
+
+    @bp.route(route="results/{id}", methods=["GET", "DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.durable_client_input(client_name="client")
+    async def results(req: Request, client: df.DurableOrchestrationClient) -> Response:
+        """GET: the result of an async request (202 while running). DELETE: cancel it, or delete a finished one."""
+        inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), b"")
+        instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            if req.method == "DELETE":
+                out = await starter.cancel(client, gateway, inbound, instance_id)
+            else:
+                out = await starter.get_result(client, gateway, inbound, instance_id)
+        except GatewayError as exc:
+            out = Outbound(exc.status, {"content-type": "application/json", **exc.headers}, exc.body())
+        return Response(out.body, status_code=out.status, headers=out.headers)
+
+    @bp.route(route="gateway/async/housekeeping", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+    @bp.durable_client_input(client_name="client")
+    async def housekeeping_now(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
+        """Runs the housekeeping timer's work on demand (operators, and hosts without timers)."""
+        return JSONResponse(await starter.housekeeping(client, gateway))
+
+    @bp.timer_trigger(arg_name="timer", schedule=gateway.settings.housekeeping_schedule, run_on_startup=False)
+    @bp.durable_client_input(client_name="client")
+    async def housekeeping(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+        """Cancelled completions for work terminated from outside, and purge after GATEWAY_PURGE_AFTER_DAYS."""
+        await starter.housekeeping(client, gateway)
+
+    return bp
+
+
+def _decoded(payload: str | dict) -> dict:
+    """Activity input arrives JSON-encoded from the host."""
+    return json.loads(payload) if isinstance(payload, str) else payload

@@ -1,0 +1,184 @@
+"""The client side of the async path: start an orchestration (202), answer for results, cancel, tidy up.
+
+Works with the real `DurableOrchestrationClient` the host injects. A deferred request's body goes to Blob
+Storage and the orchestration gets a small input (reference, route, model, caller, request id, deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway import errors
+from gateway.pipeline import Deferred, Gateway, Inbound, Outbound, forwarded_headers, prefers_async
+
+from .activities import completion_message, result_url
+from .workflows import RELAY_ORCHESTRATOR
+
+__all__ = ["cancel", "get_result", "housekeeping", "publish_cancelled", "start"]
+
+log = logging.getLogger("orchestrations.starter")
+POLL_AFTER_S = "2"
+_RUNNING = {"Pending", "Running", "ContinuedAsNew", "Suspended"}
+_FINISHED = {"Completed", "Failed", "Terminated"}
+# The body a client may see for each way an async request can end without a backend answer to relay.
+_END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
+
+
+async def start(client: Any, gateway: Gateway, deferred: Deferred, base_url: str) -> Outbound:
+    """Stores the body, starts `relay_request`, answers 202 with the durable management payload."""
+    inbound, route = deferred.inbound, deferred.route
+    instance_id = uuid.uuid4().hex
+    content_type = inbound.headers.get("content-type", "application/json")
+    await gateway.results.put_request(instance_id, inbound.body, content_type)
+    headers = forwarded_headers(inbound.headers, deferred.request_id)
+    headers.pop("accept-encoding", None)
+    request = {
+        "id": instance_id,
+        "request_id": deferred.request_id,
+        "caller": deferred.caller,
+        "model": route.model,
+        "api_style": route.api_style,
+        "path": inbound.path,
+        "query": inbound.query,
+        "headers": headers,
+        "deadline": time.time() + gateway.settings.async_ttl_s,
+        "submitted_at": datetime.now(UTC).isoformat(),
+        "max_attempts": gateway.settings.async_max_attempts,
+        "reason": deferred.reason,
+    }
+    try:
+        await client.start_new(RELAY_ORCHESTRATOR, instance_id, request)
+    except Exception:
+        log.exception("Could not start the orchestration for request %s", deferred.request_id)
+        await gateway.results.delete(instance_id)
+        raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
+    payload = client.create_http_management_payload(instance_id)
+    body = {
+        "id": instance_id,
+        "status": "accepted",
+        "reason": deferred.reason,
+        "result_url": base_url.rstrip("/") + result_url(instance_id),
+        **payload,
+    }
+    out_headers = {
+        "content-type": "application/json",
+        "Location": payload["statusQueryGetUri"],
+        "Retry-After": POLL_AFTER_S,
+        "x-request-id": deferred.request_id,
+    }
+    if prefers_async(inbound.headers.get("prefer", "")):
+        out_headers["Preference-Applied"] = "respond-async"
+    return Outbound(202, out_headers, json.dumps(body).encode())
+
+
+async def get_result(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> Outbound:
+    """GET /results/{id}: the backend's answer as the sync call would have given it, to its caller only."""
+    status, _ = await _owned(client, gateway, inbound, instance_id)
+    runtime = status.runtime_status.name
+    if runtime in _RUNNING:
+        body = {"id": instance_id, "status": "running", "progress": status.custom_status}
+        headers = {"content-type": "application/json", "Retry-After": POLL_AFTER_S}
+        return Outbound(202, headers, json.dumps(body).encode())
+    output = status.output if isinstance(status.output, dict) else {}
+    outcome = "cancelled" if runtime == "Terminated" else output.get("status", "failed")
+    if outcome in ("succeeded", "failed") and output.get("http_status"):
+        stored = await gateway.results.get_result(instance_id)
+        if stored is not None:
+            return Outbound(
+                output["http_status"], {"content-type": stored.content_type, "x-gateway-status": outcome}, stored.body
+            )
+    error = output.get("error") or {
+        "message": f"The request ended as {outcome}.",
+        "type": "gateway_error",
+        "param": None,
+        "code": outcome,
+    }
+    return Outbound(
+        _END_STATUS.get(outcome, 502),
+        {"content-type": "application/json", "x-gateway-status": outcome},
+        json.dumps({"error": error}).encode(),
+    )
+
+
+async def cancel(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> Outbound:
+    """DELETE /results/{id}: ends running work (publishing a `cancelled` completion) or deletes a finished result."""
+    status, request = await _owned(client, gateway, inbound, instance_id)
+    if status.runtime_status.name in _RUNNING:
+        await client.terminate(instance_id, "cancelled by the client")
+        await publish_cancelled(gateway, request)
+        body = {"id": instance_id, "status": "cancelled"}
+        return Outbound(202, {"content-type": "application/json"}, json.dumps(body).encode())
+    await gateway.results.delete(instance_id)
+    await client.purge_instance_history(instance_id)
+    return Outbound(204, {}, b"")
+
+
+async def publish_cancelled(gateway: Gateway, request: dict[str, Any]) -> bool:
+    """The completion for terminated work; skipped when one was already published for this request."""
+    if await gateway.results.get_completion(request["id"]) is not None:
+        return False
+    message = completion_message(
+        request,
+        {
+            "status": "cancelled",
+            "error": {
+                "message": "The request was cancelled.",
+                "type": "gateway_error",
+                "param": None,
+                "code": "cancelled",
+            },
+        },
+    )
+    await gateway.completions.publish(message)
+    await gateway.results.put_completion(request["id"], message.body())
+    await gateway.results.delete_request(request["id"])
+    return True
+
+
+async def housekeeping(client: Any, gateway: Gateway) -> dict[str, int]:
+    """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
+    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS."""
+    cutoff = datetime.now(UTC) - timedelta(days=gateway.settings.purge_after_days)
+    cancelled = purged = 0
+    for status in await client.get_status_all():
+        if status.runtime_status is None or status.runtime_status.name not in _FINISHED:
+            continue
+        if status.runtime_status.name == "Terminated":
+            request = await _input(client, status.instance_id)
+            if request and await publish_cancelled(gateway, request):
+                cancelled += 1
+        created = status.created_time
+        if created is not None and (created if created.tzinfo else created.replace(tzinfo=UTC)) < cutoff:
+            await gateway.results.delete(status.instance_id)
+            await client.purge_instance_history(status.instance_id)
+            purged += 1
+    return {"cancelled_published": cancelled, "purged": purged}
+
+
+async def _owned(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:
+    """The instance's status and input, if it exists and belongs to this caller; else 404 (existence not revealed)."""
+    caller = gateway.authorize(inbound.headers)
+    status = await client.get_status(instance_id, show_input=True)
+    request = _as_dict(status.input_) if status.runtime_status is not None else None
+    if not request or request.get("caller") != caller:
+        raise errors.not_found(f"No result with id '{instance_id}'.", code="result_not_found")
+    return status, request
+
+
+async def _input(client: Any, instance_id: str) -> dict[str, Any] | None:
+    status = await client.get_status(instance_id, show_input=True)
+    return _as_dict(status.input_)
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None

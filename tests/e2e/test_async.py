@@ -1,0 +1,219 @@
+"""The async path end to end: devhost + Durable stand-in + Azurite + fake backends, over real HTTP.
+
+The client does what the README shows: POST with `Prefer: respond-async`, get 202, poll the status URL,
+fetch `/results/{id}`. Completion messages are read back from the Storage queue (no Service Bus configured).
+Polling with a deadline is how clients wait; nothing here sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from azure.storage.queue import QueueClient
+
+from tests.support.devhost import DevHost
+from tests.support.fake_openai import FakeAzureOpenAI, Fault
+
+KEY, OTHER_KEY = "async-key", "someone-else"
+OPERATOR = {"x-functions-key": "devhost-function-key"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello asynchronously"}]}
+ASYNC = {"api-key": KEY, "Prefer": "respond-async"}
+
+
+class Stack:
+    def __init__(self, weu, neu, host: DevHost, queue: QueueClient) -> None:
+        self.weu, self.neu, self.host, self.queue = weu, neu, host, queue
+        self.http = httpx.Client(base_url=host.url, headers={"api-key": KEY}, timeout=30)
+
+    def completions(self, instance_id: str) -> list[dict]:
+        messages = [json.loads(base64.b64decode(m.content)) for m in self.queue.peek_messages(max_messages=32)]
+        return [m for m in messages if m["id"] == instance_id]
+
+    def wait_for_completion_message(self, instance_id: str, timeout_s: float = 30) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if found := self.completions(instance_id):
+                return found[0]
+        raise AssertionError(f"no completion message for {instance_id}")
+
+    def poll(self, status_url: str, timeout_s: float = 30) -> dict:
+        """What a client does with the 202's Location: poll until the runtime status is final."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = httpx.get(status_url, timeout=10).json()
+            if status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+                return status
+        raise AssertionError(f"still {status['runtimeStatus']} after {timeout_s} s: {status}")
+
+    def submit(self, body: dict, **headers: str) -> httpx.Response:
+        answer = self.http.post("/v1/chat/completions", json=body, headers={**ASYNC, **headers})
+        assert answer.status_code == 202, answer.text
+        return answer
+
+
+def start_stack(azurite, weu, neu, **extra: str) -> tuple[DevHost, QueueClient]:
+    suffix = uuid.uuid4().hex[:8]
+    queue_name = "done-" + suffix
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "GATEWAY_STATE_TABLE": "async" + suffix,
+        "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
+        "GATEWAY_COMPLETIONS_QUEUE": queue_name,
+        "GATEWAY_API_KEYS": f"{KEY},{OTHER_KEY}",
+        "GATEWAY_MAX_WAIT_S": "1",
+        "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;deployments=gpt-4o-mini",
+        "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;deployments=gpt-4o-mini",
+        **extra,
+    }
+    host = DevHost(env=env).start()
+    queue = QueueClient.from_connection_string(azurite.connection_string, queue_name)
+    return host, queue
+
+
+@pytest.fixture(scope="module")
+def stack(azurite) -> Iterator[Stack]:
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    with weu.threaded(), neu.threaded():
+        host, queue = start_stack(azurite, weu, neu)
+        try:
+            yield Stack(weu, neu, host, queue)
+        finally:
+            host.stop()
+
+
+@pytest.fixture
+def fresh(stack: Stack) -> Stack:
+    for fake in (stack.weu, stack.neu):
+        fake.clear()
+        assert stack.http.post(f"/gateway/backends/{fake.name}/reset", headers=OPERATOR).status_code == 200
+    return stack
+
+
+def strip_ids(completion: dict) -> dict:
+    return {k: v for k, v in completion.items() if k not in ("id", "created")}
+
+
+def test_respond_async_completes_with_what_the_sync_call_gives(fresh: Stack):
+    sync = fresh.http.post("/v1/chat/completions", json=CHAT).json()
+    answer = fresh.submit(CHAT, **{"x-request-id": "client-req-42"})
+    accepted = answer.json()
+    assert answer.headers["Location"] == accepted["statusQueryGetUri"]
+    assert answer.headers["Retry-After"] and answer.headers["Preference-Applied"] == "respond-async"
+    assert accepted["status"] == "accepted" and accepted["result_url"].endswith(f"/results/{accepted['id']}")
+    assert "Prefer" in accepted["reason"]
+
+    status = fresh.poll(answer.headers["Location"])
+    output = status["output"]
+    assert status["runtimeStatus"] == "Completed" and output["status"] == "succeeded"
+    assert strip_ids(output["result"]) == strip_ids(sync)
+    assert output["usage"]["total_tokens"] == sync["usage"]["total_tokens"]
+    assert status["createdTime"] and status["lastUpdatedTime"]
+
+    result = fresh.http.get(accepted["result_url"])
+    assert result.status_code == 200 and result.json() == output["result"]
+    assert fresh.http.get(accepted["result_url"], headers={"api-key": OTHER_KEY}).status_code == 404
+
+    message = fresh.wait_for_completion_message(accepted["id"])
+    assert (message["status"], message["request_id"], message["backend"]) == ("succeeded", "client-req-42", "weu")
+    assert message["usage"]["total_tokens"] == sync["usage"]["total_tokens"]
+    assert len(fresh.completions(accepted["id"])) == 1  # exactly once
+
+
+def test_a_streamed_request_run_async_returns_the_assembled_completion(fresh: Stack):
+    answer = fresh.submit({**CHAT, "stream": True})
+    output = fresh.poll(answer.headers["Location"])["output"]
+    completion = output["result"]
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"] == fresh.weu.reply_text()
+    assert completion["usage"]["total_tokens"] == output["usage"]["total_tokens"] > 0
+
+
+def test_throttling_is_waited_out_on_a_durable_timer(fresh: Stack):
+    fresh.weu.enqueue(Fault.status(429, retry_after_ms=1200))
+    fresh.neu.enqueue(Fault.status(429, retry_after_ms=3000))
+    answer = fresh.submit(CHAT)
+    status = fresh.poll(answer.headers["Location"])
+    output = status["output"]
+    assert output["status"] == "succeeded" and output["backend"] == "weu" and output["attempts"] == 3
+    assert len(fresh.weu.requests) == 2 and len(fresh.neu.requests) == 1
+
+
+def test_backend_errors_end_as_failed_with_the_backends_answer(fresh: Stack):
+    fresh.weu.enqueue(Fault.content_filter())
+    answer = fresh.submit(CHAT)
+    output = fresh.poll(answer.headers["Location"])["output"]
+    assert output["status"] == "failed" and output["http_status"] == 400
+    result = fresh.http.get(answer.json()["result_url"])
+    assert result.status_code == 400 and result.json()["error"]["code"] == "content_filter"
+    assert fresh.wait_for_completion_message(answer.json()["id"])["status"] == "failed"
+
+
+def test_cancel_with_delete_ends_the_work_and_publishes_cancelled_once(fresh: Stack):
+    for fake in (fresh.weu, fresh.neu):
+        fake.always(Fault.status(429, retry_after=600))
+    answer = fresh.submit(CHAT)
+    result_url = answer.json()["result_url"]
+    pending = fresh.http.get(result_url)
+    assert pending.status_code == 202 and pending.json()["status"] == "running"
+    cancelled = fresh.http.delete(result_url)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert fresh.poll(answer.headers["Location"])["runtimeStatus"] == "Terminated"
+    message = fresh.wait_for_completion_message(answer.json()["id"])
+    assert message["status"] == "cancelled" and message["error"]["code"] == "cancelled"
+    housekeeping = fresh.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()
+    assert housekeeping["cancelled_published"] == 0 and len(fresh.completions(answer.json()["id"])) == 1
+    assert fresh.http.get(result_url).status_code == 409
+
+
+def test_the_durable_terminate_url_is_followed_by_a_cancelled_completion(fresh: Stack):
+    for fake in (fresh.weu, fresh.neu):
+        fake.always(Fault.status(429, retry_after=600))
+    accepted = fresh.submit(CHAT).json()
+    terminate = httpx.post(accepted["terminatePostUri"].replace("{text}", "operator"))
+    assert terminate.status_code == 202
+    assert fresh.poll(accepted["statusQueryGetUri"])["runtimeStatus"] == "Terminated"
+    assert fresh.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()["cancelled_published"] >= 1
+    assert [m["status"] for m in fresh.completions(accepted["id"])] == ["cancelled"]
+    assert fresh.http.post("/gateway/async/housekeeping", headers=OPERATOR).status_code == 200
+    assert len(fresh.completions(accepted["id"])) == 1
+
+
+def test_cooling_backends_defer_a_plain_request_but_never_a_stream(fresh: Stack):
+    for fake in (fresh.weu, fresh.neu):
+        fake.enqueue(Fault.status(429, retry_after=600))
+    first = fresh.http.post("/v1/chat/completions", json=CHAT)  # both throttle now: breakers open for 600 s
+    assert first.status_code == 429 and int(first.headers["Retry-After"]) > 500
+    stream = fresh.http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert stream.status_code == 429 and int(stream.headers["Retry-After"]) > 500
+    deferred = fresh.http.post("/v1/chat/completions", json=CHAT)
+    assert deferred.status_code == 202 and "cooling down" in deferred.json()["reason"]
+    assert "Preference-Applied" not in deferred.headers
+    httpx.post(deferred.json()["terminatePostUri"].replace("{text}", "test"))
+
+
+def test_requests_that_cannot_finish_in_the_sync_budget_go_async(fresh: Stack):
+    answer = fresh.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100_000})
+    assert answer.status_code == 202 and "tokens" in answer.json()["reason"]
+    assert fresh.poll(answer.headers["Location"])["output"]["status"] == "succeeded"
+
+
+def test_a_crashed_activity_is_retried_and_still_publishes_once(azurite):
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    with weu.threaded(), neu.threaded():
+        host, queue = start_stack(azurite, weu, neu, DURABLE_STANDIN_CRASH_ACTIVITY="attempt_backend:1")
+        try:
+            stack = Stack(weu, neu, host, queue)
+            answer = stack.submit(CHAT)
+            output = stack.poll(answer.headers["Location"])["output"]
+            assert output["status"] == "succeeded"
+            assert len(weu.requests) == 2  # the crashed attempt really ran, then ran again
+            stack.wait_for_completion_message(answer.json()["id"])
+            assert len(stack.completions(answer.json()["id"])) == 1
+        finally:
+            host.stop()

@@ -1,0 +1,149 @@
+"""The async path's activities on real parts: Azurite blobs and queue, fake backends, the shared pool.
+
+The orchestrator is covered by replay tests and end to end through the devhost; here each activity is
+called as the Durable runtime would call it, to pin down what it returns and stores.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from azure.storage.queue.aio import QueueClient
+
+from gateway.bootstrap import build_gateway
+from gateway.pipeline import Gateway
+from orchestrations import activities
+from tests.support.fake_openai import FakeAzureOpenAI, Fault
+
+KEY = "k"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
+    async with FakeAzureOpenAI(name="weu") as weu, FakeAzureOpenAI(name="neu") as neu:
+        yield weu, neu
+
+
+@pytest.fixture
+async def gateway(backends, azurite) -> AsyncIterator[Gateway]:
+    weu, neu = backends
+    suffix = uuid.uuid4().hex[:8]
+    gw = build_gateway(
+        {
+            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;"
+            "deployments=gpt-4o-mini",
+            "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;"
+            "deployments=gpt-4o-mini",
+            "GATEWAY_API_KEYS": KEY,
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GATEWAY_STATE_TABLE": "act" + suffix,
+            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
+            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
+        }
+    )
+    yield gw
+    await gw.close()
+
+
+async def submit(gw: Gateway, body: dict, *, deadline_in: float = 3600) -> dict:
+    """What starter.start stores and passes to the orchestration, without the Durable client."""
+    request_id = uuid.uuid4().hex
+    await gw.results.put_request(request_id, json.dumps(body).encode(), "application/json")
+    return {
+        "id": request_id,
+        "request_id": "client-" + request_id[:6],
+        "caller": "key:abc",
+        "model": body["model"],
+        "api_style": "v1",
+        "path": "/v1/chat/completions",
+        "query": "",
+        "headers": {"content-type": "application/json"},
+        "deadline": time.time() + deadline_in,
+        "submitted_at": "2026-11-25T08:00:00+00:00",
+        "max_attempts": 5,
+    }
+
+
+async def queued_messages(gw: Gateway) -> list[dict]:
+    queue = QueueClient.from_connection_string(gw.completions._account.connection_string, gw.settings.completions_queue)
+    async with queue:
+        return [json.loads(base64.b64decode(m.content)) async for m in queue.receive_messages(max_messages=32)]
+
+
+async def test_a_successful_attempt_stores_the_result_and_reports_usage(gateway, backends):
+    weu, _ = backends
+    request = await submit(gateway, CHAT)
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["http_status"], result["backend"]) == ("succeeded", 200, "weu")
+    assert result["usage"]["total_tokens"] > 0 and result["result"]["object"] == "chat.completion"
+    stored = await gateway.results.get_result(request["id"])
+    assert stored.metadata["http_status"] == "200" and json.loads(stored.body) == result["result"]
+    assert weu.requests[0].headers["x-request-id"] == request["request_id"]
+
+
+async def test_a_streamed_request_is_stored_as_the_non_streamed_object(gateway, backends):
+    weu, _ = backends
+    request = await submit(gateway, {**CHAT, "stream": True})
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 1, "avoid": []})
+    completion = result["result"]
+    assert completion["object"] == "chat.completion" and completion["choices"][0]["finish_reason"] == "stop"
+    assert completion["choices"][0]["message"]["content"] == weu.reply_text()
+    assert completion["usage"]["total_tokens"] == result["usage"]["total_tokens"] > 0
+    assert weu.requests[0].json["stream_options"] == {"include_usage": True}
+
+
+async def test_throttled_attempts_say_when_to_try_again(gateway, backends):
+    weu, neu = backends
+    request = await submit(gateway, CHAT)
+    weu.enqueue(Fault.status(429, retry_after=20))
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["backend"], result["http_status"]) == ("retry", "weu", 429)
+    assert result["retry_at"] <= time.time()  # the other backend can take it right away
+    neu.enqueue(Fault.status(429, retry_after=40))
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 2, "avoid": ["weu"]})
+    assert result["backend"] == "neu"
+    # Both cooling: the next try is when the first breaker re-opens (weu, ~20 s).
+    assert 15 < result["retry_at"] - time.time() <= 20.5
+
+
+async def test_a_client_error_is_final_and_kept_as_the_answer(gateway, backends):
+    weu, neu = backends
+    request = await submit(gateway, CHAT)
+    weu.enqueue(Fault.content_filter())
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["http_status"]) == ("failed", 400)
+    assert result["error"]["code"] == "content_filter" and neu.requests == []
+
+
+async def test_expired_work_is_never_sent(gateway, backends):
+    weu, neu = backends
+    request = await submit(gateway, CHAT, deadline_in=-1)
+    result = await activities.attempt_backend(gateway, {"request": request, "attempt": 1, "avoid": []})
+    assert result["status"] == "expired" and weu.requests == [] and neu.requests == []
+
+
+async def test_the_completion_is_published_once_even_when_the_activity_runs_again(gateway):
+    request = await submit(gateway, CHAT)
+    outcome = {
+        "status": "succeeded",
+        "http_status": 200,
+        "backend": "weu",
+        "deployment": "gpt-4o-mini",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        "attempts": 2,
+        "result": {"object": "chat.completion"},
+    }
+    first = await activities.publish_completion(gateway, {"request": request, "outcome": outcome})
+    again = await activities.publish_completion(gateway, {"request": request, "outcome": outcome})
+    assert first == again and first["result"] == {"object": "chat.completion"}
+    [message] = await queued_messages(gateway)
+    assert message["id"] == request["id"] and message["request_id"] == request["request_id"]
+    assert (message["status"], message["backend"], message["attempts"]) == ("succeeded", "weu", 2)
+    assert message["usage"]["total_tokens"] == 7 and message["result_url"] == f"/results/{request['id']}"
+    assert await gateway.results.get_request(request["id"]) is None  # the body is not kept after the end
