@@ -60,6 +60,12 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "GATEWAY_COMPLETIONS_QUEUE": "gateway-completions",
         "GATEWAY_PURGE_AFTER_DAYS": "7",
         "GATEWAY_HOUSEKEEPING_SCHEDULE": "0 */15 * * * *",
+        # Batch API: files and batches managed across backends.
+        "GATEWAY_BATCH_MAX_BYTES": str(100 * 1024 * 1024),
+        "GATEWAY_BATCH_MAX_LINES": "100000",
+        "GATEWAY_BATCH_MAX_RESUBMITS": "2",
+        "GATEWAY_BATCH_POLL_MIN_S": "10",
+        "GATEWAY_BATCH_POLL_MAX_S": "300",
         # Service Bus for completion messages (the Functions identity-based connection convention).
         "COMPLETIONS_SERVICEBUS": "",
         "COMPLETIONS_SERVICEBUS__fullyQualifiedNamespace": "",
@@ -73,7 +79,20 @@ BACKEND_PREFIX = "GATEWAY_BACKEND_"
 HTTP_ANSWER_LIMIT_S = 230
 
 _BACKEND_KEYS = frozenset(
-    {"host", "mode", "processor", "usemi", "api-key", "probe", "priority", "weight", "tier", "deployments", "name"}
+    {
+        "host",
+        "mode",
+        "processor",
+        "usemi",
+        "api-key",
+        "probe",
+        "priority",
+        "weight",
+        "tier",
+        "deployments",
+        "batch",
+        "name",
+    }
 )
 _MODES = frozenset({"direct", "apim"})
 _PROCESSORS = frozenset({"openai", "none"})
@@ -96,6 +115,8 @@ class Backend:
     tier: str | None = None
     # model alias -> deployment name on this backend; empty means "any deployment, name unchanged".
     deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # model alias -> Global Batch deployment on this backend; a backend without one takes no batches.
+    batch_deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def parses_usage(self) -> bool:
@@ -108,6 +129,12 @@ class Backend:
         if name in self.deployments:
             return self.deployments[name]
         return name if name in self.deployments.values() else None
+
+    def batch_deployment_for(self, model: str) -> str | None:
+        """The Global Batch deployment this backend runs `model`'s batches on, or None."""
+        if model in self.batch_deployments:
+            return self.batch_deployments[model]
+        return model if model in self.batch_deployments.values() else None
 
     def masked(self) -> dict[str, Any]:
         """A view safe to show operators: the key is reduced to whether one is set."""
@@ -123,6 +150,7 @@ class Backend:
             "weight": self.weight,
             "tier": self.tier,
             "deployments": dict(self.deployments),
+            "batch": dict(self.batch_deployments),
         }
 
 
@@ -161,6 +189,11 @@ class Settings:
     completions_queue: str = "gateway-completions"
     purge_after_days: float = 7.0
     housekeeping_schedule: str = "0 */15 * * * *"
+    batch_max_bytes: int = 100 * 1024 * 1024
+    batch_max_lines: int = 100000
+    batch_max_resubmits: int = 2
+    batch_poll_min_s: float = 10.0
+    batch_poll_max_s: float = 300.0
     servicebus_connection: str = field(default="", repr=False)
     servicebus_namespace: str = ""
     servicebus_client_id: str = ""
@@ -243,6 +276,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         completions_queue=_container(get("GATEWAY_COMPLETIONS_QUEUE"), "GATEWAY_COMPLETIONS_QUEUE"),
         purge_after_days=_number(get, "GATEWAY_PURGE_AFTER_DAYS", float, minimum=0.01),
         housekeeping_schedule=_schedule(get("GATEWAY_HOUSEKEEPING_SCHEDULE"), "GATEWAY_HOUSEKEEPING_SCHEDULE"),
+        batch_max_bytes=_number(get, "GATEWAY_BATCH_MAX_BYTES", int, minimum=1024),
+        batch_max_lines=_number(get, "GATEWAY_BATCH_MAX_LINES", int, minimum=1),
+        batch_max_resubmits=_number(get, "GATEWAY_BATCH_MAX_RESUBMITS", int, minimum=0),
+        batch_poll_min_s=_number(get, "GATEWAY_BATCH_POLL_MIN_S", float, minimum=0.05),
+        batch_poll_max_s=_number(get, "GATEWAY_BATCH_POLL_MAX_S", float, minimum=0.05),
         servicebus_connection=get("COMPLETIONS_SERVICEBUS"),
         servicebus_namespace=get("COMPLETIONS_SERVICEBUS__fullyQualifiedNamespace"),
         servicebus_client_id=get("COMPLETIONS_SERVICEBUS__clientId"),
@@ -296,10 +334,11 @@ def _backend_from_fields(fields: Mapping[str, Any], setting: str) -> Backend:
         weight=_int_field(fields.get("weight", 1), setting, "weight", minimum=0),
         tier=str(fields["tier"]) if fields.get("tier") else None,
         deployments=MappingProxyType(_deployments(fields.get("deployments"), setting)),
+        batch_deployments=MappingProxyType(_deployments(fields.get("batch"), setting, key="batch")),
     )
 
 
-def _deployments(value: Any, setting: str) -> dict[str, str]:
+def _deployments(value: Any, setting: str, key: str = "deployments") -> dict[str, str]:
     """`gpt-4o=gpt-4o-weu,gpt-4o-mini` (alias=deployment, or a name that is both), a list, or a mapping."""
     if value in (None, ""):
         return {}
@@ -314,7 +353,7 @@ def _deployments(value: Any, setting: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for alias, deployment in items:
         if not alias or not deployment or "/" in alias + deployment:
-            raise ConfigError(setting, "deployments must be a comma list of model or model=deployment names")
+            raise ConfigError(setting, f"{key} must be a comma list of model or model=deployment names")
         result[alias] = deployment
     return result
 

@@ -3,7 +3,8 @@
 Orchestration inputs and outputs stay small (a reference, not the body): Durable history is replayed on
 every step, and big payloads in it cost time and storage on each replay. Layout in one container:
 `requests/{id}` the body the client sent, `results/{id}` the backend's answer (with its content type and
-HTTP status in metadata), `completions/{id}.json` the completion message once it has been published.
+HTTP status in metadata), `completions/{id}.json` the completion message once it has been published; the
+Batch API adds `files/{id}` (uploaded and produced files) and `batches/{id}/...` (merged results so far).
 """
 
 from __future__ import annotations
@@ -37,16 +38,16 @@ class ResultStore:
         self._ready = False
 
     async def put_request(self, request_id: str, body: bytes, content_type: str) -> None:
-        await self._put(f"requests/{request_id}", body, content_type, {})
+        await self.put_blob(f"requests/{request_id}", body, content_type, {})
 
     async def get_request(self, request_id: str) -> StoredBlob | None:
-        return await self._get(f"requests/{request_id}")
+        return await self.get_blob(f"requests/{request_id}")
 
     async def put_result(self, request_id: str, body: bytes, content_type: str, http_status: int) -> None:
-        await self._put(f"results/{request_id}", body, content_type, {"http_status": str(http_status)})
+        await self.put_blob(f"results/{request_id}", body, content_type, {"http_status": str(http_status)})
 
     async def get_result(self, request_id: str) -> StoredBlob | None:
-        return await self._get(f"results/{request_id}")
+        return await self.get_blob(f"results/{request_id}")
 
     async def put_completion(self, request_id: str, message: bytes) -> bool:
         """Records a published completion; False when it was already recorded (published before)."""
@@ -59,19 +60,19 @@ class ResultStore:
 
     async def get_completion(self, request_id: str) -> dict[str, Any] | None:
         """The completion message recorded for this request, None if none was published yet."""
-        blob = await self._get(f"completions/{request_id}.json")
+        blob = await self.get_blob(f"completions/{request_id}.json")
         return None if blob is None else json.loads(blob.body)
 
     async def delete_request(self, request_id: str) -> None:
         """The body is not needed once the request has ended."""
-        await self._delete(f"requests/{request_id}")
+        await self.delete_blob(f"requests/{request_id}")
 
     async def delete(self, request_id: str) -> None:
         """Everything stored for a request (housekeeping, or a client deleting its finished result)."""
         for name in (f"requests/{request_id}", f"results/{request_id}", f"completions/{request_id}.json"):
-            await self._delete(name)
+            await self.delete_blob(name)
 
-    async def _delete(self, name: str) -> None:
+    async def delete_blob(self, name: str) -> None:
         container = await self._ready_container()
         try:
             await container.delete_blob(name)
@@ -84,7 +85,7 @@ class ResultStore:
             self._service = self._container = None
             self._ready = False
 
-    async def _put(self, name: str, body: bytes, content_type: str, metadata: dict[str, str]) -> None:
+    async def put_blob(self, name: str, body: bytes, content_type: str, metadata: dict[str, str]) -> None:
         from azure.storage.blob import ContentSettings
 
         container = await self._ready_container()
@@ -92,7 +93,7 @@ class ResultStore:
             name, body, overwrite=True, metadata=metadata, content_settings=ContentSettings(content_type=content_type)
         )
 
-    async def _get(self, name: str) -> StoredBlob | None:
+    async def get_blob(self, name: str) -> StoredBlob | None:
         container = await self._ready_container()
         try:
             downloader = await container.download_blob(name)

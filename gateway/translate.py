@@ -123,5 +123,23 @@ def multipart_field(content_type: str, body: bytes, name: str) -> str | None:
     return None
 
 
+def multipart_form(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Every part of a multipart/form-data body: name -> (filename, bytes). Uses the stdlib MIME parser."""
+    import email.parser
+    import email.policy
+
+    if not content_type.startswith("multipart/form-data"):
+        raise errors.bad_request("Send the file as multipart/form-data.", code="invalid_content_type")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            parts[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return parts
+
+
 def _method_not_allowed(method: str, path: str) -> errors.GatewayError:
     return errors.GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")

@@ -14,7 +14,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from gateway.errors import GatewayError
 from gateway.pipeline import Gateway, Inbound, Outbound
 
-from . import activities, starter, workflows
+from . import activities, batch_activities, batch_api, starter, workflows
 
 __all__ = ["build_async_blueprint", "starter_for"]
 
@@ -59,6 +59,24 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
             out = Outbound(exc.status, {"content-type": "application/json", **exc.headers}, exc.body())
         return Response(out.body, status_code=out.status, headers=out.headers)
 
+    @bp.orchestration_trigger(context_name="context", orchestration=workflows.BATCH_ORCHESTRATOR)
+    def batch_job(context: df.DurableOrchestrationContext):
+        """A managed OpenAI batch across backends: submit, poll on durable timers, collect, resubmit."""
+        return (yield from workflows.batch_job(context))
+
+    for name in ("batch_submit", "batch_poll", "batch_cancel_backend", "batch_collect", "batch_finish"):
+        _register_activity(bp, gateway, name, getattr(batch_activities, name))
+
+    for function_name, route in (
+        ("v1_files", "v1/files/{*rest}"),
+        ("v1_batches", "v1/batches/{*rest}"),
+        ("azure_files", "openai/files/{*rest}"),
+        ("azure_batches", "openai/batches/{*rest}"),
+    ):
+        bp.route(route=route, methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)(
+            bp.durable_client_input(client_name="client")(_batch_route(gateway, function_name))
+        )
+
     @bp.route(route="gateway/async/housekeeping", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
     @bp.durable_client_input(client_name="client")
     async def housekeeping_now(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
@@ -72,6 +90,31 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
         await starter.housekeeping(client, gateway)
 
     return bp
+
+
+def _register_activity(bp: df.Blueprint, gateway: Gateway, name: str, implementation) -> None:
+    """One activity function named `name` that decodes its input and calls `implementation(gateway, payload)`."""
+
+    async def activity(payload: str) -> dict:
+        return await implementation(gateway, _decoded(payload))
+
+    bp.activity_trigger(input_name="payload", activity=name)(_renamed(activity, name))
+
+
+def _batch_route(gateway: Gateway, name: str):
+    async def batches(req: Request, client: df.DurableOrchestrationClient) -> Response:
+        """Files and Batches on both API styles (see orchestrations/batch_api.py)."""
+        inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body())
+        out = await batch_api.handle(client, gateway, inbound)
+        return Response(out.body, status_code=out.status, headers=out.headers)
+
+    return _renamed(batches, name)
+
+
+def _renamed(function, name: str):
+    """Functions are registered under their __name__: give each generated wrapper its own."""
+    function.__name__ = function.__qualname__ = name
+    return function
 
 
 def _decoded(payload: str | dict) -> dict:

@@ -9,16 +9,28 @@ No I/O and no clock here: time is `context.current_utc_datetime`, everything els
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 
-__all__ = ["ATTEMPT_ACTIVITY", "PUBLISH_ACTIVITY", "RELAY_ORCHESTRATOR", "relay_request"]
+__all__ = [
+    "ATTEMPT_ACTIVITY",
+    "BATCH_ORCHESTRATOR",
+    "PUBLISH_ACTIVITY",
+    "RELAY_ORCHESTRATOR",
+    "batch_job",
+    "relay_request",
+]
 
 RELAY_ORCHESTRATOR = "relay_request"
 ATTEMPT_ACTIVITY = "attempt_backend"
 PUBLISH_ACTIVITY = "publish_completion"
+BATCH_ORCHESTRATOR = "batch_job"
+BATCH_SUBMIT, BATCH_POLL, BATCH_CANCEL = "batch_submit", "batch_poll", "batch_cancel_backend"
+BATCH_COLLECT, BATCH_FINISH = "batch_collect", "batch_finish"
+# Polls of a backend that does not answer before the round counts as failed and the lines move on.
+UNREACHABLE_POLLS = 3
 # A crashed activity (worker died, storage hiccup) is retried by the Durable runtime before we see it fail.
 ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=3)
 
@@ -72,6 +84,103 @@ def relay_request(context: df.DurableOrchestrationContext):
     )
     context.set_custom_status({"state": "done", "status": outcome["status"]})
     return message
+
+
+def batch_job(context: df.DurableOrchestrationContext):
+    """A managed OpenAI batch: submit to a backend, poll with backing-off durable timers, collect, and resubmit
+    the unanswered lines elsewhere after a failed or expired round, up to the job's round limit.
+
+    Input: the job dict built by orchestrations.batch_api. Custom status and output: the batch view that
+    `GET /v1/batches/{id}` turns into the OpenAI batch object.
+    """
+    job: dict[str, Any] = context.get_input()
+    deadline = datetime.fromtimestamp(job["created_at"] + job["window_s"], UTC)
+    view: dict[str, Any] = {
+        "status": "validating",
+        "request_counts": {"total": job["lines"], "completed": 0, "failed": 0},
+    }
+    context.set_custom_status(view)
+    avoid: list[str] = []
+    rounds = 0
+    last, cancelled = "failed", False
+    while rounds < job["max_rounds"] and not cancelled:
+        now = context.current_utc_datetime
+        if now >= deadline:
+            last = "expired"
+            break
+        rounds += 1
+        submitted = yield context.call_activity_with_retry(
+            BATCH_SUBMIT, ACTIVITY_RETRY, {"job": job, "round": rounds, "avoid": avoid}
+        )
+        if submitted["status"] == "nothing_left":
+            last = "completed"
+            break
+        if submitted["status"] != "submitted":
+            if submitted.get("backend"):
+                avoid = [*avoid, submitted["backend"]]
+            yield context.create_timer(min(datetime.fromtimestamp(submitted["retry_at"], UTC), deadline))
+            continue
+        view = {**view, "status": "in_progress", "backend": submitted["backend"], "round": rounds}
+        view.setdefault("in_progress_at", int(now.timestamp()))
+        context.set_custom_status(view)
+        ref = {"job": job, "backend": submitted["backend"], "backend_batch_id": submitted["backend_batch_id"]}
+        delay, unreachable = job["poll_min_s"], 0
+        while True:
+            fire_at = min(context.current_utc_datetime + timedelta(seconds=delay), deadline)
+            yield context.create_timer(fire_at)
+            delay = min(delay * 2, job["poll_max_s"])
+            poll = yield context.call_activity_with_retry(BATCH_POLL, ACTIVITY_RETRY, ref)
+            now = context.current_utc_datetime
+            if poll.get("cancel_requested") and not cancelled:
+                cancelled = True
+                view = {**view, "status": "cancelling", "cancelling_at": int(now.timestamp())}
+                yield context.call_activity_with_retry(BATCH_CANCEL, ACTIVITY_RETRY, ref)
+            counts = poll.get("request_counts") or {}
+            done = view["request_counts"]
+            view = {
+                **view,
+                "backend_status": poll["status"],
+                "request_counts": {
+                    "total": job["lines"],
+                    "completed": max(done["completed"], int(counts.get("completed") or 0)),
+                    "failed": max(done["failed"], int(counts.get("failed") or 0)),
+                },
+            }
+            context.set_custom_status(view)
+            unreachable = unreachable + 1 if poll["status"] == "unreachable" else 0
+            if poll["status"] in ("completed", "failed", "expired", "cancelled") or unreachable >= UNREACHABLE_POLLS:
+                break
+            if now >= deadline:
+                yield context.call_activity_with_retry(BATCH_CANCEL, ACTIVITY_RETRY, ref)
+                poll = {**poll, "status": "expired"}
+                break
+        view = {
+            **view,
+            "status": "cancelling" if cancelled else "finalizing",
+            "finalizing_at": int(context.current_utc_datetime.timestamp()),
+        }
+        context.set_custom_status(view)
+        collected = yield context.call_activity_with_retry(BATCH_COLLECT, ACTIVITY_RETRY, {**ref, "poll": poll})
+        view = {
+            **view,
+            "request_counts": {
+                "total": job["lines"],
+                "completed": collected["succeeded"],
+                "failed": collected["failed"],
+            },
+        }
+        last = "completed" if collected["remaining"] == 0 else ("expired" if poll["status"] == "expired" else "failed")
+        if collected["remaining"] == 0:
+            break
+        avoid = [*avoid, submitted["backend"]]
+    end = {
+        "status": "cancelled" if cancelled else last,
+        "rounds": rounds,
+        **{k: view.get(k) for k in ("in_progress_at", "finalizing_at", "cancelling_at")},
+    }
+    final = yield context.call_activity_with_retry(BATCH_FINISH, ACTIVITY_RETRY, {"job": job, "end": end})
+    context.set_custom_status(final)
+    return final
 
 
 def _ended(status: str, message: str, code: str) -> dict[str, Any]:

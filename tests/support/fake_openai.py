@@ -10,6 +10,15 @@ streams, content filter) and assert on what it received in ``fake.requests``.
         ...
         assert fake.requests[0].deployment == "gpt-4o-mini"
 
+It also serves the resource-level Files and Batches APIs (``/openai/files``, ``/openai/batches``).
+Batches only move when the test says so, never on a timer:
+
+    batch_id = ...                       # the client uploaded a JSONL and created a batch: "validating"
+    fake.advance_batch(batch_id, "in_progress")
+    fake.advance_batch(batch_id, "completed", failed_custom_ids=["task-2"])   # output + error files
+    fake.batch_script = ["validating", "in_progress", "completed"]  # or: one step per GET of a new batch
+    fake.files[fake.batches[batch_id].output_file_id].jsonl()
+
 Run it by hand: ``python -m tests.support.fake_openai --port 18080``.
 """
 
@@ -19,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import email.parser
 import email.policy
 import hashlib
@@ -55,6 +65,11 @@ _OPERATIONS = {
 }
 _DATA_PLANE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>.+?)/?$")
 _STATUS_PATHS = ("/status", "/openai/status")
+# Files and Batches live at the resource level, not under a deployment.
+_FILES_PATH = re.compile(r"^/openai/files(?:/(?P<file_id>[^/]+)(?P<content>/content)?)?/?$")
+_BATCHES_PATH = re.compile(r"^/openai/batches(?:/(?P<batch_id>[^/]+)(?P<cancel>/cancel)?)?/?$")
+_BATCH_URLS = frozenset({"/chat/completions", "/v1/chat/completions"})  # the batch input line urls served
+_BATCH_WINDOW_S = 24 * 3600
 
 _SAFE = {"filtered": False, "severity": "safe"}
 _SAFE_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
@@ -243,6 +258,125 @@ class _Call:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _ChatPlan:
+    """The parts of one chat answer, shared by the streamed, non-streamed and batch forms."""
+
+    base: dict[str, Any]
+    pieces: list[str]
+    usage: dict[str, Any]
+    tool: str | None
+    tool_call: dict[str, Any] | None
+    finish_reason: str
+
+
+# --------------------------------------------------------------------------- files and batches
+
+BatchStatus = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
+_TERMINAL: frozenset[str] = frozenset({"failed", "completed", "expired", "cancelled"})
+_ADVANCE_TARGETS: frozenset[str] = frozenset(
+    {"validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"}
+)
+# What OpenAI writes to the error file for requests a batch never ran (BatchRequestOutputError codes).
+_UNRUN = {
+    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "cancelled": ("batch_cancelled", "This request could not be executed before the batch was cancelled."),
+}
+
+
+@dataclass(frozen=True)
+class FakeFile:
+    """An uploaded file (purpose ``batch``) or one the fake produced (purpose ``batch_output``)."""
+
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Azure's file object."""
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+    def jsonl(self) -> list[dict[str, Any]]:
+        """The content parsed as JSON lines (blank lines skipped)."""
+        return [json.loads(line) for line in self.content.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One step of ``FakeAzureOpenAI.batch_script``; a plain status string is shorthand for ``BatchStep(to)``."""
+
+    to: BatchStatus
+    completed_lines: int | None = None
+    failed_custom_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class FakeBatch:
+    """A batch job's state. ``fake.batches`` hands out copies; ``requests`` are its valid input lines."""
+
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, Any] | None
+    created_at: int
+    expires_at: int
+    requests: list[dict[str, Any]]
+    # Validation problems of the input file: the batch fails with them when it leaves "validating".
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    status: BatchStatus = "validating"
+    errors: dict[str, Any] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "completed": 0, "failed": 0})
+    script: deque[BatchStep] = field(default_factory=deque)  # auto steps left, one per GET of this batch
+
+    def to_json(self) -> dict[str, Any]:
+        """Azure's batch object."""
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": copy.deepcopy(self.errors),
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "in_progress_at": self.in_progress_at,
+            "expires_at": self.expires_at,
+            "finalizing_at": self.finalizing_at,
+            "completed_at": self.completed_at,
+            "failed_at": self.failed_at,
+            "expired_at": self.expired_at,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
+            "request_counts": dict(self.request_counts),
+            "metadata": copy.deepcopy(self.metadata),
+        }
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -280,6 +414,10 @@ class FakeAzureOpenAI:
         self._faults: deque[Fault] = deque()
         self._always: Fault | None = None
         self._holds: deque[StreamHold] = deque()
+        # Auto progress for batches created from now on: one step per GET of the batch (None: none).
+        self.batch_script: list[BatchStatus | BatchStep] | None = None
+        self._files: dict[str, FakeFile] = {}
+        self._batches: dict[str, FakeBatch] = {}
         self._operations = {
             "chat/completions": self._chat_completions,
             "completions": self._completions,
@@ -405,6 +543,147 @@ class FakeAzureOpenAI:
         with self._lock:
             return self._holds.popleft() if self._holds else None
 
+    # ----------------------------------------------------------------- files and batches (thread-safe)
+
+    @property
+    def files(self) -> dict[str, FakeFile]:
+        """A snapshot of the stored files (uploaded and produced), by id, in creation order."""
+        with self._lock:
+            return dict(self._files)
+
+    @property
+    def batches(self) -> dict[str, FakeBatch]:
+        """A snapshot (copies) of every batch's state, by id, in creation order."""
+        with self._lock:
+            return {batch_id: copy.deepcopy(batch) for batch_id, batch in self._batches.items()}
+
+    def add_file(self, content: bytes, filename: str = "input.jsonl", purpose: str = "batch") -> FakeFile:
+        """Store a file as if it had been uploaded (no request is recorded)."""
+        with self._lock:
+            return self._add_file_locked(content, filename, purpose)
+
+    def advance_batch(
+        self,
+        batch_id: str | None = None,
+        to: BatchStatus = "completed",
+        *,
+        completed_lines: int | None = None,
+        failed_custom_ids: Iterable[str] = (),
+        errors: Iterable[dict[str, Any]] | None = None,
+    ) -> FakeBatch:
+        """Move a batch (the latest created one when ``batch_id`` is None) to status ``to``; returns a copy.
+
+        ``completed`` writes an output file (one line per succeeded request) and, when some failed, an
+        error file: ``failed_custom_ids`` fail with a 400 and lines naming an unknown deployment with a 404.
+        ``expired``/``cancelled``/``failed`` ran only the first ``completed_lines`` lines (default 0): the
+        output file holds those that succeeded; for ``expired``/``cancelled`` the error file also lists the
+        never-run requests with ``batch_expired``/``batch_cancelled``. ``failed`` sets ``errors`` (the input
+        file's validation problems, else ``errors`` or a default ``invalid_request``). A batch whose input
+        file has problems fails when it leaves ``validating``, whatever ``to`` is; a ``cancelling`` batch
+        becomes ``cancelled`` on any advance; advancing to the current status changes nothing. Terminal
+        batches cannot move, nor go back (ValueError).
+        """
+        step = BatchStep(to, completed_lines, tuple(failed_custom_ids))
+        with self._lock:
+            if batch_id is None:
+                if not self._batches:
+                    raise LookupError(f"fake {self.name!r} has no batch")
+                batch = next(reversed(self._batches.values()))
+            elif (batch := self._batches.get(batch_id)) is None:
+                raise KeyError(f"fake {self.name!r} has no batch {batch_id!r}")
+            self._advance_locked(batch, step, None if errors is None else list(errors))
+            return copy.deepcopy(batch)
+
+    def _add_file_locked(self, content: bytes, filename: str, purpose: str) -> FakeFile:
+        stored = FakeFile(f"file-{uuid.uuid4().hex}", filename, purpose, bytes(content), int(time.time()))
+        self._files[stored.id] = stored
+        return stored
+
+    def _advance_locked(self, batch: FakeBatch, step: BatchStep, errors: list[dict[str, Any]] | None = None) -> None:
+        to = step.to
+        if to not in _ADVANCE_TARGETS:
+            raise ValueError(f"unknown batch status {to!r}")
+        if batch.status in _TERMINAL:
+            raise ValueError(f"batch {batch.id} is already {batch.status}")
+        if batch.status == "cancelling":
+            to = "cancelled"
+        if to == batch.status:  # e.g. a script polling twice while in progress
+            return
+        if to == "validating":
+            raise ValueError(f"batch {batch.id} is {batch.status}; it cannot go back to validating")
+        now = int(time.time())
+        if batch.status == "validating" and batch.problems and to != "cancelling":
+            self._finish_locked(batch, BatchStep("failed"), batch.problems, now)
+        elif to == "in_progress":
+            if batch.status != "validating":
+                raise ValueError(f"batch {batch.id} is {batch.status}; only a validating batch starts")
+            batch.status, batch.in_progress_at = "in_progress", now
+            batch.request_counts["total"] = len(batch.requests)
+        elif to == "finalizing":
+            batch.in_progress_at = batch.in_progress_at or now
+            batch.status, batch.finalizing_at = "finalizing", now
+            batch.request_counts["total"] = len(batch.requests)
+        elif to == "cancelling":
+            batch.status, batch.cancelling_at = "cancelling", now
+        else:
+            self._finish_locked(batch, BatchStep(to, step.completed_lines, step.failed_custom_ids), errors, now)
+
+    def _finish_locked(self, batch: FakeBatch, step: BatchStep, errors: list[dict[str, Any]] | None, now: int) -> None:
+        """Move ``batch`` to a terminal status and write its output and error files."""
+        lines = batch.requests
+        if step.to == "completed":
+            if step.completed_lines is not None:
+                raise ValueError("completed_lines is for expired, failed or cancelled batches")
+            ran = len(lines)
+        else:
+            ran = min(step.completed_lines or 0, len(lines))
+            if ran < 0:
+                raise ValueError("completed_lines cannot be negative")
+        failing = set(step.failed_custom_ids)
+        unknown = failing - {line["custom_id"] for line in lines}
+        if unknown:
+            raise ValueError(f"batch {batch.id} has no custom_id {sorted(unknown)}")
+
+        outputs: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for line in lines[:ran]:
+            custom_id, body = line["custom_id"], line["body"]
+            if custom_id in failing:
+                message = f"Fake failure of request {custom_id!r}."
+                failures.append(_batch_line(custom_id, 400, _bad_request(message)))
+            elif self.deployments is not None and body["model"] not in self.deployments:
+                failures.append(_batch_line(custom_id, 404, _DEPLOYMENT_NOT_FOUND))
+            else:
+                answer = self._chat_answer(self._chat_plan(body, body["model"]))
+                outputs.append(_batch_line(custom_id, 200, answer))
+        unrun: list[dict[str, Any]] = []
+        if step.to in _UNRUN:
+            code, message = _UNRUN[step.to]
+            unrun = [_unrun_line(line["custom_id"], code, message) for line in lines[ran:]]
+
+        if outputs:
+            batch.output_file_id = self._add_file_locked(_jsonl(outputs), f"{batch.id}_output.jsonl", "batch_output").id
+        if failures or unrun:
+            batch.error_file_id = self._add_file_locked(
+                _jsonl(failures + unrun), f"{batch.id}_error.jsonl", "batch_output"
+            ).id
+        batch.request_counts = {"total": len(lines), "completed": len(outputs), "failed": len(failures)}
+        batch.status = step.to
+        if step.to == "completed":
+            batch.in_progress_at = batch.in_progress_at or now
+            batch.finalizing_at = batch.finalizing_at or now
+            batch.completed_at = now
+        elif step.to == "failed":
+            default = [{"code": "invalid_request", "message": "The batch failed (scripted by the test)."}]
+            data = [{"param": None, "line": None, **error} for error in (errors or default)]
+            batch.errors = {"object": "list", "data": data}
+            batch.failed_at = now
+        elif step.to == "expired":
+            batch.expired_at = now
+        else:  # cancelled
+            batch.cancelling_at = batch.cancelling_at or now
+            batch.cancelled_at = now
+
     # ----------------------------------------------------------------- request handling
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -429,6 +708,9 @@ class FakeAzureOpenAI:
             await asyncio.sleep(self.latency_ms / 1000)
         if fault is not None and (faulted := await self._apply_fault(fault, call)) is not None:
             return faulted
+
+        if (resource := _FILES_PATH.match(request.path) or _BATCHES_PATH.match(request.path)) is not None:
+            return self._resource_api(call, resource)
 
         match = _DATA_PLANE.match(request.path)
         if match is None or "api-version" not in request.query:
@@ -558,10 +840,11 @@ class FakeAzureOpenAI:
         """The deterministic chat reply; it names this fake so tests can tell backends apart."""
         return f"Hello from {self.name}. This is a fake reply."
 
-    async def _chat_completions(self, call: _Call) -> web.StreamResponse:
-        messages = call.payload.get("messages") or []
+    def _chat_plan(self, payload: dict[str, Any], deployment: str) -> _ChatPlan:
+        """Everything a chat answer (streamed, non-streamed or in a batch output line) is made of."""
+        messages = payload.get("messages") or []
         prompt_tokens = sum(_word_count(_message_text(m)) + 3 for m in messages if isinstance(m, dict))
-        tool = _weather_tool(call.payload)
+        tool = _weather_tool(payload)
         pieces = _split(_dumps(_TOOL_ARGUMENTS) if tool else self.reply_text(), self.chunks)
         usage = _usage(prompt_tokens, len(pieces))
         usage["prompt_tokens_details"] = {"cached_tokens": 0}
@@ -569,31 +852,39 @@ class FakeAzureOpenAI:
         base = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
-            "model": self._model(call),
+            "model": _MODEL_NAMES.get(deployment, deployment),
             "system_fingerprint": _FINGERPRINT,
         }
         tool_call = None
         if tool is not None:
             tool_call = {"id": f"call_{hashlib.sha256(tool.encode()).hexdigest()[:24]}", "type": "function"}
-        finish_reason = "tool_calls" if tool else "stop"
+        return _ChatPlan(base, pieces, usage, tool, tool_call, "tool_calls" if tool else "stop")
 
+    @staticmethod
+    def _chat_answer(plan: _ChatPlan) -> dict[str, Any]:
+        """The non-streamed ``chat.completion`` object."""
+        message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+        if plan.tool_call is not None:
+            function = {"name": plan.tool, "arguments": "".join(plan.pieces)}
+            message["tool_calls"] = [{**plan.tool_call, "function": function}]
+        else:
+            message["content"] = "".join(plan.pieces)
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": plan.finish_reason,
+            "logprobs": None,
+            "content_filter_results": _SAFE_RESULTS,
+        }
+        answer = {**plan.base, "object": "chat.completion", "choices": [choice]}
+        return answer | {"prompt_filter_results": _PROMPT_FILTER_RESULTS, "usage": plan.usage}
+
+    async def _chat_completions(self, call: _Call) -> web.StreamResponse:
+        plan = self._chat_plan(call.payload, call.record.deployment or "")
         if not call.payload.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-            if tool_call is not None:
-                function = {"name": tool, "arguments": "".join(pieces)}
-                message["tool_calls"] = [{**tool_call, "function": function}]
-            else:
-                message["content"] = "".join(pieces)
-            choice = {
-                "index": 0,
-                "message": message,
-                "finish_reason": finish_reason,
-                "logprobs": None,
-                "content_filter_results": _SAFE_RESULTS,
-            }
-            answer = {**base, "object": "chat.completion", "choices": [choice]}
-            answer |= {"prompt_filter_results": _PROMPT_FILTER_RESULTS, "usage": usage}
-            return _json(answer, call.headers)
+            return _json(self._chat_answer(plan), call.headers)
+        base, pieces, usage, tool, tool_call = plan.base, plan.pieces, plan.usage, plan.tool, plan.tool_call
+        finish_reason = plan.finish_reason
 
         include_usage = _include_usage(call.payload)
 
@@ -680,6 +971,147 @@ class FakeAzureOpenAI:
         data = [{"url": "https://fake/img.png", "revised_prompt": prompt} for _ in range(count)]
         return _json({"created": int(time.time()), "data": data}, call.headers)
 
+    # ----------------------------------------------------------------- files and batches
+
+    def _resource_api(self, call: _Call, resource: re.Match[str]) -> web.StreamResponse:
+        """``/openai/files...`` and ``/openai/batches...``: resource-level, not under a deployment."""
+        request = call.request
+        if "api-version" not in request.query:
+            return _json(_NOT_FOUND, call.headers, status=404)
+        if not self._authorized(request):
+            return _json(_UNAUTHORIZED, call.headers, status=401)
+        if call.cut_after is not None:  # nothing is streamed here: a cut is a reset
+            return _abort(request)
+        if resource.re is _FILES_PATH:
+            return self._files_api(call, resource["file_id"], bool(resource["content"]))
+        return self._batches_api(call, resource["batch_id"], bool(resource["cancel"]))
+
+    def _files_api(self, call: _Call, file_id: str | None, content: bool) -> web.StreamResponse:
+        method = call.request.method
+        if file_id is None and method == "POST":
+            return self._upload_file(call)
+        if file_id is None and method == "GET":
+            purpose = call.request.query.get("purpose")
+            with self._lock:
+                data = [f.to_json() for f in self._files.values() if purpose in (None, f.purpose)]
+            return _json({"object": "list", "data": data, "has_more": False}, call.headers)
+        if file_id is None or (content and method != "GET") or method not in ("GET", "DELETE"):
+            return _json(_NOT_FOUND, call.headers, status=404)
+        with self._lock:
+            stored = self._files.pop(file_id, None) if method == "DELETE" else self._files.get(file_id)
+        if stored is None:
+            return _json(_not_found("File", file_id), call.headers, status=404)
+        if method == "DELETE":
+            return _json({"id": stored.id, "object": "file", "deleted": True}, call.headers)
+        if content:
+            return web.Response(body=stored.content, content_type="application/octet-stream", headers=call.headers)
+        return _json(stored.to_json(), call.headers)
+
+    def _upload_file(self, call: _Call) -> web.StreamResponse:
+        parts = _multipart_parts(call.request.headers.get("Content-Type", ""), call.record.body)
+        if "file" not in parts:
+            return _json(_bad_request("No file uploaded."), call.headers, 400)
+        purpose = parts.get("purpose", (None, b""))[1].decode(errors="replace")
+        if purpose not in ("batch", "fine-tune", "assistants"):
+            message = f"Invalid value for purpose: {purpose!r}. Supported values are batch, fine-tune, assistants."
+            return _json(_bad_request(message), call.headers, 400)
+        filename, data = parts["file"]
+        with self._lock:
+            stored = self._add_file_locked(data, filename or "file", purpose)
+        return _json(stored.to_json(), call.headers)
+
+    def _batches_api(self, call: _Call, batch_id: str | None, cancel: bool) -> web.StreamResponse:
+        method = call.request.method
+        if batch_id is None and method == "POST":
+            return self._create_batch(call)
+        if batch_id is None and method == "GET":
+            return self._list_batches(call)
+        if batch_id is None or method != ("POST" if cancel else "GET"):
+            return _json(_NOT_FOUND, call.headers, status=404)
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return _json(_not_found("Batch", batch_id), call.headers, status=404)
+            if cancel:
+                if batch.status in ("validating", "in_progress", "finalizing"):
+                    self._advance_locked(batch, BatchStep("cancelling"))
+                elif batch.status not in ("cancelling", "cancelled"):
+                    message = f"Cannot cancel a batch with status '{batch.status}'."
+                    return _json(_bad_request(message), call.headers, 400)
+            elif batch.script:  # auto mode: this poll consumes one step
+                step = batch.script.popleft()
+                if batch.status in _TERMINAL:
+                    batch.script.clear()
+                else:
+                    try:
+                        self._advance_locked(batch, step)
+                    except ValueError as error:  # a script the batch cannot follow: tell the test loudly
+                        body = {"error": {"code": "FakeBatchScriptError", "message": str(error)}}
+                        return _json(body, call.headers, status=500)
+            answer = batch.to_json()
+        return _json(answer, call.headers)
+
+    def _create_batch(self, call: _Call) -> web.StreamResponse:
+        payload = call.record.json
+        if payload is None:
+            return _json(_bad_request("Invalid JSON body."), call.headers, 400)
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(payload.get(name), str) or not payload[name]:
+                return _json(_bad_request(f"Missing required parameter '{name}'."), call.headers, 400)
+        endpoint = payload["endpoint"]
+        if endpoint not in _BATCH_URLS:
+            message = f"Unsupported endpoint {endpoint!r}; the fake serves /chat/completions batches."
+            return _json(_bad_request(message), call.headers, 400)
+        metadata = payload.get("metadata")
+        script = [s if isinstance(s, BatchStep) else BatchStep(s) for s in self.batch_script or ()]
+        with self._lock:
+            source = self._files.get(payload["input_file_id"])
+            if source is None:
+                return _json(_not_found("File", payload["input_file_id"]), call.headers, status=404)
+            if source.purpose != "batch":
+                message = f"File {source.id!r} has purpose {source.purpose!r}; a batch input needs 'batch'."
+                return _json(_bad_request(message), call.headers, 400)
+            requests, problems = _parse_batch_input(source.content)
+            now = int(time.time())
+            batch = FakeBatch(
+                id=f"batch_{uuid.uuid4().hex}",
+                input_file_id=source.id,
+                endpoint=endpoint,
+                completion_window=payload["completion_window"],
+                metadata=dict(metadata) if isinstance(metadata, dict) else None,
+                created_at=now,
+                expires_at=now + _BATCH_WINDOW_S,
+                requests=requests,
+                problems=problems,
+                script=deque(script),
+            )
+            self._batches[batch.id] = batch
+            answer = batch.to_json()
+        return _json(answer, call.headers)
+
+    def _list_batches(self, call: _Call) -> web.StreamResponse:
+        query = call.request.query
+        try:
+            limit = max(1, min(100, int(query.get("limit", "20"))))
+        except ValueError:
+            return _json(_bad_request("limit must be an integer."), call.headers, 400)
+        with self._lock:
+            batches = list(self._batches.values())
+            after = query.get("after")
+            if after is not None:
+                ids = [b.id for b in batches]
+                batches = batches[ids.index(after) + 1 :] if after in ids else []
+            page = [b.to_json() for b in batches[:limit]]
+            has_more = len(batches) > limit
+        answer = {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": has_more,
+        }
+        return _json(answer, call.headers)
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -700,6 +1132,68 @@ def _float32_base64(vector: list[float]) -> str:
 
 def _bad_request(message: str) -> dict[str, Any]:
     return {"error": {"code": "BadRequest", "message": message}}
+
+
+def _not_found(kind: str, resource_id: str) -> dict[str, Any]:
+    return {"error": {"code": "404", "message": f"{kind} with id '{resource_id}' was not found."}}
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(_dumps(line) + "\n" for line in lines).encode()
+
+
+def _batch_line(custom_id: str, status_code: int, body: dict[str, Any]) -> dict[str, Any]:
+    """One line of a batch output or error file: a request that got an answer."""
+    response = {"status_code": status_code, "request_id": str(uuid.uuid4()), "body": body}
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": response, "error": None}
+
+
+def _unrun_line(custom_id: str, code: str, message: str) -> dict[str, Any]:
+    """One line of a batch error file: a request the batch never ran."""
+    error = {"code": code, "message": message}
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None, "error": error}
+
+
+def _parse_batch_input(content: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The valid request lines of a batch input file, and its problems (Azure's batch error codes)."""
+    requests: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def problem(code: str, message: str, number: int | None) -> None:
+        problems.append({"code": code, "message": message, "param": None, "line": number})
+
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict):
+            problem("invalid_json_line", f"Line {number} of the input file is not a valid JSON object.", number)
+            continue
+        custom_id, body = line.get("custom_id"), line.get("body")
+        if (
+            not isinstance(custom_id, str)
+            or not custom_id
+            or line.get("method") != "POST"
+            or not isinstance(body, dict)
+            or not isinstance(body.get("model"), str)
+        ):
+            problem("invalid_request", f"Line {number}: the schema of the input line is invalid.", number)
+        elif line.get("url") not in _BATCH_URLS:
+            problem("url_mismatch", f"Line {number}: the url {line.get('url')!r} does not match the endpoint.", number)
+        elif custom_id in seen:
+            problem("duplicate_custom_id", f"Line {number}: the custom_id {custom_id!r} is a duplicate.", number)
+        else:
+            seen.add(custom_id)
+            requests.append(line)
+    if not requests and not problems:
+        problem(
+            "empty_file", "The input file is empty. Please ensure that the batch contains at least one request.", None
+        )
+    return requests, problems
 
 
 def _dumps(value: Any) -> str:
@@ -769,7 +1263,12 @@ def _embedding_inputs(value: Any) -> list[str]:
 
 
 def _multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
-    """Field name -> raw bytes of a multipart/form-data body.
+    """Field name -> raw bytes of a multipart/form-data body."""
+    return {name: payload for name, (_, payload) in _multipart_parts(content_type, body).items()}
+
+
+def _multipart_parts(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Field name -> (file name, raw bytes) of a multipart/form-data body.
 
     The body was already read (to record it), so aiohttp's ``request.post()`` cannot re-read the
     stream; the stdlib MIME parser handles the recorded bytes instead.
@@ -779,13 +1278,13 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
     )
     if not message.is_multipart():
         return {}
-    fields: dict[str, bytes] = {}
+    parts: dict[str, tuple[str | None, bytes]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
         if isinstance(name, str) and isinstance(payload, bytes):
-            fields[name] = payload
-    return fields
+            parts[name] = (part.get_filename(), payload)
+    return parts
 
 
 # --------------------------------------------------------------------------- CLI

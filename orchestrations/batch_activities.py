@@ -1,0 +1,237 @@
+"""Activities of a managed batch: submit the unfinished lines to a backend, poll, collect, cancel, finish.
+
+Results are merged in Blob Storage as they arrive (`batches/{id}/results.jsonl` and `errors.jsonl`), so a
+resubmission sends only the lines no backend has answered yet, and the final files are the merge of every
+round. Lines a backend rejected (a 4xx in its error file) are final; lines missing after an expired or failed
+round are resubmitted (so are error-file lines without a response, such as `batch_expired`: they never ran);
+lines still missing at the end are reported in the error file, honestly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gateway.backend_batches import BackendBatchError, BackendBatches
+from gateway.batch_files import file_object, parse_jsonl, rewrite_for_backend
+from gateway.completions import CompletionMessage
+from gateway.pipeline import Gateway
+
+__all__ = ["batch_cancel_backend", "batch_collect", "batch_finish", "batch_poll", "batch_submit", "input_lines"]
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+UNAVAILABLE_RETRY_S = 30.0
+
+
+def _client(gateway: Gateway) -> BackendBatches:
+    return BackendBatches(gateway.upstream, gateway.auth, gateway.settings.api_version)
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+async def input_lines(gateway: Gateway, file_id: str) -> list[dict[str, Any]]:
+    blob = await gateway.results.get_blob(f"files/{file_id}")
+    return parse_jsonl(blob.body) if blob else []
+
+
+async def _merged(gateway: Gateway, batch_id: str, kind: str) -> list[dict[str, Any]]:
+    blob = await gateway.results.get_blob(f"batches/{batch_id}/{kind}.jsonl")
+    return parse_jsonl(blob.body) if blob else []
+
+
+async def batch_submit(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+    """Uploads the lines no round has answered yet to a backend serving the model's batches, creates the batch."""
+    job, avoid = payload["job"], set(payload.get("avoid", ()))
+    answered = {line["custom_id"] for kind in ("results", "errors") for line in await _merged(gateway, job["id"], kind)}
+    remaining = [line for line in await input_lines(gateway, job["input_file_id"]) if line["custom_id"] not in answered]
+    if not remaining:
+        return {"status": "nothing_left"}
+    pool, now = gateway.pool, time.time()
+    serving = [
+        t.backend
+        for t in pool.candidates(job["model"])
+        if t.backend.batch_deployment_for(job["model"]) and pool.available(pool.runtimes[t.backend.name], now)
+    ]
+    preferred = [b for b in serving if b.name not in avoid] or serving  # another backend if there is one
+    if not preferred:
+        return {"status": "unavailable", "backend": None, "retry_at": now + UNAVAILABLE_RETRY_S}
+    backend = preferred[0]
+    jsonl = rewrite_for_backend(remaining, backend.batch_deployment_for(job["model"]) or job["model"])
+    client = _client(gateway)
+    try:
+        file_id = await client.upload(backend, jsonl, f"{job['id']}-round{payload['round']}.jsonl")
+        created = await client.create(backend, file_id, _azure_endpoint(job["endpoint"]), job["completion_window"])
+    except BackendBatchError as exc:
+        return {
+            "status": "unavailable",
+            "backend": backend.name,
+            "retry_at": now + UNAVAILABLE_RETRY_S,
+            "reason": str(exc),
+        }
+    return {
+        "status": "submitted",
+        "backend": backend.name,
+        "backend_batch_id": created["id"],
+        "backend_file_id": file_id,
+        "lines": len(remaining),
+    }
+
+
+async def batch_poll(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+    """The backend batch's status, and whether the client asked to cancel."""
+    job = payload["job"]
+    cancel = await gateway.results.get_blob(f"batches/{job['id']}/cancel") is not None
+    backend = gateway.pool.runtimes[payload["backend"]].backend
+    try:
+        batch = await _client(gateway).get(backend, payload["backend_batch_id"])
+    except BackendBatchError as exc:
+        return {"status": "unreachable", "reason": str(exc), "cancel_requested": cancel}
+    return {
+        "status": batch.get("status"),
+        "request_counts": batch.get("request_counts") or {},
+        "output_file_id": batch.get("output_file_id"),
+        "error_file_id": batch.get("error_file_id"),
+        "errors": batch.get("errors"),
+        "cancel_requested": cancel,
+    }
+
+
+async def batch_cancel_backend(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+    backend = gateway.pool.runtimes[payload["backend"]].backend
+    try:
+        batch = await _client(gateway).cancel(backend, payload["backend_batch_id"])
+    except BackendBatchError as exc:
+        return {"status": "unreachable", "reason": str(exc)}
+    return {"status": batch.get("status")}
+
+
+async def batch_collect(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+    """Downloads this round's output and error files and merges them into the batch's results so far."""
+    job, poll = payload["job"], payload["poll"]
+    backend = gateway.pool.runtimes[payload["backend"]].backend
+    client = _client(gateway)
+    merged = {
+        kind: {line["custom_id"]: line for line in await _merged(gateway, job["id"], kind)}
+        for kind in ("results", "errors")
+    }
+    for kind, file_key in (("results", "output_file_id"), ("errors", "error_file_id")):
+        if not poll.get(file_key):
+            continue
+        try:
+            data = await client.content(backend, poll[file_key])
+        except BackendBatchError:
+            continue  # its lines stay unanswered and go to the next round
+        for line in parse_jsonl(data):
+            # An error line without a response (batch_expired, batch_cancelled, ...) was never run: not final.
+            if "custom_id" in line and (kind == "results" or line.get("response")):
+                merged[kind][line["custom_id"]] = line
+    for custom_id in merged["results"]:
+        merged["errors"].pop(custom_id, None)  # a later success replaces an earlier failure
+    for kind, lines in merged.items():
+        await gateway.results.put_blob(
+            f"batches/{job['id']}/{kind}.jsonl", _jsonl(list(lines.values())), "application/jsonl", {}
+        )
+    total = job["lines"]
+    succeeded = sum(1 for line in merged["results"].values() if _status(line) < 400)
+    failed = len(merged["results"]) - succeeded + len(merged["errors"])
+    return {
+        "succeeded": succeeded,
+        "failed": failed,
+        "remaining": total - succeeded - failed,
+        "usage": _usage(merged["results"].values()),
+    }
+
+
+async def batch_finish(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+    """Writes the merged output and error files, publishes the completion once, returns the final view."""
+    job, end = payload["job"], payload["end"]
+    now = int(time.time())
+    inputs = await input_lines(gateway, job["input_file_id"])
+    results = await _merged(gateway, job["id"], "results")
+    errors = await _merged(gateway, job["id"], "errors")
+    answered = {line["custom_id"] for line in results + errors}
+    status = end["status"]
+    code = {"completed": "batch_failed", "cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
+        status, "batch_failed"
+    )
+    for line in inputs:
+        if line["custom_id"] not in answered:  # never answered by any backend: say so per line
+            errors.append(
+                {
+                    "id": None,
+                    "custom_id": line["custom_id"],
+                    "response": None,
+                    "error": {"code": code, "message": f"The request was not completed ({status})."},
+                }
+            )
+    if status == "completed" and len(answered) < len(inputs):
+        status = "failed"  # never claim completion with lines missing
+    view: dict[str, Any] = {
+        "status": status,
+        "output_file_id": None,
+        "error_file_id": None,
+        "errors": end.get("errors"),
+        "in_progress_at": end.get("in_progress_at"),
+        "finalizing_at": end.get("finalizing_at"),
+        "cancelling_at": end.get("cancelling_at"),
+        f"{status}_at": now,
+    }
+    if results:
+        view["output_file_id"] = await _store_file(gateway, job, f"{job['id']}-output", _jsonl(results), "batch_output")
+    if errors:
+        view["error_file_id"] = await _store_file(gateway, job, f"{job['id']}-errors", _jsonl(errors), "batch_output")
+    succeeded = sum(1 for line in results if _status(line) < 400)
+    view["request_counts"] = {"total": len(inputs), "completed": succeeded, "failed": len(inputs) - succeeded}
+    view["usage"] = _usage(results)
+    if await gateway.results.get_completion(job["id"]) is None:
+        message = CompletionMessage(
+            id=job["id"],
+            request_id=job["request_id"],
+            status="succeeded" if status == "completed" else status,
+            model=job["model"],
+            caller=job["caller"],
+            attempts=int(end.get("rounds", 1)),
+            usage=view["usage"],
+            result_url=f"/v1/batches/{job['id']}",
+            submitted_at=str(job["created_at"]),
+            kind="batch",
+            extra={
+                "request_counts": view["request_counts"],
+                "output_file_id": view["output_file_id"],
+                "error_file_id": view["error_file_id"],
+                "batch_status": status,
+            },
+        )
+        await gateway.completions.publish(message)
+        await gateway.results.put_completion(job["id"], message.body())
+    return view
+
+
+async def _store_file(gateway: Gateway, job: dict[str, Any], file_id: str, data: bytes, purpose: str) -> str:
+    meta = file_object(file_id, len(data), int(time.time()), f"{file_id}.jsonl", purpose)
+    await gateway.results.put_blob(
+        f"files/{file_id}", data, "application/jsonl", {"caller": job["caller"], "meta": json.dumps(meta)}
+    )
+    return file_id
+
+
+def _status(line: dict[str, Any]) -> int:
+    response = line.get("response") or {}
+    return int(response.get("status_code") or 500)
+
+
+def _usage(lines: Any) -> dict[str, int]:
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for line in lines:
+        usage = ((line.get("response") or {}).get("body") or {}).get("usage") or {}
+        for key in total:
+            if isinstance(usage.get(key), int):
+                total[key] += usage[key]
+    return total
+
+
+def _azure_endpoint(endpoint: str) -> str:
+    return endpoint.removeprefix("/v1")
