@@ -43,6 +43,7 @@ def prepare_stream_request(body: bytes, parsed: dict) -> tuple[bytes, bool]:
 # --- SSE usage tap -----------------------------------------------------------------------------
 
 _USAGE = b'"usage"'
+_NULL_USAGE_LAST = b',"usage":null}\n\n'
 # `"usage"` followed by its colon, then optionally `null` (group 1). Matched at a known position.
 _USAGE_MEMBER = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*(null)?')
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null')
@@ -105,6 +106,16 @@ def _load(payload: bytes | None) -> Any:
         return None
 
 
+def _single_data_lines(block: bytes) -> bool:
+    """True when every event of a block of complete events is a single `data:` line (LF line ends)."""
+    events = block.count(b"\n\n")
+    return (
+        block.startswith(b"data:")
+        and block.count(b"\n") == 2 * events
+        and block.count(b"\n\ndata:") == events - 1
+    )
+
+
 def _line_start(event: bytes, pos: int) -> int:
     return event.rfind(b"\n", 0, pos) + 1
 
@@ -143,7 +154,15 @@ class SseUsageTap:
             self._check_done(data)
         if _USAGE not in data:
             return data
-        if not self._strip and not self._usage_state(data)[0]:
+        if self._strip:
+            if _single_data_lines(data):
+                # Fast path: in events that are each one `data:` line, `,"usage":null}` right before the blank
+                # line is a top-level member (a JSON string holds no raw newline, so that `}` closes the
+                # payload): removing every such member at once is what the per-event path does to each.
+                data = data.replace(_NULL_USAGE_LAST, b"}\n\n")
+                if _USAGE not in data:
+                    return data
+        elif not self._usage_state(data)[0]:
             return data  # only `"usage":null` members: nothing to capture, nothing to change
         return self._process_block(data)
 

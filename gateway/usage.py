@@ -108,6 +108,9 @@ def usage_from_json_body(body: bytes) -> Usage | None:
     """Usage of a non-streamed JSON answer (chat, completions, embeddings, Responses). Never raises."""
     if not body or b'"usage"' not in body:
         return None
+    last = _last_member_usage(body)
+    if last is not None:
+        return Usage.from_openai(last)
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -115,6 +118,28 @@ def usage_from_json_body(body: bytes) -> Usage | None:
     if not isinstance(obj, dict):
         return None
     return Usage.from_openai(obj.get("usage"))
+
+
+_USAGE_MEMBER = b'"usage":'
+_DECODER = json.JSONDecoder()
+
+
+def _last_member_usage(body: bytes) -> dict | None:
+    """The top-level `usage` object when it is the body's last member (OpenAI/Azure put it there), parsing
+    only that object; None when that cannot be proven from the bytes (the caller parses the whole body)."""
+    i = body.rfind(_USAGE_MEMBER)
+    if i <= 0:
+        return None
+    before = body[:i].rstrip()
+    if not before.endswith((b",", b"{")):
+        return None
+    try:
+        text = body[i + len(_USAGE_MEMBER) :].decode()
+        value, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip()))
+    except (ValueError, RecursionError):
+        return None
+    # Only the closing brace of the outermost object may follow: then `usage` is one of its members.
+    return value if isinstance(value, dict) and text[end:].strip() == "}" else None
 
 
 # --- tiktoken fallback -------------------------------------------------------------------------
@@ -304,11 +329,13 @@ class UsageRecorder:
         self._sinks.append(sink)
 
     def record(self, rec: UsageRecord) -> None:
-        try:
-            line = json.dumps(rec.as_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
-        except Exception:
-            _log.warning("could not serialize usage record", exc_info=True)
-            line = None
+        line = None
+        # Serialize only for a consumer: the JSON log line when INFO is enabled, or the file.
+        if self._file_path or _log.isEnabledFor(logging.INFO):
+            try:
+                line = json.dumps(rec.as_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+            except Exception:
+                _log.warning("could not serialize usage record", exc_info=True)
         if line is not None:
             _log.info("%s", line)
             if self._file_path:

@@ -221,3 +221,17 @@ def test_recorder_without_file(caplog):
     with caplog.at_level(logging.INFO, logger="gateway.usage"):
         recorder.record(_record())
     assert any(r.name == "gateway.usage" for r in caplog.records)
+
+
+def test_usage_from_json_body_fast_path_and_its_fallbacks():
+    last = (
+        b'{"id":"x","choices":[{"message":{"content":"the \\"usage\\": field"}}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
+    )
+    assert usage_from_json_body(last).total_tokens == 7
+    not_last = b'{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"id":"x"}'
+    assert usage_from_json_body(not_last).total_tokens == 2  # parsed whole
+    nested_last = b'{"data":{"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}}'
+    assert usage_from_json_body(nested_last) is None  # a nested usage is not the answer's usage
+    pretty = b'{\n  "id": "x",\n  "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}\n}\n'
+    assert usage_from_json_body(pretty).total_tokens == 11
