@@ -18,6 +18,7 @@ from .pipeline import Gateway
 from .results import ResultStore
 from .state_store import StateStore
 from .storage import storage_account
+from .telemetry import UsageMetrics, configure_exporter
 
 __all__ = ["build_gateway", "instance_id"]
 
@@ -36,4 +37,7 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Gateway:
     store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    return Gateway(settings, store=store, results=results, completions=completions)
+    gateway = Gateway(settings, store=store, results=results, completions=completions)
+    configure_exporter(env)
+    gateway.usage.add_sink(UsageMetrics())
+    return gateway
