@@ -12,7 +12,7 @@ STAMP_NPM := node_modules/.installed
 PORT ?= 7071
 FAKE_PORT ?= 18080
 
-.PHONY: help venv deps run test lint clean
+.PHONY: help venv deps run test lint clean bench
 
 help:
 	@echo "make run    - run the gateway locally (func start if Core Tools exist, else the development host)"
@@ -47,3 +47,11 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
+
+# Benchmark (docs/performance.md): direct, two floors, the gateway; PEERS=litellm adds LiteLLM. Bounded (< 6 min).
+# wrk is installed with apt-get when missing and we are root; otherwise the asyncio client measures everything.
+bench: deps
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null || true; }; } || true
+	@command -v wrk >/dev/null || echo "wrk not available: the asyncio client measures every workload"
+	$(PY) -m bench.run $(if $(PEERS),--peers $(PEERS)) $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""The benchmark: `make bench` (see docs/performance.md). Nothing here is deployed or imported by the app."""

@@ -1,0 +1,86 @@
+"""The fake Azure OpenAI server in its own process, for the benchmark.
+
+    python -m bench.fake_server --port P --control-port C [--chunks 50] [--latency-ms 0]
+
+It is `tests.support.fake_openai.FakeAzureOpenAI` unchanged, plus a small control listener on another port so
+the benchmark can switch the simulated latency between runs without restarting anything that points at it:
+
+    POST /latency?ms=50   set the latency of every following request
+    POST /clear           forget recorded requests
+
+The fake records every request it answers (tests assert on them); here the list is cleared every second so a
+long run does not grow the process. Its reply is made longer than the test fake's (37 characters) so that a
+stream really carries `--chunks` content events (the fake never splits a reply finer than one character).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from aiohttp import web
+
+from tests.support.fake_openai import FakeAzureOpenAI
+
+REPLY = (
+    "Hello from the benchmark fake. This reply is long enough to be split into fifty streamed pieces, "
+    "about as long as a short answer from a real model: a few sentences, a few hundred characters."
+)
+
+
+class BenchFake(FakeAzureOpenAI):
+    def reply_text(self) -> str:
+        return REPLY
+
+
+async def serve(args: argparse.Namespace) -> None:
+    fake = BenchFake(
+        name=args.name, deployments=None, latency_ms=args.latency_ms, chunks=args.chunks, host=args.host,
+        port=args.port,
+    )
+
+    async def set_latency(request: web.Request) -> web.Response:
+        fake.latency_ms = int(request.query.get("ms", "0"))
+        return web.json_response({"latency_ms": fake.latency_ms})
+
+    async def clear(_: web.Request) -> web.Response:
+        fake.clear()
+        return web.json_response({"cleared": True})
+
+    control = web.Application()
+    control.router.add_post("/latency", set_latency)
+    control.router.add_post("/clear", clear)
+    runner = web.AppRunner(control, access_log=None)
+    await runner.setup()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with fake:
+        await web.TCPSite(runner, args.host, args.control_port).start()
+        print(f"bench fake {fake.name} on {fake.url}, control on port {args.control_port}", flush=True)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                fake.clear()  # bounded memory: nobody reads the recorded requests here
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--name", default="bench-fake")
+    parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--chunks", type=int, default=50)
+    asyncio.run(serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
