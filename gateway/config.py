@@ -274,7 +274,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_inline_bytes=_number(get, "GATEWAY_RESULT_INLINE_BYTES", int, minimum=0),
         completions_entity=get("GATEWAY_COMPLETIONS_ENTITY") or "completions",
         completions_queue=_container(get("GATEWAY_COMPLETIONS_QUEUE"), "GATEWAY_COMPLETIONS_QUEUE"),
-        purge_after_days=_number(get, "GATEWAY_PURGE_AFTER_DAYS", float, minimum=0.01),
+        purge_after_days=_number(get, "GATEWAY_PURGE_AFTER_DAYS", float, minimum=0),
         housekeeping_schedule=_schedule(get("GATEWAY_HOUSEKEEPING_SCHEDULE"), "GATEWAY_HOUSEKEEPING_SCHEDULE"),
         batch_max_bytes=_number(get, "GATEWAY_BATCH_MAX_BYTES", int, minimum=1024),
         batch_max_lines=_number(get, "GATEWAY_BATCH_MAX_LINES", int, minimum=1),

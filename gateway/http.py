@@ -20,7 +20,7 @@ from .pipeline import Deferred, Gateway, Inbound, Outbound
 # (durable client, deferred request, base URL of this request) -> the 202 answer
 StartAsync = Callable[[Any, Deferred, str], Awaitable[Outbound]]
 
-__all__ = ["build_blueprint"]
+__all__ = ["StartAsync", "build_blueprint", "to_response"]
 
 ANONYMOUS = func.AuthLevel.ANONYMOUS
 FUNCTION = func.AuthLevel.FUNCTION
@@ -92,7 +92,11 @@ async def _serve(gateway: Gateway, req: Request, client=None, start_async: Start
         async def defer(deferred: Deferred) -> Outbound:
             return await start_async(client, deferred, base_url)
 
-    out = await gateway.handle(inbound, defer)
+    return to_response(await gateway.handle(inbound, defer))
+
+
+def to_response(out: Outbound) -> Response:
+    """The FastAPI response for an Outbound: streamed chunk by chunk, or whole."""
     if out.stream is not None:
         return StreamingResponse(out.stream, status_code=out.status, headers=out.headers)
     return Response(out.body, status_code=out.status, headers=out.headers)

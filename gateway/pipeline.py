@@ -179,8 +179,7 @@ class Gateway:
             error = errors.GatewayError(
                 500, "The gateway failed to process the request.", type="server_error", code="internal_error"
             )
-        headers = {"content-type": "application/json", "x-request-id": request_id, **error.headers}
-        return Outbound(error.status, headers, error.body())
+        return error_outbound(error, request_id)
 
     async def close(self) -> None:
         for part in (self.results, self.completions):
@@ -216,7 +215,7 @@ class Gateway:
         started = time.monotonic()
         caller = self.authorize(inbound.headers)
         limit = self.settings.max_body_bytes
-        if len(inbound.body) > limit or int(inbound.headers.get("content-length") or 0) > limit:
+        if len(inbound.body) > limit:
             raise errors.too_large(limit)
         route = translate.resolve(
             inbound.method,
@@ -238,17 +237,15 @@ class Gateway:
                 f"The model '{route.model}' does not exist or is not served by this gateway.",
                 code="model_not_found",
             )
-        deferred = Deferred(inbound, route, request_id, caller, "")
         if defer is not None and (reason := self.defer_reason(inbound, route, targets)):
-            deferred.reason = reason
-            return await defer(deferred)
+            return await defer(Deferred(inbound, route, request_id, caller, reason))
         try:
-            return await self._forward(inbound, route, targets, request_id, started)
+            return await self._forward(inbound, route, targets, request_id, caller, started)
         except errors.CoolingDown:
             if defer is None or route.streaming:  # a stream is never silently turned async
                 raise
-            deferred.reason = "every backend is cooling down past the sync budget"
-            return await defer(deferred)
+            reason = "every backend is cooling down past the sync budget"
+            return await defer(Deferred(inbound, route, request_id, caller, reason))
 
     def defer_reason(self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...]) -> str:
         """Why this request should run asynchronously ("" = it should not)."""
@@ -268,7 +265,13 @@ class Gateway:
         return ""
 
     async def _forward(
-        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], request_id: str, started: float
+        self,
+        inbound: Inbound,
+        route: translate.Route,
+        targets: tuple[Target, ...],
+        request_id: str,
+        caller: str,
+        started: float,
     ) -> Outbound:
         """Tries backends as the pool chooses them, moving on after a retryable answer or a transport failure.
 
@@ -297,9 +300,8 @@ class Gateway:
             attempts.count += 1
             outcome = await self.attempt(inbound, route, target, headers, request_id, remaining)
             if outcome.resp is not None:
-                return await self._relay(
-                    outcome.resp, route, target, request_id, started, attempts.count, outcome.injected
-                )
+                record = usage_record(route, target, request_id, outcome.resp.status, attempts.count, caller)
+                return await self._relay(outcome.resp, route, target, record, started, outcome.injected)
             if outcome.failure in ("timeout", "connect"):
                 attempts.all_throttled, attempts.last_transport_error = False, outcome.failure
             else:
@@ -382,28 +384,14 @@ class Gateway:
         resp: aiohttp.ClientResponse,
         route: translate.Route,
         target: Target,
-        request_id: str,
+        record: UsageRecord,
         started: float,
-        attempts: int,
         injected: bool,
     ) -> Outbound:
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP}
-        headers["x-request-id"] = request_id
+        headers["x-request-id"] = record.request_id
         headers["x-gateway-backend"] = target.backend.name
-        headers["x-gateway-attempts"] = str(attempts)
-        record = UsageRecord(
-            request_id=request_id,
-            api_style=route.api_style,
-            operation=route.operation,
-            model=route.model,
-            deployment=target.deployment,
-            backend=target.backend.name,
-            status=resp.status,
-            streaming=False,
-            attempts=attempts,
-            duration_ms=0.0,
-            usage=None,
-        )
+        headers["x-gateway-attempts"] = str(record.attempts)
         content_type = resp.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             record.streaming = True
@@ -493,6 +481,34 @@ class Gateway:
         if attempts.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
+
+
+def usage_record(
+    route: translate.Route, target: Target, request_id: str, status: int, attempts: int, caller: str | None
+) -> UsageRecord:
+    """The usage record of a request a backend answered; usage, streaming and duration are filled in later."""
+    return UsageRecord(
+        request_id=request_id,
+        api_style=route.api_style,
+        operation=route.operation,
+        model=route.model,
+        deployment=target.deployment,
+        backend=target.backend.name,
+        status=status,
+        streaming=False,
+        attempts=attempts,
+        duration_ms=0.0,
+        usage=None,
+        caller=caller,
+    )
+
+
+def error_outbound(error: errors.GatewayError, request_id: str | None = None) -> Outbound:
+    """A gateway error as an answer: its status, its headers (Retry-After), the OpenAI error body."""
+    headers = {"content-type": "application/json", **error.headers}
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Outbound(error.status, headers, error.body())
 
 
 def prefers_async(prefer: str) -> bool:

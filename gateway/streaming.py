@@ -109,11 +109,7 @@ def _load(payload: bytes | None) -> Any:
 def _single_data_lines(block: bytes) -> bool:
     """True when every event of a block of complete events is a single `data:` line (LF line ends)."""
     events = block.count(b"\n\n")
-    return (
-        block.startswith(b"data:")
-        and block.count(b"\n") == 2 * events
-        and block.count(b"\n\ndata:") == events - 1
-    )
+    return block.startswith(b"data:") and block.count(b"\n") == 2 * events and block.count(b"\n\ndata:") == events - 1
 
 
 def _line_start(event: bytes, pos: int) -> int:

@@ -18,8 +18,8 @@ import aiohttp
 from gateway import translate
 from gateway.assemble import assemble_completion, parse_sse
 from gateway.completions import CompletionMessage
-from gateway.pipeline import Gateway, Inbound, forwarded_headers
-from gateway.usage import Usage, UsageRecord, usage_from_json_body
+from gateway.pipeline import Gateway, Inbound, forwarded_headers, usage_record
+from gateway.usage import Usage, usage_from_json_body
 
 __all__ = ["attempt_backend", "publish_completion", "result_url"]
 
@@ -84,22 +84,10 @@ async def attempt_backend(gateway: Gateway, payload: dict[str, Any]) -> dict[str
     elif content_type.startswith("application/json") and target.backend.parses_usage:
         usage = usage_from_json_body(raw)
     await gateway.results.put_result(request["id"], body, content_type, resp.status)
-    gateway.usage.record(
-        UsageRecord(
-            request_id=request["request_id"],
-            api_style=route.api_style,
-            operation=route.operation,
-            model=route.model,
-            deployment=target.deployment,
-            backend=target.backend.name,
-            status=resp.status,
-            streaming=streamed,
-            attempts=attempt,
-            duration_ms=round((time.monotonic() - started) * 1000, 3),
-            usage=usage,
-            caller=request["caller"],
-        )
-    )
+    record = usage_record(route, target, request["request_id"], resp.status, attempt, request["caller"])
+    record.streaming, record.usage = streamed, usage
+    record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    gateway.usage.record(record)
     inline = None
     if content_type.startswith("application/json") and len(body) <= gateway.settings.result_inline_bytes:
         inline = json.loads(body)

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import errors
 from gateway.batch_files import BATCH_ENDPOINTS, batch_object, file_object, parse_jsonl, validate_batch_jsonl
-from gateway.pipeline import Gateway, Inbound, Outbound
+from gateway.pipeline import Gateway, Inbound, Outbound, error_outbound
 from gateway.translate import multipart_form
 
 from .workflows import BATCH_ORCHESTRATOR
@@ -52,7 +52,7 @@ async def handle(client: Any, gateway: Gateway, inbound: Inbound) -> Outbound:
                 return await cancel_batch(client, gateway, caller, item)
         raise errors.GatewayError(405, f"Method {method} is not allowed on {inbound.path}.", code="method_not_allowed")
     except errors.GatewayError as exc:
-        return Outbound(exc.status, {"content-type": "application/json", **exc.headers}, exc.body())
+        return error_outbound(exc)
 
 
 async def upload_file(gateway: Gateway, inbound: Inbound, caller: str) -> Outbound:

@@ -12,7 +12,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from gateway.errors import GatewayError
-from gateway.pipeline import Gateway, Inbound, Outbound
+from gateway.http import to_response
+from gateway.pipeline import Gateway, Inbound, Outbound, error_outbound
 
 from . import activities, batch_activities, batch_api, starter, workflows
 
@@ -56,8 +57,8 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
             else:
                 out = await starter.get_result(client, gateway, inbound, instance_id)
         except GatewayError as exc:
-            out = Outbound(exc.status, {"content-type": "application/json", **exc.headers}, exc.body())
-        return Response(out.body, status_code=out.status, headers=out.headers)
+            out = error_outbound(exc)
+        return to_response(out)
 
     @bp.orchestration_trigger(context_name="context", orchestration=workflows.BATCH_ORCHESTRATOR)
     def batch_job(context: df.DurableOrchestrationContext):
@@ -105,8 +106,7 @@ def _batch_route(gateway: Gateway, name: str):
     async def batches(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """Files and Batches on both API styles (see orchestrations/batch_api.py)."""
         inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body())
-        out = await batch_api.handle(client, gateway, inbound)
-        return Response(out.body, status_code=out.status, headers=out.headers)
+        return to_response(await batch_api.handle(client, gateway, inbound))
 
     return _renamed(batches, name)
 

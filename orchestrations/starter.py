@@ -24,7 +24,6 @@ __all__ = ["cancel", "get_result", "housekeeping", "publish_cancelled", "start"]
 log = logging.getLogger("orchestrations.starter")
 POLL_AFTER_S = "2"
 _RUNNING = {"Pending", "Running", "ContinuedAsNew", "Suspended"}
-_FINISHED = {"Completed", "Failed", "Terminated"}
 # The body a client may see for each way an async request can end without a backend answer to relay.
 _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
@@ -142,21 +141,20 @@ async def publish_cancelled(gateway: Gateway, request: dict[str, Any]) -> bool:
 
 async def housekeeping(client: Any, gateway: Gateway) -> dict[str, int]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
-    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS."""
+    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS. Two filtered queries, not a full list."""
+    from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
+
     cutoff = datetime.now(UTC) - timedelta(days=gateway.settings.purge_after_days)
     cancelled = purged = 0
-    for status in await client.get_status_all():
-        if status.runtime_status is None or status.runtime_status.name not in _FINISHED:
-            continue
-        if status.runtime_status.name == "Terminated":
-            request = await _input(client, status.instance_id)
-            if request and await publish_cancelled(gateway, request):
-                cancelled += 1
-        created = status.created_time
-        if created is not None and (created if created.tzinfo else created.replace(tzinfo=UTC)) < cutoff:
-            await gateway.results.delete(status.instance_id)
-            await client.purge_instance_history(status.instance_id)
-            purged += 1
+    for status in await client.get_status_by(created_time_from=cutoff, runtime_status=[Status.Terminated]):
+        request = await _input(client, status.instance_id)
+        if request and request.get("caller") and await publish_cancelled(gateway, request):
+            cancelled += 1
+    finished = [Status.Completed, Status.Failed, Status.Terminated]
+    for status in await client.get_status_by(created_time_to=cutoff, runtime_status=finished):
+        await gateway.results.delete(status.instance_id)
+        await client.purge_instance_history(status.instance_id)
+        purged += 1
     return {"cancelled_published": cancelled, "purged": purged}
 
 

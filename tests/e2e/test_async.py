@@ -217,3 +217,20 @@ def test_a_crashed_activity_is_retried_and_still_publishes_once(azurite):
             assert len(stack.completions(answer.json()["id"])) == 1
         finally:
             host.stop()
+
+
+def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    with weu.threaded(), neu.threaded():
+        host, queue = start_stack(azurite, weu, neu, GATEWAY_PURGE_AFTER_DAYS="0")
+        try:
+            stack = Stack(weu, neu, host, queue)
+            accepted = stack.submit(CHAT).json()
+            assert stack.poll(accepted["statusQueryGetUri"])["runtimeStatus"] == "Completed"
+            assert stack.http.get(accepted["result_url"]).status_code == 200
+            done = stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()
+            assert done["purged"] >= 1
+            assert httpx.get(accepted["statusQueryGetUri"]).status_code == 404
+            assert stack.http.get(accepted["result_url"]).status_code == 404
+        finally:
+            host.stop()

@@ -92,6 +92,7 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     )
     assert record.usage is not None and not record.usage.estimated
     assert record.usage.total_tokens == body["usage"]["total_tokens"] > 0
+    assert record.caller.startswith("key:") and KEY not in record.caller  # who, for chargeback; never the key
     await gateway.close()
 
 
