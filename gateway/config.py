@@ -51,6 +51,7 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "GATEWAY_CAPACITY_WINDOW_S": "60",
         # Async path: Durable orchestrations, results in Blob Storage, completion messages.
         "GATEWAY_ASYNC_MODELS": "",
+        "GATEWAY_ASYNC_CALLERS": "",
         "GATEWAY_ASYNC_TTL_S": "86400",
         "GATEWAY_ASYNC_MAX_ATTEMPTS": "20",
         "GATEWAY_TOKENS_PER_SECOND": "40",
@@ -157,7 +158,8 @@ class Backend:
 @dataclass(frozen=True, slots=True)
 class Settings:
     backends: tuple[Backend, ...]
-    api_keys: frozenset[str] = field(repr=False)
+    # key -> caller name ("" for an unnamed key: its caller id is then a fingerprint of the key)
+    api_keys: Mapping[str, str] = field(repr=False)
     auth_disabled: bool = False
     api_version: str = "2024-10-21"
     connect_timeout_s: float = 5.0
@@ -180,6 +182,7 @@ class Settings:
     latency_explore: float = 0.05
     capacity_window_s: float = 60.0
     async_models: frozenset[str] = frozenset()
+    async_callers: frozenset[str] = frozenset()
     async_ttl_s: float = 86400.0
     async_max_attempts: int = 20
     tokens_per_second: float = 40.0
@@ -232,7 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     auth = get("GATEWAY_AUTH").lower()
     if auth not in ("keys", "none"):
         raise ConfigError("GATEWAY_AUTH", "must be 'keys' (default) or 'none'")
-    api_keys = frozenset(k.strip() for k in get("GATEWAY_API_KEYS").split(",") if k.strip())
+    api_keys = MappingProxyType(_api_keys(get("GATEWAY_API_KEYS")))
 
     sync_budget = _number(get, "GATEWAY_SYNC_BUDGET_S", float, minimum=1)
     if sync_budget >= HTTP_ANSWER_LIMIT_S:
@@ -267,6 +270,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         latency_explore=_fraction(get("GATEWAY_LATENCY_EXPLORE"), "GATEWAY_LATENCY_EXPLORE"),
         capacity_window_s=_number(get, "GATEWAY_CAPACITY_WINDOW_S", float, minimum=1),
         async_models=frozenset(m.strip() for m in get("GATEWAY_ASYNC_MODELS").split(",") if m.strip()),
+        async_callers=frozenset(c.strip() for c in get("GATEWAY_ASYNC_CALLERS").split(",") if c.strip()),
         async_ttl_s=_number(get, "GATEWAY_ASYNC_TTL_S", float, minimum=1),
         async_max_attempts=_number(get, "GATEWAY_ASYNC_MAX_ATTEMPTS", int, minimum=1),
         tokens_per_second=_number(get, "GATEWAY_TOKENS_PER_SECOND", float, minimum=0.1),
@@ -385,6 +389,21 @@ def _backends_from_file(path: str) -> list[Backend]:
         )
         for i, e in enumerate(entries)
     ]
+
+
+def _api_keys(value: str) -> dict[str, str]:
+    """`team-a:KEY1,team-b:KEY2,KEY3`: a key, optionally named after its caller (shown in usage and messages)."""
+    keys: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        name, sep, key = entry.partition(":")
+        if not sep or not _NAME.match(name):
+            name, key = "", entry  # an unnamed key (keys themselves never contain ':')
+        if not key:
+            raise ConfigError("GATEWAY_API_KEYS", "an entry has a caller name but no key")
+        if name in keys.values() and name:
+            raise ConfigError("GATEWAY_API_KEYS", f"the caller name '{name}' is used twice")
+        keys[key] = name
+    return keys
 
 
 def _strategy(value: str, setting: str) -> str:

@@ -149,8 +149,12 @@ class Gateway:
         self.auth = BackendAuth(self.upstream.get_json, credential)
         self.usage = UsageRecorder(settings.usage_file)
         self._keys = [k.encode() for k in settings.api_keys]
-        # The caller identity of each key, computed once (a sha256 per request cost ~1.5 % of the CPU).
-        self._fingerprints = {k: "key:" + hashlib.sha256(k).hexdigest()[:12] for k in self._keys}
+        # The caller identity of each key, computed once (a sha256 per request cost ~1.5 % of the CPU): its name,
+        # or a fingerprint of an unnamed key.
+        self._callers = {
+            k.encode(): name or "key:" + hashlib.sha256(k.encode()).hexdigest()[:12]
+            for k, name in settings.api_keys.items()
+        }
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
@@ -194,7 +198,8 @@ class Gateway:
     def authorize(self, headers: Mapping[str, str]) -> str:
         """Accepts a configured key as `api-key` or `Authorization: Bearer`; secure by default.
 
-        Returns the caller's identity for records and result ownership: a fingerprint of the key, never the key.
+        Returns the caller's identity for records and result ownership: the key's name from GATEWAY_API_KEYS, or a
+        fingerprint of an unnamed key; never the key.
         """
         if self.settings.auth_disabled:
             return "anonymous"
@@ -209,7 +214,7 @@ class Gateway:
             matched |= hmac.compare_digest(candidate, key)
         if not (matched and candidate):
             raise errors.unauthorized()
-        return self._fingerprints[candidate]
+        return self._callers[candidate]
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
@@ -237,7 +242,7 @@ class Gateway:
                 f"The model '{route.model}' does not exist or is not served by this gateway.",
                 code="model_not_found",
             )
-        if defer is not None and (reason := self.defer_reason(inbound, route, targets)):
+        if defer is not None and (reason := self.defer_reason(inbound, route, targets, caller)):
             return await defer(Deferred(inbound, route, request_id, caller, reason))
         try:
             return await self._forward(inbound, route, targets, request_id, caller, started)
@@ -247,7 +252,9 @@ class Gateway:
             reason = "every backend is cooling down past the sync budget"
             return await defer(Deferred(inbound, route, request_id, caller, reason))
 
-    def defer_reason(self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...]) -> str:
+    def defer_reason(
+        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], caller: str = ""
+    ) -> str:
         """Why this request should run asynchronously ("" = it should not)."""
         if inbound.method != "POST":
             return ""
@@ -255,6 +262,8 @@ class Gateway:
             return "the client sent Prefer: respond-async"
         if route.model in self.settings.async_models:
             return "the model is configured to run asynchronously (GATEWAY_ASYNC_MODELS)"
+        if caller in self.settings.async_callers:
+            return "the caller is configured to run asynchronously (GATEWAY_ASYNC_CALLERS)"
         if route.streaming or not route.json:
             return ""
         max_tokens = route.json.get("max_completion_tokens") or route.json.get("max_tokens")

@@ -370,8 +370,9 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
 
 async def test_the_only_backend_is_retried_when_its_retry_after_fits(backends):
     weu, _ = backends
-    gateway = Gateway(load_settings({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key",
-                                     "GATEWAY_API_KEYS": KEY}))
+    gateway = Gateway(
+        load_settings({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key", "GATEWAY_API_KEYS": KEY})
+    )
     weu.enqueue(Fault.status(429, retry_after_ms=200))
     out = await gateway.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 200 and out.headers["x-gateway-attempts"] == "2" and len(weu.requests) == 2
@@ -402,4 +403,24 @@ async def test_408_and_timeouts_count_toward_the_breaker(backends):
     assert (await gateway.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
     assert gateway.pool.status("weu") == "open"
     weu.release_stalls()
+    await gateway.close()
+
+
+async def test_named_keys_identify_callers_and_async_callers_are_deferred(backends):
+    weu, neu = backends
+    gateway, records = make_gateway(
+        weu, neu, GATEWAY_API_KEYS="batch-team:bt-key,interactive:ia-key", GATEWAY_ASYNC_CALLERS="batch-team"
+    )
+    deferred = []
+
+    async def defer(request):
+        deferred.append(request)
+        return Outbound(202, {}, b"")
+
+    assert (await gateway.handle(post("/v1/chat/completions", CHAT, key="ia-key"), defer)).status == 200
+    assert records[-1].caller == "interactive"
+    assert (await gateway.handle(post("/v1/chat/completions", CHAT, key="bt-key"), defer)).status == 202
+    [request] = deferred
+    assert request.caller == "batch-team" and "GATEWAY_ASYNC_CALLERS" in request.reason
+    assert len(weu.requests) == 1  # the deferred one was not sent synchronously
     await gateway.close()

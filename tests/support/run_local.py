@@ -78,7 +78,7 @@ def main() -> int:
                 flush=True,
             )
             cmd = [sys.executable, "-m", "tests.support.devhost", "--port", str(args.port)]
-        key = values.get("GATEWAY_API_KEYS", "").split(",")[0] or "<your key>"
+        key = values.get("GATEWAY_API_KEYS", "").split(",")[0].rpartition(":")[2] or "<your key>"
         print(
             f"Try: curl -s http://127.0.0.1:{args.port}/v1/chat/completions -H 'api-key: {key}' "
             "-H 'content-type: application/json' "

@@ -86,7 +86,7 @@ def test_global_settings_and_defaults():
         }
     )
     assert [b.name for b in s.backends] == ["b", "c"]  # numeric order, not string order
-    assert s.api_keys == {"k1", "k2"} and not s.auth_disabled
+    assert dict(s.api_keys) == {"k1": "", "k2": ""} and not s.auth_disabled
     assert s.sync_budget_s == 150 and s.api_version == SETTINGS["GATEWAY_API_VERSION"]
     assert load_settings({"GATEWAY_BACKEND_1": "host=https://b.example"}).sync_budget_s == 200
 
@@ -162,3 +162,18 @@ def test_config_file_errors_name_the_entry(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_settings({"GATEWAY_CONFIG_FILE": str(bad)})
+
+
+def test_api_keys_may_be_named_after_their_caller():
+    s = load_settings(
+        {
+            "GATEWAY_BACKEND_1": "host=https://a.example",
+            "GATEWAY_API_KEYS": "team-a:0a1b2c,9f8e7d, search.svc:ZmFrZQ==",
+            "GATEWAY_ASYNC_CALLERS": "team-a",
+        }
+    )
+    assert dict(s.api_keys) == {"0a1b2c": "team-a", "9f8e7d": "", "ZmFrZQ==": "search.svc"}
+    assert s.async_callers == {"team-a"}
+    with pytest.raises(ConfigError, match="used twice") as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "a:SECRET1,a:SECRET2"})
+    assert "SECRET" not in str(info.value)
