@@ -17,8 +17,8 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from . import operator
 from .pipeline import Deferred, Gateway, Inbound, Outbound
 
-# (durable client, deferred request, base URL of this request) -> the 202 answer
-StartAsync = Callable[[Any, Deferred, str], Awaitable[Outbound]]
+# (durable client, deferred request) -> the 202 answer
+StartAsync = Callable[[Any, Deferred], Awaitable[Outbound]]
 
 __all__ = ["StartAsync", "build_blueprint", "to_response"]
 
@@ -29,7 +29,7 @@ FUNCTION = func.AuthLevel.FUNCTION
 def build_blueprint(gateway: Gateway, start_async: StartAsync | None = None) -> df.Blueprint:
     """The data-plane and operator routes, bound to one Gateway (the gateway authenticates clients itself).
 
-    `start_async(client, deferred, base_url)` starts the async path for requests the pipeline defers; the
+    `start_async(client, deferred)` starts the async path for requests the pipeline defers; the
     data-plane functions get a Durable client binding for it.
     """
     bp = df.Blueprint()
@@ -87,10 +87,9 @@ async def _serve(gateway: Gateway, req: Request, client=None, start_async: Start
     inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body())
     defer = None
     if client is not None and start_async is not None:
-        base_url = str(req.base_url)
 
         async def defer(deferred: Deferred) -> Outbound:
-            return await start_async(client, deferred, base_url)
+            return await start_async(client, deferred)
 
     return to_response(await gateway.handle(inbound, defer))
 

@@ -67,7 +67,14 @@ _HOP_BY_HOP = frozenset(
 )
 # Client credentials for the gateway (or the Functions host): never forwarded to a backend.
 _CLIENT_AUTH = frozenset({"api-key", "authorization", "x-functions-key", "cookie"})
-_REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | {"accept-encoding", "x-request-id", "prefer"}
+# What the App Service / Functions front end adds about itself: not the backend's business.
+_PLATFORM = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-tlsversion",
+     "x-original-url", "x-arr-log-id", "x-arr-ssl", "arr-ssl", "x-site-deployment-id", "was-default-hostname",
+     "disguised-host", "client-ip", "x-client-ip", "x-client-port", "x-appservice-proto", "x-waws-unencoded-url",
+     "max-forwards"}
+)  # fmt: skip
+_REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | _PLATFORM | {"accept-encoding", "x-request-id", "prefer"}
 _RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id"}
 
 

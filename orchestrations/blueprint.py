@@ -23,8 +23,8 @@ __all__ = ["build_async_blueprint", "starter_for"]
 def starter_for(gateway: Gateway):
     """What the data-plane functions call to defer a request: bound to this gateway, given the request's client."""
 
-    async def start(client: df.DurableOrchestrationClient, deferred, base_url: str) -> Outbound:
-        return await starter.start(client, gateway, deferred, base_url)
+    async def start(client: df.DurableOrchestrationClient, deferred) -> Outbound:
+        return await starter.start(client, gateway, deferred)
 
     return start
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin
 
 from gateway import errors
 from gateway.pipeline import Deferred, Gateway, Inbound, Outbound, forwarded_headers, prefers_async
@@ -28,7 +29,7 @@ _RUNNING = {"Pending", "Running", "ContinuedAsNew", "Suspended"}
 _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
 
-async def start(client: Any, gateway: Gateway, deferred: Deferred, base_url: str) -> Outbound:
+async def start(client: Any, gateway: Gateway, deferred: Deferred) -> Outbound:
     """Stores the body, starts `relay_request`, answers 202 with the durable management payload."""
     inbound, route = deferred.inbound, deferred.route
     instance_id = uuid.uuid4().hex
@@ -61,7 +62,8 @@ async def start(client: Any, gateway: Gateway, deferred: Deferred, base_url: str
         "id": instance_id,
         "status": "accepted",
         "reason": deferred.reason,
-        "result_url": base_url.rstrip("/") + result_url(instance_id),
+        # The host builds the status URL with the app's public address; the result lives beside it.
+        "result_url": urljoin(payload["statusQueryGetUri"], result_url(instance_id)),
         **payload,
     }
     out_headers = {

@@ -69,7 +69,8 @@ def sse_payloads(raw: bytes) -> list[str]:
 async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backends):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
-    out = await gateway.handle(post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1"}))
+    platform = {"x-arr-log-id": "abc", "disguised-host": "app.azurewebsites.net", "x-forwarded-for": "10.0.0.1"}
+    out = await gateway.handle(post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1", **platform}))
     body = json.loads(await collect(out))
     assert out.status == 200 and "weu" in body["choices"][0]["message"]["content"]
     assert out.headers["x-gateway-backend"] == "weu" and out.headers["x-gateway-attempts"] == "1"
@@ -80,6 +81,7 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     assert sent.headers["api-key"] == "weu-key"  # the backend's key, never the client's
     assert KEY not in json.dumps(sent.headers)
     assert sent.headers["x-request-id"] == "req-1"
+    assert not set(platform) & set(sent.headers)  # the front end's headers stay at the front end
     assert sent.body == json.dumps(CHAT).encode()  # byte for byte
     assert neu.requests == []
     [record] = records
