@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
+from tests.support.ports import ChildProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite"
@@ -37,7 +35,12 @@ class AzuriteError(RuntimeError):
     pass
 
 
-class Azurite:
+class Azurite(ChildProcess):
+    what = "Azurite"
+    error = AzuriteError
+    grace_s = 5.0
+    start_timeout_s = START_TIMEOUT_S
+
     def __init__(
         self,
         blob_port: int | None = None,
@@ -49,8 +52,7 @@ class Azurite:
         self.queue_port = queue_port or free_port(HOST)
         self.table_port = table_port or free_port(HOST)
         self.binary = binary
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_path: Path | None = None
+        super().__init__()
 
     @property
     def ports(self) -> tuple[int, int, int]:
@@ -76,68 +78,29 @@ class Azurite:
             f"TableEndpoint={self.table_endpoint};"
         )
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> Self:
         """Start Azurite and return once all three ports accept connections."""
         if self.running:
             raise AzuriteError("Azurite is already running")
         if not self.binary.exists():
             raise AzuriteError(f"{self.binary} not found: run `make deps` (npm ci) to install Azurite")
-        with tempfile.NamedTemporaryFile(prefix="azurite-", suffix=".log", delete=False) as log:
-            self._log_path = Path(log.name)
-            self._proc = subprocess.Popen(
-                [
-                    str(self.binary),
-                    "--inMemoryPersistence",
-                    "--skipApiVersionCheck",
-                    "--loose",
-                    "--silent",
-                    "--disableTelemetry",
-                    "--blobHost", HOST, "--blobPort", str(self.blob_port),
-                    "--queueHost", HOST, "--queuePort", str(self.queue_port),
-                    "--tableHost", HOST, "--tablePort", str(self.table_port),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() kills node and anything it spawned
-                cwd=tempfile.gettempdir(),  # in-memory, but keep any stray files out of the repo
-            )
-        try:
-            for port in self.ports:
-                wait_for_port(HOST, port, START_TIMEOUT_S, check=self._check_alive)
-        except BaseException as exc:
-            tail = self._log_tail()
-            self.stop()
-            raise AzuriteError(f"Azurite did not start: {exc}\n--- azurite log tail ---\n{tail}") from exc
+        self._launch(
+            [
+                str(self.binary),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+                "--blobHost", HOST, "--blobPort", str(self.blob_port),
+                "--queueHost", HOST, "--queuePort", str(self.queue_port),
+                "--tableHost", HOST, "--tablePort", str(self.table_port),
+            ],
+            host=HOST,
+            ports=self.ports,
+            cwd=tempfile.gettempdir(),  # in-memory, but keep any stray files out of the repo
+        )  # fmt: skip
         return self
-
-    def stop(self) -> None:
-        """Kill Azurite's process group and wait for it. Safe to call twice."""
-        if self._proc is not None:
-            stop_process_group(self._proc, grace_s=5.0)
-            self._proc = None
-        if self._log_path is not None:
-            self._log_path.unlink(missing_ok=True)
-            self._log_path = None
-
-    def _check_alive(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise AzuriteError(f"Azurite exited with code {self._proc.returncode}")
-
-    def _log_tail(self) -> str:
-        return log_tail(self._log_path) if self._log_path else ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         # Block the signals *after* starting Azurite (children inherit the mask), then wait for one
         # of them, or for Azurite itself to exit (SIGCHLD).
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals | {signal.SIGCHLD})
-        print(f"Azurite is running (blob {azurite.blob_port}, queue {azurite.queue_port}, "
-              f"table {azurite.table_port}). Connection string:", flush=True)
+        print(
+            f"Azurite is running (blob {azurite.blob_port}, queue {azurite.queue_port}, "
+            f"table {azurite.table_port}). Connection string:",
+            flush=True,
+        )
         print(azurite.connection_string, flush=True)
         while azurite.running:
             if signal.sigwait(stop_signals | {signal.SIGCHLD}) in stop_signals:

@@ -37,14 +37,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from starlette.convertors import Convertor, register_url_convertor
@@ -53,7 +50,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
+from tests.support.ports import ChildProcess, free_port, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FUNCTION_KEY = "devhost-function-key"
@@ -244,24 +241,28 @@ def discover_http_functions(
         if trigger is None:
             continue
         extra = [
-            b for b in bindings
+            b
+            for b in bindings
             if b is not trigger and not (b.get("type") == HTTP_OUTPUT and b.get("name") == "$return")
         ]
         unsupported = sorted({b.get("type", "?") for b in extra} - set(providers))
         if unsupported:
-            skipped.append(f"function {name!r} skipped: no development-host provider for binding type(s) "
-                           f"{', '.join(unsupported)}")
+            skipped.append(
+                f"function {name!r} skipped: no development-host provider for binding type(s) {', '.join(unsupported)}"
+            )
             continue
         methods = trigger.get("methods")
-        served.append(HttpFunction(
-            name=name,
-            route=trigger.get("route") or name,
-            methods=[m.upper() for m in methods] if methods else None,
-            auth_level=str(trigger.get("authLevel") or "FUNCTION").upper(),
-            trigger_param=trigger["name"],
-            user_function=fn.get_user_function(),
-            extra_bindings=extra,
-        ))
+        served.append(
+            HttpFunction(
+                name=name,
+                route=trigger.get("route") or name,
+                methods=[m.upper() for m in methods] if methods else None,
+                auth_level=str(trigger.get("authLevel") or "FUNCTION").upper(),
+                trigger_param=trigger["name"],
+                user_function=fn.get_user_function(),
+                extra_bindings=extra,
+            )
+        )
     return served, skipped
 
 
@@ -369,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--app", default="function_app", help="module holding the app (default function_app)")
-    parser.add_argument("--settings", default="local.settings.json",
-                        help="settings file, relative to --cwd (default local.settings.json)")
+    parser.add_argument(
+        "--settings",
+        default="local.settings.json",
+        help="settings file, relative to --cwd (default local.settings.json)",
+    )
     parser.add_argument("--no-settings", action="store_true", help="do not read a settings file")
     parser.add_argument("--cwd", default=None, help="directory to run in and import the app from")
     args = parser.parse_args(argv)
@@ -386,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     function_key = os.environ.get(FUNCTION_KEY_SETTING) or DEFAULT_FUNCTION_KEY
     print(BANNER.format(app=args.app, key=function_key), flush=True)
     if settings:
-        print(f"Settings: {len(applied)} of {len(settings)} value(s) from {args.settings} "
-              "(the environment wins for the others)", flush=True)
+        print(
+            f"Settings: {len(applied)} of {len(settings)} value(s) from {args.settings} "
+            "(the environment wins for the others)",
+            flush=True,
+        )
 
     module = importlib.import_module(args.app)
     app = getattr(module, "app", None)
@@ -412,10 +419,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(
-        asgi_app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=5,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            asgi_app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler that
     # was installed before: make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -429,14 +443,14 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------- test helper
 
 
-class DevHost:
+class DevHost(ChildProcess):
     """Runs the development host in a child process (own process group) for tests and benchmarks.
 
-        with DevHost({"GATEWAY_BACKEND_1": "..."}) as host:
-            httpx.get(host.url + "/health")
+    with DevHost({"GATEWAY_BACKEND_1": "..."}) as host:
+        httpx.get(host.url + "/health")
     """
 
-    START_TIMEOUT_S = 60.0
+    what = "development host"
 
     def __init__(
         self,
@@ -455,8 +469,7 @@ class DevHost:
         self.cwd = Path(cwd)
         self.port = port or free_port(host)
         self.host = host
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_path: Path | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -471,48 +484,25 @@ class DevHost:
         return log_tail(self._log_path, max_chars=1_000_000) if self._log_path else ""
 
     def start(self) -> Self:
-        if self._proc is not None:
-            raise RuntimeError("development host already started")
-        command = [sys.executable, "-m", "tests.support.devhost", "--port", str(self.port),
-                   "--host", self.host, "--app", self.app, "--cwd", str(self.cwd)]
+        command = [
+            sys.executable,
+            "-m",
+            "tests.support.devhost",
+            "--port",
+            str(self.port),
+            "--host",
+            self.host,
+            "--app",
+            self.app,
+            "--cwd",
+            str(self.cwd),
+        ]
         command += ["--settings", str(self.settings_file)] if self.settings_file else ["--no-settings"]
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        with tempfile.NamedTemporaryFile(prefix="devhost-", suffix=".log", delete=False) as log:
-            self._log_path = Path(log.name)
-            self._proc = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        try:
-            wait_for_port(self.host, self.port, self.START_TIMEOUT_S, check=self._check_alive)
-        except BaseException as exc:
-            tail = log_tail(self._log_path)
-            self.stop()
-            raise RuntimeError(f"development host did not start: {exc}\n--- devhost log tail ---\n{tail}") from exc
+        self._launch(command, host=self.host, ports=[self.port], env=env, cwd=REPO_ROOT)
         return self
-
-    def stop(self) -> None:
-        """SIGTERM, wait, SIGKILL fallback; removes the log file. Safe to call twice."""
-        if self._proc is not None:
-            stop_process_group(self._proc, grace_s=10.0)
-            self._proc = None
-        if self._log_path is not None:
-            self._log_path.unlink(missing_ok=True)
-            self._log_path = None
-
-    def _check_alive(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            raise RuntimeError(f"development host exited with code {self._proc.returncode}")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

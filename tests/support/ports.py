@@ -1,7 +1,8 @@
 """Helpers for tests that run servers in child processes.
 
 TCP: pick a free port, wait until something listens on one.
-Processes: stop a child's whole process group, read the tail of its log.
+Processes: stop a child's whole process group, read the tail of its log, and `ChildProcess`, the lifecycle
+Azurite and the development host share (start, wait for ports, stop, never leak).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,3 +88,75 @@ def log_tail(path: Path | str, max_chars: int = 4000) -> str:
     except OSError:
         return ""
     return text[-max_chars:]
+
+
+class ChildProcess:
+    """A server in its own process group, its output in a temporary log, ready once its ports accept
+    connections; `stop()` ends the whole group and removes the log. Subclasses say what they run."""
+
+    what = "process"  # in error messages and the log file's name
+    error: type[Exception] = RuntimeError
+    grace_s = 10.0
+    start_timeout_s = 60.0
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path: Path | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _launch(
+        self,
+        command: Sequence[str],
+        *,
+        host: str,
+        ports: Sequence[int],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if self._proc is not None:
+            raise self.error(f"{self.what} already started")
+        with tempfile.NamedTemporaryFile(prefix=f"{self.what.split()[-1]}-", suffix=".log", delete=False) as log:
+            self._log_path = Path(log.name)
+            self._proc = subprocess.Popen(
+                list(command),
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            for port in ports:
+                wait_for_port(host, port, self.start_timeout_s, check=self._check_alive)
+        except BaseException as exc:
+            tail = log_tail(self._log_path)
+            self.stop()
+            raise self.error(f"{self.what} did not start: {exc}\n--- {self.what} log tail ---\n{tail}") from exc
+
+    def stop(self) -> None:
+        """SIGTERM the group, wait, SIGKILL what is left; remove the log. Safe to call twice."""
+        if self._proc is not None:
+            stop_process_group(self._proc, grace_s=self.grace_s)
+            self._proc = None
+        if self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
+
+    def _check_alive(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise self.error(f"{self.what} exited with code {self._proc.returncode}")
+
+    def start(self) -> Self:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
