@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Settings
-from .storage import CLIENT_OPTIONS, StorageAccount
+from .storage import StorageAccount
 
 __all__ = ["CompletionMessage", "CompletionPublisher", "QueuePublisher", "ServiceBusPublisher", "build_publisher"]
 
@@ -124,24 +124,13 @@ class QueuePublisher:
         if self._client is None:
             from azure.core.exceptions import ResourceExistsError
             from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-            from azure.storage.queue.aio import QueueClient
 
-            policies = {
-                "message_encode_policy": TextBase64EncodePolicy(),
-                "message_decode_policy": TextBase64DecodePolicy(),
-            }
-            if self._account.connection_string:
-                client = QueueClient.from_connection_string(
-                    self._account.connection_string, self._queue, **policies, **CLIENT_OPTIONS
-                )
-            else:
-                client = QueueClient(
-                    self._account.queue_uri,
-                    self._queue,
-                    credential=self._credential_factory(self._account.client_id),
-                    **policies,
-                    **CLIENT_OPTIONS,
-                )
+            client = self._account.queue_client(
+                self._queue,
+                self._credential_factory,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
             try:
                 await client.create_queue()
             except ResourceExistsError:

@@ -16,7 +16,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-from .storage import CLIENT_OPTIONS, StorageAccount
+from .storage import StorageAccount
 
 __all__ = ["ResultStore", "StoredBlob"]
 
@@ -105,18 +105,7 @@ class ResultStore:
 
     async def _ready_container(self) -> Any:
         if self._container is None:
-            from azure.storage.blob.aio import BlobServiceClient
-
-            if self._account.connection_string:
-                self._service = BlobServiceClient.from_connection_string(
-                    self._account.connection_string, **CLIENT_OPTIONS
-                )
-            else:
-                self._service = BlobServiceClient(
-                    self._account.blob_uri,
-                    credential=self._credential_factory(self._account.client_id),
-                    **CLIENT_OPTIONS,
-                )
+            self._service = self._account.blob_service(self._credential_factory)
             self._container = self._service.get_container_client(self._container_name)
         if not self._ready:
             try:
