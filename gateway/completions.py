@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Settings
+from .results import ResultStore
 from .storage import StorageAccount
 
-__all__ = ["CompletionMessage", "CompletionPublisher", "QueuePublisher", "ServiceBusPublisher", "build_publisher"]
+__all__ = [
+    "CompletionMessage",
+    "CompletionPublisher",
+    "QueuePublisher",
+    "ServiceBusPublisher",
+    "build_publisher",
+    "publish_once",
+]
 
 log = logging.getLogger("gateway.completions")
 STATUSES = ("succeeded", "failed", "expired", "cancelled")
@@ -163,7 +171,14 @@ def build_publisher(
     return QueuePublisher(account, settings.completions_queue, credential_factory)
 
 
-def message_from_output(output: Mapping[str, Any]) -> CompletionMessage:
-    """Rebuilds a message from an orchestration's output (the housekeeping sweep uses it)."""
-    known = {k: output[k] for k in CompletionMessage.__slots__ if k in output and k != "extra"}
-    return CompletionMessage(**known)
+async def publish_once(publisher: CompletionPublisher, results: ResultStore, message: CompletionMessage) -> bool:
+    """Publishes `message` unless a completion for its id was already recorded, then records it.
+
+    Every way an async request or a batch ends goes through here, so a retried activity (or a cancel racing the
+    housekeeping sweep) never sends a second message. False when it had been published before.
+    """
+    if await results.get_completion(message.id) is not None:
+        return False
+    await publisher.publish(message)
+    await results.put_completion(message.id, message.body())
+    return True

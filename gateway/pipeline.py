@@ -40,9 +40,11 @@ __all__ = [
     "Gateway",
     "Inbound",
     "Outbound",
+    "error_outbound",
     "forwarded_headers",
     "prefers_async",
     "retry_after_seconds",
+    "usage_record",
 ]
 
 log = logging.getLogger("gateway.pipeline")

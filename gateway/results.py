@@ -49,14 +49,13 @@ class ResultStore:
     async def get_result(self, request_id: str) -> StoredBlob | None:
         return await self.get_blob(f"results/{request_id}")
 
-    async def put_completion(self, request_id: str, message: bytes) -> bool:
-        """Records a published completion; False when it was already recorded (published before)."""
+    async def put_completion(self, request_id: str, message: bytes) -> None:
+        """Records a published completion; the first record stays (a racing second publisher cannot replace it)."""
         container = await self._ready_container()
         try:
             await container.upload_blob(f"completions/{request_id}.json", message, overwrite=False)
         except ResourceExistsError:
-            return False
-        return True
+            pass
 
     async def get_completion(self, request_id: str) -> dict[str, Any] | None:
         """The completion message recorded for this request, None if none was published yet."""

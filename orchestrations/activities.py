@@ -17,7 +17,7 @@ import aiohttp
 
 from gateway import translate
 from gateway.assemble import assemble_completion, parse_sse
-from gateway.completions import CompletionMessage
+from gateway.completions import CompletionMessage, publish_once
 from gateway.pipeline import Gateway, Inbound, forwarded_headers, usage_record
 from gateway.usage import Usage, usage_from_json_body
 
@@ -107,13 +107,10 @@ async def publish_completion(gateway: Gateway, payload: dict[str, Any]) -> dict[
     """Publishes the completion message once; returns the orchestration's output (message + inline result)."""
     request, outcome = payload["request"], payload["outcome"]
     message = completion_message(request, outcome)
-    previous = await gateway.results.get_completion(request["id"])
-    if previous is None:
-        await gateway.completions.publish(message)
-        await gateway.results.put_completion(request["id"], message.body())
+    if await publish_once(gateway.completions, gateway.results, message):
         await gateway.results.delete_request(request["id"])
-    else:
-        message = CompletionMessage(**previous)  # retried after a successful publish: do not send twice
+    else:  # retried after a successful publish: answer with what was sent
+        message = CompletionMessage(**await gateway.results.get_completion(request["id"]))
     return {**json.loads(message.body()), "result": outcome.get("result")}
 
 

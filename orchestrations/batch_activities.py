@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.backend_batches import BackendBatchError, BackendBatches
 from gateway.batch_files import file_object, parse_jsonl, rewrite_for_backend
-from gateway.completions import CompletionMessage
+from gateway.completions import CompletionMessage, publish_once
 from gateway.pipeline import Gateway
 
 __all__ = ["batch_cancel_backend", "batch_collect", "batch_finish", "batch_poll", "batch_submit", "input_lines"]
@@ -186,27 +186,25 @@ async def batch_finish(gateway: Gateway, payload: dict[str, Any]) -> dict[str, A
     succeeded = sum(1 for line in results if _status(line) < 400)
     view["request_counts"] = {"total": len(inputs), "completed": succeeded, "failed": len(inputs) - succeeded}
     view["usage"] = _usage(results)
-    if await gateway.results.get_completion(job["id"]) is None:
-        message = CompletionMessage(
-            id=job["id"],
-            request_id=job["request_id"],
-            status="succeeded" if status == "completed" else status,
-            model=job["model"],
-            caller=job["caller"],
-            attempts=int(end.get("rounds", 1)),
-            usage=view["usage"],
-            result_url=f"/v1/batches/{job['id']}",
-            submitted_at=str(job["created_at"]),
-            kind="batch",
-            extra={
-                "request_counts": view["request_counts"],
-                "output_file_id": view["output_file_id"],
-                "error_file_id": view["error_file_id"],
-                "batch_status": status,
-            },
-        )
-        await gateway.completions.publish(message)
-        await gateway.results.put_completion(job["id"], message.body())
+    message = CompletionMessage(
+        id=job["id"],
+        request_id=job["request_id"],
+        status="succeeded" if status == "completed" else status,
+        model=job["model"],
+        caller=job["caller"],
+        attempts=int(end.get("rounds", 1)),
+        usage=view["usage"],
+        result_url=f"/v1/batches/{job['id']}",
+        submitted_at=str(job["created_at"]),
+        kind="batch",
+        extra={
+            "request_counts": view["request_counts"],
+            "output_file_id": view["output_file_id"],
+            "error_file_id": view["error_file_id"],
+            "batch_status": status,
+        },
+    )
+    await publish_once(gateway.completions, gateway.results, message)
     return view
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from gateway import errors
+from gateway.completions import publish_once
 from gateway.pipeline import Deferred, Gateway, Inbound, Outbound, forwarded_headers, prefers_async
 
 from .activities import completion_message, result_url
@@ -121,22 +122,10 @@ async def cancel(client: Any, gateway: Gateway, inbound: Inbound, instance_id: s
 
 async def publish_cancelled(gateway: Gateway, request: dict[str, Any]) -> bool:
     """The completion for terminated work; skipped when one was already published for this request."""
-    if await gateway.results.get_completion(request["id"]) is not None:
+    error = {"message": "The request was cancelled.", "type": "gateway_error", "param": None, "code": "cancelled"}
+    message = completion_message(request, {"status": "cancelled", "error": error})
+    if not await publish_once(gateway.completions, gateway.results, message):
         return False
-    message = completion_message(
-        request,
-        {
-            "status": "cancelled",
-            "error": {
-                "message": "The request was cancelled.",
-                "type": "gateway_error",
-                "param": None,
-                "code": "cancelled",
-            },
-        },
-    )
-    await gateway.completions.publish(message)
-    await gateway.results.put_completion(request["id"], message.body())
     await gateway.results.delete_request(request["id"])
     return True
 
