@@ -14,7 +14,6 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
     },
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAzureOpenAI]:
-    async with FakeAzureOpenAI(name="weu") as server:
-        yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def op_url(fake: FakeAzureOpenAI, operation: str, deployment: str = "gpt-4o-mini") -> str:

@@ -7,7 +7,6 @@ shapes and that batches move only when the test (or ``batch_script``) says so.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -41,18 +40,6 @@ BATCH_KEYS = {
     "request_counts",
     "metadata",
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAzureOpenAI]:
-    async with FakeAzureOpenAI(name="weu") as server:
-        yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def api_url(fake: FakeAzureOpenAI, path: str, query: str = "") -> str:
