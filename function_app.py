@@ -8,8 +8,8 @@ from gateway.http import build_blueprint
 from orchestrations.blueprint import build_async_blueprint, starter_for
 
 # A wrong setting stops the app here, at start-up, with a message naming the setting.
-gateway = build_gateway()
+services = build_gateway()
 
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-app.register_functions(build_blueprint(gateway, start_async=starter_for(gateway)))
-app.register_functions(build_async_blueprint(gateway))
+app.register_functions(build_blueprint(services, start_async=starter_for(services)))
+app.register_functions(build_async_blueprint(services))

@@ -1,26 +1,58 @@
-"""Builds the process-wide Gateway from app settings: settings, shared state store, credentials.
+"""The composition root of the gateway: builds every process-wide service once and hands each its parts.
 
 Kept out of function_app.py so the composition root stays wiring only, and so tests and the benchmark build
-the same object the Functions host does.
+the same objects the Functions host does. Consumers get what they need from `Services`; the pipeline does
+the request path only.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from .completions import build_publisher
-from .config import load_settings
-from .credentials import storage_credential
-from .pipeline import Gateway
+from .attempt import Attempts
+from .callers import Callers
+from .completions import CompletionPublisher, build_publisher
+from .config import Settings, load_settings
+from .credentials import BackendAuth, TokenCredential, storage_credential
+from .pipeline import Pipeline
+from .pool import BackendPool
 from .results import ResultStore
 from .state_store import StateStore
 from .storage import storage_account
 from .telemetry import UsageMetrics, configure_exporter
+from .upstream import Transport, Upstream
+from .usage import UsageRecorder
 
-__all__ = ["build_gateway", "instance_id"]
+__all__ = ["Services", "build_gateway", "build_services", "instance_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The process-wide parts: built once, shared by the HTTP functions and the durable activities."""
+
+    settings: Settings
+    pool: BackendPool
+    attempts: Attempts
+    callers: Callers
+    usage: UsageRecorder
+    pipeline: Pipeline
+    results: ResultStore | None  # the async path's blobs (None: no async path, e.g. in unit tests)
+    completions: CompletionPublisher | None
+    upstream: Upstream  # the aiohttp session (backends, unless a transport was given; Key Vault)
+    auth: BackendAuth
+
+    async def close(self) -> None:
+        for part in (self.results, self.completions):
+            if part is not None:
+                await part.close()
+        await self.pool.close()
+        await self.upstream.close()
+        await self.auth.close()
 
 
 def instance_id(env: Mapping[str, str]) -> str:
@@ -28,7 +60,28 @@ def instance_id(env: Mapping[str, str]) -> str:
     return env.get("WEBSITE_INSTANCE_ID", "")[:16] or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def build_gateway(env: Mapping[str, str] | None = None) -> Gateway:
+def build_services(
+    settings: Settings,
+    *,
+    store: StateStore | None = None,
+    results: ResultStore | None = None,
+    completions: CompletionPublisher | None = None,
+    credential: TokenCredential | None = None,
+    transport: Transport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Services:
+    """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none)."""
+    pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
+    upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
+    auth = BackendAuth(upstream.get_json, credential)
+    attempts = Attempts(pool, transport or upstream, auth, settings)
+    callers = Callers(settings)
+    usage = UsageRecorder(settings.usage_file)
+    pipeline = Pipeline(settings, attempts, callers, usage)
+    return Services(settings, pool, attempts, callers, usage, pipeline, results, completions, upstream, auth)
+
+
+def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     """Validates every setting (raising ConfigError naming the first wrong one) and wires the gateway."""
     env = os.environ if env is None else env
     settings = load_settings(env)
@@ -37,7 +90,7 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Gateway:
     store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    gateway = Gateway(settings, store=store, results=results, completions=completions)
+    services = build_services(settings, store=store, results=results, completions=completions)
     configure_exporter(env)
-    gateway.usage.add_sink(UsageMetrics())
-    return gateway
+    services.usage.add_sink(UsageMetrics())
+    return services

@@ -14,6 +14,9 @@ __all__ = [
     "GatewayError",
     "bad_request",
     "error_body",
+    "error_object",
+    "internal_error",
+    "method_not_allowed",
     "not_found",
     "too_large",
     "unauthorized",
@@ -56,9 +59,16 @@ class GatewayError(Exception):
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
 
 
+def error_object(
+    message: str, *, type: str = "gateway_error", code: str | None = None, param: str | None = None
+) -> dict[str, str | None]:
+    """The inner error object of the OpenAI API (also carried in async outputs and completion messages)."""
+    return {"message": message, "type": type, "param": param, "code": code}
+
+
 def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> bytes:
     """The JSON error envelope of the OpenAI API: {"error": {"message", "type", "param", "code"}}."""
-    return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
+    return json.dumps({"error": error_object(message, type=type, code=code, param=param)}).encode()
 
 
 # Constructors for the errors the pipeline raises, so wording and codes stay consistent.
@@ -74,6 +84,17 @@ def unauthorized() -> GatewayError:
         "Missing or invalid API key. Send it as the 'api-key' header or as 'Authorization: Bearer <key>'.",
         type="authentication_error",
         code="invalid_api_key",
+    )
+
+
+def internal_error() -> GatewayError:
+    """A bug on our side: the client learns nothing of it but that it happened (the trace goes to the logs)."""
+    return GatewayError(500, "The gateway failed to process the request.", type="server_error", code="internal_error")
+
+
+def method_not_allowed(method: str, path: str, allow: str) -> GatewayError:
+    return GatewayError(
+        405, f"Method {method} is not allowed on {path}.", code="method_not_allowed", headers={"Allow": allow}
     )
 
 

@@ -1,15 +1,14 @@
-"""The synchronous request path: authorize → resolve → choose backends → send with failover → relay → record.
+"""The synchronous request path: authenticate → resolve → defer? → attempts with failover → relay → record.
 
 Independent of the hosting layer: it takes an `Inbound` and returns an `Outbound` whose body is either bytes
 or an async iterator relayed chunk by chunk. Backend answers are passed through unchanged apart from the
-headers the gateway owns; only the gateway's own errors use the OpenAI error shape.
+headers the gateway owns; only the gateway's own errors use the OpenAI error shape. Every request that
+reached a backend leaves one usage record, whether or not an answer was relayed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -18,39 +17,29 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-
-import aiohttp
 
 from . import errors, translate
-from .completions import CompletionPublisher
+from .attempt import Attempt, Attempts, usage_record
+from .callers import Callers
 from .config import Settings
-from .credentials import BackendAuth
-from .results import ResultStore
-from .routing import BackendPool, Target
-from .state_store import StateStore
-from .streaming import SseUsageTap, prepare_stream_request
-from .upstream import Upstream
+from .pool import Target
+from .streaming import SseUsageTap
+from .upstream import TransportError
 from .usage import Usage, UsageRecord, UsageRecorder, count_tokens, estimate_prompt_tokens, usage_from_json_body
 
 __all__ = [
-    "Attempt",
     "Defer",
     "Deferred",
-    "Gateway",
     "Inbound",
     "Outbound",
+    "Pipeline",
     "error_outbound",
     "forwarded_headers",
     "prefers_async",
-    "retry_after_seconds",
-    "usage_record",
 ]
 
 log = logging.getLogger("gateway.pipeline")
 
-# Answers that say "this backend, not this request": try the next backend.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself; never copied across.
 _HOP_BY_HOP = frozenset(
     {
@@ -77,7 +66,8 @@ _PLATFORM = frozenset(
      "max-forwards"}
 )  # fmt: skip
 _REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | _PLATFORM | {"accept-encoding", "x-request-id", "prefer"}
-_RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id"}
+# The host adds its own Date and Server: the backend's would be sent twice.
+_RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id", "date", "server"}
 
 
 @dataclass(slots=True)
@@ -102,18 +92,6 @@ class Outbound:
 
 
 @dataclass(slots=True)
-class Attempt:
-    """The outcome of one try on one backend: an answer to relay, or why it failed."""
-
-    target: Target
-    resp: aiohttp.ClientResponse | None = None  # a non-retryable answer (success or the client's 4xx)
-    injected: bool = False  # include_usage was added to a streamed request
-    status: int | None = None
-    retry_after_s: float | None = None
-    failure: str | None = None  # "throttled" | "failed" (5xx/408) | "timeout" | "connect"
-
-
-@dataclass(slots=True)
 class Deferred:
     """A request handed to the async path, with everything needed to run it later."""
 
@@ -128,42 +106,24 @@ Defer = Callable[[Deferred], Awaitable[Outbound]]
 
 
 @dataclass(slots=True)
-class _Attempts:
+class _Tries:
     """What the failed attempts of one request taught us, to build the final error."""
 
     count: int = 0
     retry_after_s: list[float] = field(default_factory=list)
     all_throttled: bool = True
-    last_transport_error: str | None = None  # "timeout" | "connect" when the last failure had no answer
+    last: Attempt | None = None
 
 
-class Gateway:
-    """Holds the process-wide parts (settings, pool, upstream session, credentials, usage) and handles requests."""
+class Pipeline:
+    """The request path only; the services it uses are built once per process by `gateway.bootstrap`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        store: StateStore | None = None,
-        results: ResultStore | None = None,
-        completions: CompletionPublisher | None = None,
-        credential=None,
-        clock=time.time,
-    ) -> None:
+    def __init__(self, settings: Settings, attempts: Attempts, callers: Callers, usage: UsageRecorder) -> None:
         self.settings = settings
-        self.results = results  # the async path's blobs (None: no async path, e.g. in unit tests)
-        self.completions = completions
-        self.pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
-        self.upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
-        self.auth = BackendAuth(self.upstream.get_json, credential)
-        self.usage = UsageRecorder(settings.usage_file)
-        self._keys = [k.encode() for k in settings.api_keys]
-        # The caller identity of each key, computed once (a sha256 per request cost ~1.5 % of the CPU): its name,
-        # or a fingerprint of an unnamed key.
-        self._callers = {
-            k.encode(): name or "key:" + hashlib.sha256(k.encode()).hexdigest()[:12]
-            for k, name in settings.api_keys.items()
-        }
+        self.attempts = attempts
+        self.pool = attempts.pool
+        self.callers = callers
+        self.usage = usage
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
@@ -189,45 +149,12 @@ class Gateway:
             error = exc
         except Exception:
             log.exception("Unexpected failure (request %s)", request_id)  # the trace goes to logs, not the client
-            error = errors.GatewayError(
-                500, "The gateway failed to process the request.", type="server_error", code="internal_error"
-            )
+            error = errors.internal_error()
         return error_outbound(error, request_id)
-
-    async def close(self) -> None:
-        for part in (self.results, self.completions):
-            if part is not None:
-                await part.close()
-        await self.pool.settle()
-        if self.pool.store is not None:
-            await self.pool.store.close()
-        await self.upstream.close()
-        await self.auth.close()
-
-    def authorize(self, headers: Mapping[str, str]) -> str:
-        """Accepts a configured key as `api-key` or `Authorization: Bearer`; secure by default.
-
-        Returns the caller's identity for records and result ownership: the key's name from GATEWAY_API_KEYS, or a
-        fingerprint of an unnamed key; never the key.
-        """
-        if self.settings.auth_disabled:
-            return "anonymous"
-        presented = headers.get("api-key") or ""
-        if not presented:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            presented = token.strip() if scheme.lower() == "bearer" else ""
-        candidate = presented.encode()
-        # Compare against every key, in constant time each, so timing reveals neither key nor position.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
-        if not (matched and candidate):
-            raise errors.unauthorized()
-        return self._callers[candidate]
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
-        caller = self.authorize(inbound.headers)
+        caller = self.callers.authenticate(inbound.headers)
         limit = self.settings.max_body_bytes
         if len(inbound.body) > limit:
             raise errors.too_large(limit)
@@ -291,7 +218,7 @@ class Gateway:
         caller: str,
         started: float,
     ) -> Outbound:
-        """Tries backends as the pool chooses them, moving on after a retryable answer or a transport failure.
+        """Tries targets as the pool chooses them, moving on after a retryable answer or a transport failure.
 
         A backend is not tried twice in one request, unless it is the only one and it frees up within the
         budget. When every backend is cooling down the request waits (jittered) for the first to free up, if
@@ -300,81 +227,43 @@ class Gateway:
         deadline = started + self.settings.sync_budget_s
         await self.pool.refresh_if_due()
         headers = forwarded_headers(inbound.headers, request_id)
-        attempts = _Attempts()
+        tries = _Tries()
         tried: set[str] = set()
-        while attempts.count < self.settings.max_attempts:
-            target = self.pool.choose(route.model, tried)
+        while tries.count < self.settings.max_attempts:
+            target = await self.attempts.next_target(route.model, tried)
             if target is None:
                 if not await self._wait_for_backend(route.model, targets, tried, deadline):
                     break
-                continue
-            if not await self.pool.acquire(target):
-                tried.add(target.backend.name)  # another instance holds this backend's half-open trial
                 continue
             tried.add(target.backend.name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            attempts.count += 1
-            outcome = await self.attempt(inbound, route, target, headers, request_id, remaining)
-            if outcome.resp is not None:
-                record = usage_record(route, target, request_id, outcome.resp.status, attempts.count, caller)
-                return await self._relay(outcome.resp, route, target, record, started, outcome.injected)
-            if outcome.failure in ("timeout", "connect"):
-                attempts.all_throttled, attempts.last_transport_error = False, outcome.failure
-            else:
-                attempts.retry_after_s.append(
-                    outcome.retry_after_s if outcome.retry_after_s is not None else self.settings.default_retry_after_s
-                )
-                attempts.all_throttled &= outcome.failure == "throttled"
-                attempts.last_transport_error = None
-        raise self._exhausted(attempts)
-
-    async def attempt(
-        self,
-        inbound: Inbound,
-        route: translate.Route,
-        target: Target,
-        headers: dict[str, str],
-        request_id: str,
-        remaining_s: float | None,
-    ) -> Attempt:
-        """One try on one backend. The pool learns from the outcome (latency, capacity, breaker transitions).
-
-        Shared by the synchronous path and the async activity: both go through the same pool, breakers,
-        credentials and upstream session. A returned `resp` is the caller's to read and release.
-        """
-        backend = target.backend
-        body, injected = inbound.body, False
-        if route.streaming and backend.parses_usage and route.operation in ("chat/completions", "completions"):
-            body, injected = prepare_stream_request(inbound.body, route.json or {})
-        headers = headers | await self.auth.headers(backend)
-        url = backend.host + translate.upstream_path(route, target.deployment)
-        sent_at = time.monotonic()
-        try:
-            resp = await self.upstream.send(
-                inbound.method, url, headers, body, total_s=None if route.streaming else remaining_s
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            log.warning("Backend %s timed out (request %s)", backend.name, request_id)
-            self.pool.on_transport_error(target, "timeout")
-            return Attempt(target, failure="timeout")
-        except aiohttp.ClientError as exc:
-            log.warning("Backend %s failed: %s (request %s)", backend.name, type(exc).__name__, request_id)
-            self.pool.on_transport_error(target, type(exc).__name__)
-            return Attempt(target, failure="connect")
-        retry_after = retry_after_seconds(resp.headers) if resp.status in RETRYABLE_STATUS else None
-        self.pool.on_answer(target, resp.status, (time.monotonic() - sent_at) * 1000, resp.headers, retry_after)
-        if resp.status in RETRYABLE_STATUS:
-            log.info("Backend %s answered %d (request %s)", backend.name, resp.status, request_id)
-            resp.release()
-            return Attempt(
+            tries.count += 1
+            attempt = await self.attempts.forward(
                 target,
-                retry_after_s=retry_after,
-                failure="throttled" if resp.status == 429 else "failed",
-                status=resp.status,
+                inbound.method,
+                route,
+                inbound.body,
+                headers,
+                total_s=None if route.streaming else remaining,
             )
-        return Attempt(target, resp=resp, injected=injected, status=resp.status)
+            if attempt.response is not None:
+                record = usage_record(route, target, request_id, attempt.response.status, tries.count, caller)
+                return await self._relay(attempt, route, record, started)
+            tries.last = attempt
+            if attempt.failure in ("timeout", "connect"):
+                tries.all_throttled = False
+            else:
+                wait = attempt.retry_after_s
+                tries.retry_after_s.append(wait if wait is not None else self.settings.default_retry_after_s)
+                tries.all_throttled &= attempt.failure == "throttled"
+        error = self._exhausted(tries)
+        if tries.last is not None:  # it reached a backend: throttled and failed traffic is recorded too
+            last = tries.last
+            record = usage_record(route, last.target, request_id, error.status, tries.count, caller, last.failure)
+            self._finish(record, started)
+        raise error
 
     async def _wait_for_backend(
         self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float
@@ -397,45 +286,38 @@ class Gateway:
             tried.clear()  # the only backend may be tried again once it has freed up
         return True
 
-    async def _relay(
-        self,
-        resp: aiohttp.ClientResponse,
-        route: translate.Route,
-        target: Target,
-        record: UsageRecord,
-        started: float,
-        injected: bool,
-    ) -> Outbound:
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP}
+    async def _relay(self, attempt: Attempt, route: translate.Route, record: UsageRecord, started: float) -> Outbound:
+        response = attempt.response
+        assert response is not None
+        target = attempt.target
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP}
         headers["x-request-id"] = record.request_id
         headers["x-gateway-backend"] = target.backend.name
         headers["x-gateway-attempts"] = str(record.attempts)
-        content_type = resp.headers.get("content-type", "")
+        content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             record.streaming = True
-            tap = SseUsageTap(strip_injected_usage=injected) if target.backend.parses_usage else None
-            return Outbound(resp.status, headers, stream=self._relay_stream(resp, tap, route, record, started))
+            tap = SseUsageTap(strip_injected_usage=attempt.injected) if target.backend.parses_usage else None
+            return Outbound(response.status, headers, stream=self._relay_stream(attempt, tap, route, record, started))
         if not content_type.startswith("application/json"):
             # Audio, images as bytes, anything large: relay as it comes, nothing to count.
-            return Outbound(resp.status, headers, stream=self._relay_stream(resp, None, route, record, started))
+            return Outbound(response.status, headers, stream=self._relay_stream(attempt, None, route, record, started))
         try:
-            body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            resp.close()
-            status = 504 if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) else 502
+            body = await self.attempts.read(attempt)
+        except TransportError as exc:
+            status = 504 if exc.kind == "timeout" else 502
+            record.status, record.error = status, exc.kind
+            self._finish(record, started)
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
-        finally:
-            resp.release()
         if target.backend.parses_usage:
             record.usage = usage_from_json_body(body)
-            if record.usage is not None and resp.status == 200:
-                self.pool.observe_generation(target, record.usage.completion_tokens, time.monotonic() - started)
+            self.attempts.finished(attempt, record.usage)
         self._finish(record, started)
-        return Outbound(resp.status, headers, body)
+        return Outbound(response.status, headers, body)
 
     async def _relay_stream(
         self,
-        resp: aiohttp.ClientResponse,
+        attempt: Attempt,
         tap: SseUsageTap | None,
         route: translate.Route,
         record: UsageRecord,
@@ -446,9 +328,11 @@ class Gateway:
         The record is written as soon as `[DONE]` is seen, before that last chunk goes out, so whoever reads
         usage after the client has its whole answer finds it there.
         """
+        response = attempt.response
+        assert response is not None
         complete = recorded = False
         try:
-            async for data in resp.content.iter_any():
+            async for data in response.chunks():
                 if tap is not None:
                     data = tap.feed(data)
                     if tap.done and not recorded:
@@ -458,15 +342,14 @@ class Gateway:
             if tap is not None and (rest := tap.flush()):
                 yield rest
             complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            log.warning(
-                "Stream from %s broke off: %s (request %s)", record.backend, type(exc).__name__, record.request_id
-            )
+        except TransportError as exc:
+            record.error = exc.kind
+            self.attempts.broke(attempt, exc)
         finally:
             if complete:
-                resp.release()
+                response.release()
             else:
-                resp.close()  # cut by the backend or the client went away: do not reuse this connection
+                response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
                 await self._finish_stream(record, tap, route, started)
 
@@ -483,42 +366,23 @@ class Gateway:
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)
         self.usage.record(record)
 
-    def _exhausted(self, attempts: _Attempts) -> errors.GatewayError:
+    def _exhausted(self, tries: _Tries) -> errors.GatewayError:
         """The error for a request no backend answered: 429/503 with Retry-After, or 502/504."""
-        retry_after = round(min(attempts.retry_after_s)) if attempts.retry_after_s else None
-        if attempts.last_transport_error == "timeout":
+        retry_after = round(min(tries.retry_after_s)) if tries.retry_after_s else None
+        last_failure = tries.last.failure if tries.last else None
+        if last_failure == "timeout":
             return errors.upstream_failure(504, "The backend did not answer in time.")
-        if attempts.last_transport_error == "connect":
+        if last_failure == "connect":
             return errors.upstream_failure(502, "The backend could not be reached.")
-        if not attempts.count:
+        if not tries.count:
             return errors.unavailable(
                 503,
                 "No backend for this model is available (disabled, down or busy); retry later.",
                 round(self.settings.default_retry_after_s),
             )
-        if attempts.all_throttled:
+        if tries.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
-
-
-def usage_record(
-    route: translate.Route, target: Target, request_id: str, status: int, attempts: int, caller: str | None
-) -> UsageRecord:
-    """The usage record of a request a backend answered; usage, streaming and duration are filled in later."""
-    return UsageRecord(
-        request_id=request_id,
-        api_style=route.api_style,
-        operation=route.operation,
-        model=route.model,
-        deployment=target.deployment,
-        backend=target.backend.name,
-        status=status,
-        streaming=False,
-        attempts=attempts,
-        duration_ms=0.0,
-        usage=None,
-        caller=caller,
-    )
 
 
 def error_outbound(error: errors.GatewayError, request_id: str | None = None) -> Outbound:
@@ -540,26 +404,6 @@ def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, 
     headers["x-request-id"] = request_id
     headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
     return headers
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` (Azure OpenAI), or `Retry-After` in seconds or as an HTTP date."""
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _estimate(route: translate.Route, tap: SseUsageTap) -> Usage | None:

@@ -82,8 +82,8 @@ class UsageMetrics:
         }
         if record.caller:
             attributes["gateway.caller"] = record.caller
-        if record.status >= 400:
-            attributes["error.type"] = str(record.status)
+        if record.error or record.status >= 400:
+            attributes["error.type"] = record.error or str(record.status)
         self._duration.record(record.duration_ms / 1000, attributes)
         usage = record.usage
         if usage is None:

@@ -65,7 +65,7 @@ def resolve(method: str, path: str, query: str, content_type: str, body: bytes, 
 
     if path == "/v1/models" or path == "/openai/models":
         if method != "GET":
-            raise _method_not_allowed(method, path)
+            raise _method_not_allowed(method, path, "GET")
         return Route("models", "models", "", api_version, rest, None)
 
     if path.startswith(_V1_PREFIX):
@@ -141,5 +141,5 @@ def multipart_form(content_type: str, body: bytes) -> dict[str, tuple[str | None
     return parts
 
 
-def _method_not_allowed(method: str, path: str) -> errors.GatewayError:
-    return errors.GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+def _method_not_allowed(method: str, path: str, allow: str = "POST") -> errors.GatewayError:
+    return errors.method_not_allowed(method, path, allow)

@@ -288,6 +288,7 @@ class UsageRecord:
     duration_ms: float
     usage: Usage | None
     caller: str | None = None  # client key name / identity; never the secret itself
+    error: str | None = None  # why no backend answer was relayed: throttled, failed, timeout, connect, ...
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
 
     def as_dict(self) -> dict:
@@ -303,6 +304,7 @@ class UsageRecord:
             "backend": self.backend,
             "caller": self.caller,
             "status": self.status,
+            "error": self.error,
             "streaming": self.streaming,
             "attempts": self.attempts,
             "duration_ms": round(self.duration_ms, 3),

@@ -15,8 +15,9 @@ from typing import Any
 
 from gateway.backend_batches import BackendBatchError, BackendBatches
 from gateway.batch_files import file_object, parse_jsonl, rewrite_for_backend
+from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
-from gateway.pipeline import Gateway
+from gateway.pool import Target
 
 __all__ = ["batch_cancel_backend", "batch_collect", "batch_finish", "batch_poll", "batch_submit", "input_lines"]
 
@@ -24,69 +25,79 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 UNAVAILABLE_RETRY_S = 30.0
 
 
-def _client(gateway: Gateway) -> BackendBatches:
-    return BackendBatches(gateway.upstream, gateway.auth, gateway.settings.api_version)
+def _client(services: Services) -> BackendBatches:
+    return BackendBatches(services.attempts, services.settings.api_version)
+
+
+def _target(services: Services, payload: dict[str, Any]) -> Target:
+    """The round's backend; a backend renamed or removed since the round started is unreachable."""
+    target = services.pool.target_for(payload["backend"], payload.get("deployment") or "")
+    if target is None:
+        raise BackendBatchError(payload["backend"], "no backend has this name any more")
+    return target
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
 
 
-async def input_lines(gateway: Gateway, file_id: str) -> list[dict[str, Any]]:
-    blob = await gateway.results.get_blob(f"files/{file_id}")
+async def input_lines(services: Services, file_id: str) -> list[dict[str, Any]]:
+    blob = await services.results.get_blob(f"files/{file_id}")
     return parse_jsonl(blob.body) if blob else []
 
 
-async def _merged(gateway: Gateway, batch_id: str, kind: str) -> list[dict[str, Any]]:
-    blob = await gateway.results.get_blob(f"batches/{batch_id}/{kind}.jsonl")
+async def _merged(services: Services, batch_id: str, kind: str) -> list[dict[str, Any]]:
+    blob = await services.results.get_blob(f"batches/{batch_id}/{kind}.jsonl")
     return parse_jsonl(blob.body) if blob else []
 
 
-async def batch_submit(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+async def batch_submit(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     """Uploads the lines no round has answered yet to a backend serving the model's batches, creates the batch."""
     job, avoid = payload["job"], set(payload.get("avoid", ()))
-    answered = {line["custom_id"] for kind in ("results", "errors") for line in await _merged(gateway, job["id"], kind)}
-    remaining = [line for line in await input_lines(gateway, job["input_file_id"]) if line["custom_id"] not in answered]
+    answered = {
+        line["custom_id"] for kind in ("results", "errors") for line in await _merged(services, job["id"], kind)
+    }
+    remaining = [
+        line for line in await input_lines(services, job["input_file_id"]) if line["custom_id"] not in answered
+    ]
     if not remaining:
         return {"status": "nothing_left"}
-    pool, now = gateway.pool, time.time()
-    serving = [
-        t.backend
-        for t in pool.candidates(job["model"])
-        if t.backend.batch_deployment_for(job["model"]) and pool.available(pool.runtimes[t.backend.name], now)
-    ]
-    preferred = [b for b in serving if b.name not in avoid] or serving  # another backend if there is one
-    if not preferred:
+    attempts, now = services.attempts, time.time()
+    await services.pool.refresh_if_due()
+    # The model's strategy among the backends with a Global Batch deployment; another backend if there is one.
+    target = await attempts.next_target(job["model"], avoid, batch=True) or await attempts.next_target(
+        job["model"], batch=True
+    )
+    if target is None:
         return {"status": "unavailable", "backend": None, "retry_at": now + UNAVAILABLE_RETRY_S}
-    backend = preferred[0]
-    jsonl = rewrite_for_backend(remaining, backend.batch_deployment_for(job["model"]) or job["model"])
-    client = _client(gateway)
+    jsonl = rewrite_for_backend(remaining, target.deployment)
+    client = _client(services)
     try:
-        file_id = await client.upload(backend, jsonl, f"{job['id']}-round{payload['round']}.jsonl")
-        created = await client.create(backend, file_id, _azure_endpoint(job["endpoint"]), job["completion_window"])
+        file_id = await client.upload(target, jsonl, f"{job['id']}-round{payload['round']}.jsonl")
+        created = await client.create(target, file_id, _azure_endpoint(job["endpoint"]), job["completion_window"])
     except BackendBatchError as exc:
         return {
             "status": "unavailable",
-            "backend": backend.name,
+            "backend": target.backend.name,
             "retry_at": now + UNAVAILABLE_RETRY_S,
             "reason": str(exc),
         }
     return {
         "status": "submitted",
-        "backend": backend.name,
+        "backend": target.backend.name,
+        "deployment": target.deployment,
         "backend_batch_id": created["id"],
         "backend_file_id": file_id,
         "lines": len(remaining),
     }
 
 
-async def batch_poll(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+async def batch_poll(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     """The backend batch's status, and whether the client asked to cancel."""
     job = payload["job"]
-    cancel = await gateway.results.get_blob(f"batches/{job['id']}/cancel") is not None
-    backend = gateway.pool.runtimes[payload["backend"]].backend
+    cancel = await services.results.get_blob(f"batches/{job['id']}/cancel") is not None
     try:
-        batch = await _client(gateway).get(backend, payload["backend_batch_id"])
+        batch = await _client(services).get(_target(services, payload), payload["backend_batch_id"])
     except BackendBatchError as exc:
         return {"status": "unreachable", "reason": str(exc), "cancel_requested": cancel}
     return {
@@ -99,29 +110,27 @@ async def batch_poll(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any
     }
 
 
-async def batch_cancel_backend(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
-    backend = gateway.pool.runtimes[payload["backend"]].backend
+async def batch_cancel_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     try:
-        batch = await _client(gateway).cancel(backend, payload["backend_batch_id"])
+        batch = await _client(services).cancel(_target(services, payload), payload["backend_batch_id"])
     except BackendBatchError as exc:
         return {"status": "unreachable", "reason": str(exc)}
     return {"status": batch.get("status")}
 
 
-async def batch_collect(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+async def batch_collect(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     """Downloads this round's output and error files and merges them into the batch's results so far."""
     job, poll = payload["job"], payload["poll"]
-    backend = gateway.pool.runtimes[payload["backend"]].backend
-    client = _client(gateway)
+    client = _client(services)
     merged = {
-        kind: {line["custom_id"]: line for line in await _merged(gateway, job["id"], kind)}
+        kind: {line["custom_id"]: line for line in await _merged(services, job["id"], kind)}
         for kind in ("results", "errors")
     }
     for kind, file_key in (("results", "output_file_id"), ("errors", "error_file_id")):
         if not poll.get(file_key):
             continue
         try:
-            data = await client.content(backend, poll[file_key])
+            data = await client.content(_target(services, payload), poll[file_key])
         except BackendBatchError:
             continue  # its lines stay unanswered and go to the next round
         for line in parse_jsonl(data):
@@ -131,7 +140,7 @@ async def batch_collect(gateway: Gateway, payload: dict[str, Any]) -> dict[str, 
     for custom_id in merged["results"]:
         merged["errors"].pop(custom_id, None)  # a later success replaces an earlier failure
     for kind, lines in merged.items():
-        await gateway.results.put_blob(
+        await services.results.put_blob(
             f"batches/{job['id']}/{kind}.jsonl", _jsonl(list(lines.values())), "application/jsonl", {}
         )
     total = job["lines"]
@@ -145,13 +154,13 @@ async def batch_collect(gateway: Gateway, payload: dict[str, Any]) -> dict[str, 
     }
 
 
-async def batch_finish(gateway: Gateway, payload: dict[str, Any]) -> dict[str, Any]:
+async def batch_finish(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     """Writes the merged output and error files, publishes the completion once, returns the final view."""
     job, end = payload["job"], payload["end"]
     now = int(time.time())
-    inputs = await input_lines(gateway, job["input_file_id"])
-    results = await _merged(gateway, job["id"], "results")
-    errors = await _merged(gateway, job["id"], "errors")
+    inputs = await input_lines(services, job["input_file_id"])
+    results = await _merged(services, job["id"], "results")
+    errors = await _merged(services, job["id"], "errors")
     answered = {line["custom_id"] for line in results + errors}
     status = end["status"]
     code = {"completed": "batch_failed", "cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
@@ -180,9 +189,11 @@ async def batch_finish(gateway: Gateway, payload: dict[str, Any]) -> dict[str, A
         f"{status}_at": now,
     }
     if results:
-        view["output_file_id"] = await _store_file(gateway, job, f"{job['id']}-output", _jsonl(results), "batch_output")
+        view["output_file_id"] = await _store_file(
+            services, job, f"{job['id']}-output", _jsonl(results), "batch_output"
+        )
     if errors:
-        view["error_file_id"] = await _store_file(gateway, job, f"{job['id']}-errors", _jsonl(errors), "batch_output")
+        view["error_file_id"] = await _store_file(services, job, f"{job['id']}-errors", _jsonl(errors), "batch_output")
     succeeded = sum(1 for line in results if _status(line) < 400)
     view["request_counts"] = {"total": len(inputs), "completed": succeeded, "failed": len(inputs) - succeeded}
     view["usage"] = _usage(results)
@@ -204,13 +215,13 @@ async def batch_finish(gateway: Gateway, payload: dict[str, Any]) -> dict[str, A
             "batch_status": status,
         },
     )
-    await publish_once(gateway.completions, gateway.results, message)
+    await publish_once(services.completions, services.results, message)
     return view
 
 
-async def _store_file(gateway: Gateway, job: dict[str, Any], file_id: str, data: bytes, purpose: str) -> str:
+async def _store_file(services: Services, job: dict[str, Any], file_id: str, data: bytes, purpose: str) -> str:
     meta = file_object(file_id, len(data), int(time.time()), f"{file_id}.jsonl", purpose)
-    await gateway.results.put_blob(
+    await services.results.put_blob(
         f"files/{file_id}", data, "application/jsonl", {"caller": job["caller"], "meta": json.dumps(meta)}
     )
     return file_id

@@ -15,49 +15,49 @@ from typing import Any
 
 from gateway import errors
 from gateway.batch_files import BATCH_ENDPOINTS, batch_object, file_object, parse_jsonl, validate_batch_jsonl
-from gateway.pipeline import Gateway, Inbound, Outbound, error_outbound
+from gateway.bootstrap import Services
+from gateway.pipeline import Inbound, Outbound, error_outbound
 from gateway.translate import multipart_form
 
-from .workflows import BATCH_ORCHESTRATOR
+from .workflows import BATCH_ORCHESTRATOR, RUNNING
 
 __all__ = ["handle"]
 
 _PATH = re.compile(
     r"^/(?:v1|openai)/(?P<kind>files|batches)(?:/(?P<id>[A-Za-z0-9_.-]+))?(?:/(?P<action>content|cancel))?/?$"
 )
-_RUNNING = {"Pending", "Running", "ContinuedAsNew", "Suspended"}
 
 
-async def handle(client: Any, gateway: Gateway, inbound: Inbound) -> Outbound:
+async def handle(client: Any, services: Services, inbound: Inbound) -> Outbound:
     """Routes one Files/Batches request; every failure is an OpenAI-style error."""
     try:
-        caller = gateway.authorize(inbound.headers)
+        caller = services.callers.authenticate(inbound.headers)
         match = _PATH.match(inbound.path)
         if match is None:
             raise errors.not_found(f"No route for {inbound.method} {inbound.path}.", code="route_not_found")
         kind, item, action, method = match["kind"], match["id"], match["action"], inbound.method
         if kind == "files":
             if item is None and method == "POST":
-                return await upload_file(gateway, inbound, caller)
+                return await upload_file(services, inbound, caller)
             if item is not None and method == "GET":
-                return await get_file(gateway, caller, item, content=action == "content")
+                return await get_file(services, caller, item, content=action == "content")
         else:
             if item is None and method == "POST":
-                return await create_batch(client, gateway, inbound, caller)
+                return await create_batch(client, services, inbound, caller)
             if item is None and method == "GET":
                 return await list_batches(client, caller)
             if item is not None and method == "GET" and action is None:
                 return _json(200, await _batch_view(client, caller, item))
             if item is not None and method == "POST" and action == "cancel":
-                return await cancel_batch(client, gateway, caller, item)
-        raise errors.GatewayError(405, f"Method {method} is not allowed on {inbound.path}.", code="method_not_allowed")
+                return await cancel_batch(client, services, caller, item)
+        raise errors.method_not_allowed(method, inbound.path, _allowed(kind, item, action))
     except errors.GatewayError as exc:
         return error_outbound(exc)
 
 
-async def upload_file(gateway: Gateway, inbound: Inbound, caller: str) -> Outbound:
+async def upload_file(services: Services, inbound: Inbound, caller: str) -> Outbound:
     """POST files (multipart: purpose=batch, file): validated before it is kept, so bad lines fail now."""
-    settings = gateway.settings
+    settings = services.settings
     if len(inbound.body) > settings.batch_max_bytes + 64 * 1024:
         raise errors.too_large(settings.batch_max_bytes)
     form = multipart_form(inbound.headers.get("content-type", ""), inbound.body)
@@ -70,14 +70,14 @@ async def upload_file(gateway: Gateway, inbound: Inbound, caller: str) -> Outbou
     validate_batch_jsonl(data, max_bytes=settings.batch_max_bytes, max_lines=settings.batch_max_lines)
     file_id = "file-" + uuid.uuid4().hex
     meta = file_object(file_id, len(data), int(time.time()), filename or "batch.jsonl", "batch")
-    await gateway.results.put_blob(
+    await services.results.put_blob(
         f"files/{file_id}", data, "application/jsonl", {"caller": caller, "meta": json.dumps(meta)}
     )
     return _json(200, meta)
 
 
-async def get_file(gateway: Gateway, caller: str, file_id: str, *, content: bool) -> Outbound:
-    blob = await gateway.results.get_blob(f"files/{file_id}")
+async def get_file(services: Services, caller: str, file_id: str, *, content: bool) -> Outbound:
+    blob = await services.results.get_blob(f"files/{file_id}")
     if blob is None or blob.metadata.get("caller") != caller:
         raise errors.not_found(f"No file with id '{file_id}'.", code="file_not_found")
     if content:
@@ -85,12 +85,14 @@ async def get_file(gateway: Gateway, caller: str, file_id: str, *, content: bool
     return _json(200, json.loads(blob.metadata["meta"]))
 
 
-async def create_batch(client: Any, gateway: Gateway, inbound: Inbound, caller: str) -> Outbound:
-    settings = gateway.settings
+async def create_batch(client: Any, services: Services, inbound: Inbound, caller: str) -> Outbound:
+    settings = services.settings
     try:
         request = json.loads(inbound.body or b"{}")
     except ValueError:
         raise errors.bad_request("The body must be JSON.", code="invalid_json") from None
+    if not isinstance(request, dict):
+        raise errors.bad_request("The body must be a JSON object.", code="invalid_json")
     file_id, endpoint = request.get("input_file_id"), request.get("endpoint")
     window = str(request.get("completion_window", "24h"))
     if endpoint not in BATCH_ENDPOINTS:
@@ -98,12 +100,12 @@ async def create_batch(client: Any, gateway: Gateway, inbound: Inbound, caller: 
     hours = re.fullmatch(r"(\d{1,3})h", window)
     if hours is None or not 1 <= int(hours[1]) <= 168:
         raise errors.bad_request("'completion_window' must be like 24h.", param="completion_window")
-    blob = await gateway.results.get_blob(f"files/{file_id}") if isinstance(file_id, str) else None
+    blob = await services.results.get_blob(f"files/{file_id}") if isinstance(file_id, str) else None
     if blob is None or blob.metadata.get("caller") != caller:
         raise errors.not_found(f"No file with id '{file_id}'.", code="file_not_found")
     lines = parse_jsonl(blob.body)
     model = lines[0]["body"]["model"]
-    if not any(t.backend.batch_deployment_for(model) for t in gateway.pool.candidates(model)):
+    if not services.pool.candidates(model, batch=True):
         raise errors.bad_request(
             f"No backend runs batches for model '{model}' (backend setting batch=).",
             code="model_not_found",
@@ -151,11 +153,11 @@ async def list_batches(client: Any, caller: str) -> Outbound:
     )
 
 
-async def cancel_batch(client: Any, gateway: Gateway, caller: str, batch_id: str) -> Outbound:
+async def cancel_batch(client: Any, services: Services, caller: str, batch_id: str) -> Outbound:
     """Marks the batch for cancellation; its orchestration cancels the backend batch at its next poll."""
     view = await _batch_view(client, caller, batch_id)
     if view["status"] in ("validating", "in_progress", "finalizing"):
-        await gateway.results.put_blob(f"batches/{batch_id}/cancel", b"", "text/plain", {"caller": caller})
+        await services.results.put_blob(f"batches/{batch_id}/cancel", b"", "text/plain", {"caller": caller})
         view = {**view, "status": "cancelling", "cancelling_at": int(time.time())}
     return _json(200, view)
 
@@ -168,13 +170,22 @@ async def _batch_view(client: Any, caller: str, batch_id: str) -> dict[str, Any]
     if status.runtime_status is None or not isinstance(job, dict) or job.get("caller") != caller:
         raise errors.not_found(f"No batch with id '{batch_id}'.", code="batch_not_found")
     runtime = status.runtime_status.name
-    if runtime in _RUNNING:
+    if runtime in RUNNING:
         view = status.custom_status if isinstance(status.custom_status, dict) else {}
     elif runtime == "Completed" and isinstance(status.output, dict):
         view = status.output
     else:
         view = {"status": "cancelled" if runtime == "Terminated" else "failed"}
     return batch_object(job, view)
+
+
+def _allowed(kind: str, item: str | None, action: str | None) -> str:
+    """The methods a Files/Batches path takes, for the 405's Allow header."""
+    if kind == "files":
+        return "POST" if item is None else "GET"
+    if item is None:
+        return "GET, POST"
+    return "POST" if action == "cancel" else "GET"
 
 
 def _json(status: int, body: dict[str, Any]) -> Outbound:

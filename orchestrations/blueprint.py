@@ -11,25 +11,26 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from gateway.bootstrap import Services
 from gateway.errors import GatewayError
-from gateway.http import to_response
-from gateway.pipeline import Gateway, Inbound, Outbound, error_outbound
+from gateway.http import ALL_METHODS, inbound, to_response
+from gateway.pipeline import Deferred, Outbound, error_outbound
 
 from . import activities, batch_activities, batch_api, starter, workflows
 
 __all__ = ["build_async_blueprint", "starter_for"]
 
 
-def starter_for(gateway: Gateway):
-    """What the data-plane functions call to defer a request: bound to this gateway, given the request's client."""
+def starter_for(services: Services):
+    """What the data-plane functions call to defer a request: bound to these services, given the request's client."""
 
-    async def start(client: df.DurableOrchestrationClient, deferred) -> Outbound:
-        return await starter.start(client, gateway, deferred)
+    async def start(client: df.DurableOrchestrationClient, deferred: Deferred) -> Outbound:
+        return await starter.start(client, services, deferred)
 
     return start
 
 
-def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
+def build_async_blueprint(services: Services) -> df.Blueprint:
     bp = df.Blueprint()
 
     @bp.orchestration_trigger(context_name="context", orchestration=workflows.RELAY_ORCHESTRATOR)
@@ -39,23 +40,23 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
 
     @bp.activity_trigger(input_name="payload", activity=workflows.ATTEMPT_ACTIVITY)
     async def attempt_backend(payload: str) -> dict:
-        return await activities.attempt_backend(gateway, _decoded(payload))
+        return await activities.attempt_backend(services, _decoded(payload))
 
     @bp.activity_trigger(input_name="payload", activity=workflows.PUBLISH_ACTIVITY)
     async def publish_completion(payload: str) -> dict:
-        return await activities.publish_completion(gateway, _decoded(payload))
+        return await activities.publish_completion(services, _decoded(payload))
 
     @bp.route(route="results/{id}", methods=["GET", "DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
     @bp.durable_client_input(client_name="client")
     async def results(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """GET: the result of an async request (202 while running). DELETE: cancel it, or delete a finished one."""
-        inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), b"")
+        request = await inbound(req, body=False)
         instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
             if req.method == "DELETE":
-                out = await starter.cancel(client, gateway, inbound, instance_id)
+                out = await starter.cancel(client, services, request, instance_id)
             else:
-                out = await starter.get_result(client, gateway, inbound, instance_id)
+                out = await starter.get_result(client, services, request, instance_id)
         except GatewayError as exc:
             out = error_outbound(exc)
         return to_response(out)
@@ -66,7 +67,7 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
         return (yield from workflows.batch_job(context))
 
     for name in ("batch_submit", "batch_poll", "batch_cancel_backend", "batch_collect", "batch_finish"):
-        _register_activity(bp, gateway, name, getattr(batch_activities, name))
+        _register_activity(bp, services, name, getattr(batch_activities, name))
 
     for function_name, route in (
         ("v1_files", "v1/files/{*rest}"),
@@ -74,39 +75,38 @@ def build_async_blueprint(gateway: Gateway) -> df.Blueprint:
         ("azure_files", "openai/files/{*rest}"),
         ("azure_batches", "openai/batches/{*rest}"),
     ):
-        bp.route(route=route, methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)(
-            bp.durable_client_input(client_name="client")(_batch_route(gateway, function_name))
+        bp.route(route=route, methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)(
+            bp.durable_client_input(client_name="client")(_batch_route(services, function_name))
         )
 
     @bp.route(route="gateway/async/housekeeping", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
     @bp.durable_client_input(client_name="client")
     async def housekeeping_now(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
         """Runs the housekeeping timer's work on demand (operators, and hosts without timers)."""
-        return JSONResponse(await starter.housekeeping(client, gateway))
+        return JSONResponse(await starter.housekeeping(client, services))
 
-    @bp.timer_trigger(arg_name="timer", schedule=gateway.settings.housekeeping_schedule, run_on_startup=False)
+    @bp.timer_trigger(arg_name="timer", schedule=services.settings.housekeeping_schedule, run_on_startup=False)
     @bp.durable_client_input(client_name="client")
     async def housekeeping(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
         """Cancelled completions for work terminated from outside, and purge after GATEWAY_PURGE_AFTER_DAYS."""
-        await starter.housekeeping(client, gateway)
+        await starter.housekeeping(client, services)
 
     return bp
 
 
-def _register_activity(bp: df.Blueprint, gateway: Gateway, name: str, implementation) -> None:
-    """One activity function named `name` that decodes its input and calls `implementation(gateway, payload)`."""
+def _register_activity(bp: df.Blueprint, services: Services, name: str, implementation) -> None:
+    """One activity function named `name` that decodes its input and calls `implementation(services, payload)`."""
 
     async def activity(payload: str) -> dict:
-        return await implementation(gateway, _decoded(payload))
+        return await implementation(services, _decoded(payload))
 
     bp.activity_trigger(input_name="payload", activity=name)(_renamed(activity, name))
 
 
-def _batch_route(gateway: Gateway, name: str):
+def _batch_route(services: Services, name: str):
     async def batches(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """Files and Batches on both API styles (see orchestrations/batch_api.py)."""
-        inbound = Inbound(req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body())
-        return to_response(await batch_api.handle(client, gateway, inbound))
+        return to_response(await batch_api.handle(client, services, await inbound(req)))
 
     return _renamed(batches, name)
 

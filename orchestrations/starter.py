@@ -15,48 +15,31 @@ from typing import Any
 from urllib.parse import urljoin
 
 from gateway import errors
+from gateway.bootstrap import Services
 from gateway.completions import publish_once
-from gateway.pipeline import Deferred, Gateway, Inbound, Outbound, forwarded_headers, prefers_async
+from gateway.pipeline import Deferred, Inbound, Outbound, forwarded_headers, prefers_async
 
-from .activities import completion_message, result_url
-from .workflows import RELAY_ORCHESTRATOR
+from .activities import completion_message, ended, result_url
+from .workflows import RELAY_ORCHESTRATOR, RUNNING
 
-__all__ = ["cancel", "get_result", "housekeeping", "publish_cancelled", "start"]
+__all__ = ["accept", "cancel", "get_result", "housekeeping", "publish_cancelled", "start"]
 
 log = logging.getLogger("orchestrations.starter")
 POLL_AFTER_S = "2"
-_RUNNING = {"Pending", "Running", "ContinuedAsNew", "Suspended"}
 # The body a client may see for each way an async request can end without a backend answer to relay.
 _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
 
-async def start(client: Any, gateway: Gateway, deferred: Deferred) -> Outbound:
+async def start(client: Any, services: Services, deferred: Deferred) -> Outbound:
     """Stores the body, starts `relay_request`, answers 202 with the durable management payload."""
-    inbound, route = deferred.inbound, deferred.route
-    instance_id = uuid.uuid4().hex
-    content_type = inbound.headers.get("content-type", "application/json")
-    await gateway.results.put_request(instance_id, inbound.body, content_type)
-    headers = forwarded_headers(inbound.headers, deferred.request_id)
-    headers.pop("accept-encoding", None)
-    request = {
-        "id": instance_id,
-        "request_id": deferred.request_id,
-        "caller": deferred.caller,
-        "model": route.model,
-        "api_style": route.api_style,
-        "path": inbound.path,
-        "query": inbound.query,
-        "headers": headers,
-        "deadline": time.time() + gateway.settings.async_ttl_s,
-        "submitted_at": datetime.now(UTC).isoformat(),
-        "max_attempts": gateway.settings.async_max_attempts,
-        "reason": deferred.reason,
-    }
+    request = await accept(services, deferred)
+    instance_id = request["id"]
     try:
         await client.start_new(RELAY_ORCHESTRATOR, instance_id, request)
     except Exception:
         log.exception("Could not start the orchestration for request %s", deferred.request_id)
-        await gateway.results.delete(instance_id)
+        assert services.results is not None
+        await services.results.delete(instance_id)
         raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
     payload = client.create_http_management_payload(instance_id)
     body = {
@@ -73,33 +56,54 @@ async def start(client: Any, gateway: Gateway, deferred: Deferred) -> Outbound:
         "Retry-After": POLL_AFTER_S,
         "x-request-id": deferred.request_id,
     }
-    if prefers_async(inbound.headers.get("prefer", "")):
+    if prefers_async(deferred.inbound.headers.get("prefer", "")):
         out_headers["Preference-Applied"] = "respond-async"
     return Outbound(202, out_headers, json.dumps(body).encode())
 
 
-async def get_result(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> Outbound:
+async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
+    """Stores a deferred request's body and returns the orchestration's small input (no body, no credential)."""
+    inbound, route = deferred.inbound, deferred.route
+    assert services.results is not None
+    instance_id = uuid.uuid4().hex
+    content_type = inbound.headers.get("content-type", "application/json")
+    await services.results.put_request(instance_id, inbound.body, content_type)
+    headers = forwarded_headers(inbound.headers, deferred.request_id)
+    headers.pop("accept-encoding", None)
+    return {
+        "id": instance_id,
+        "request_id": deferred.request_id,
+        "caller": deferred.caller,
+        "model": route.model,
+        "api_style": route.api_style,
+        "operation": route.operation,
+        "path": inbound.path,
+        "query": inbound.query,
+        "headers": headers,
+        "deadline": time.time() + services.settings.async_ttl_s,
+        "submitted_at": datetime.now(UTC).isoformat(),
+        "max_attempts": services.settings.async_max_attempts,
+        "reason": deferred.reason,
+    }
+
+
+async def get_result(client: Any, services: Services, inbound: Inbound, instance_id: str) -> Outbound:
     """GET /results/{id}: the backend's answer as the sync call would have given it, to its caller only."""
-    status, _ = await _owned(client, gateway, inbound, instance_id)
+    status, _ = await _owned(client, services, inbound, instance_id)
     runtime = status.runtime_status.name
-    if runtime in _RUNNING:
+    if runtime in RUNNING:
         body = {"id": instance_id, "status": "running", "progress": status.custom_status}
         headers = {"content-type": "application/json", "Retry-After": POLL_AFTER_S}
         return Outbound(202, headers, json.dumps(body).encode())
     output = status.output if isinstance(status.output, dict) else {}
     outcome = "cancelled" if runtime == "Terminated" else output.get("status", "failed")
     if outcome in ("succeeded", "failed") and output.get("http_status"):
-        stored = await gateway.results.get_result(instance_id)
+        stored = await services.results.get_result(instance_id)
         if stored is not None:
             return Outbound(
                 output["http_status"], {"content-type": stored.content_type, "x-gateway-status": outcome}, stored.body
             )
-    error = output.get("error") or {
-        "message": f"The request ended as {outcome}.",
-        "type": "gateway_error",
-        "param": None,
-        "code": outcome,
-    }
+    error = output.get("error") or errors.error_object(f"The request ended as {outcome}.", code=outcome)
     return Outbound(
         _END_STATUS.get(outcome, 502),
         {"content-type": "application/json", "x-gateway-status": outcome},
@@ -107,51 +111,50 @@ async def get_result(client: Any, gateway: Gateway, inbound: Inbound, instance_i
     )
 
 
-async def cancel(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> Outbound:
+async def cancel(client: Any, services: Services, inbound: Inbound, instance_id: str) -> Outbound:
     """DELETE /results/{id}: ends running work (publishing a `cancelled` completion) or deletes a finished result."""
-    status, request = await _owned(client, gateway, inbound, instance_id)
-    if status.runtime_status.name in _RUNNING:
+    status, request = await _owned(client, services, inbound, instance_id)
+    if status.runtime_status.name in RUNNING:
         await client.terminate(instance_id, "cancelled by the client")
-        await publish_cancelled(gateway, request)
+        await publish_cancelled(services, request)
         body = {"id": instance_id, "status": "cancelled"}
         return Outbound(202, {"content-type": "application/json"}, json.dumps(body).encode())
-    await gateway.results.delete(instance_id)
+    await services.results.delete(instance_id)
     await client.purge_instance_history(instance_id)
     return Outbound(204, {}, b"")
 
 
-async def publish_cancelled(gateway: Gateway, request: dict[str, Any]) -> bool:
+async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool:
     """The completion for terminated work; skipped when one was already published for this request."""
-    error = {"message": "The request was cancelled.", "type": "gateway_error", "param": None, "code": "cancelled"}
-    message = completion_message(request, {"status": "cancelled", "error": error})
-    if not await publish_once(gateway.completions, gateway.results, message):
+    message = completion_message(request, ended("cancelled", "The request was cancelled.", "cancelled"))
+    if not await publish_once(services.completions, services.results, message):
         return False
-    await gateway.results.delete_request(request["id"])
+    await services.results.delete_request(request["id"])
     return True
 
 
-async def housekeeping(client: Any, gateway: Gateway) -> dict[str, int]:
+async def housekeeping(client: Any, services: Services) -> dict[str, int]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
     finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS. Two filtered queries, not a full list."""
     from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
 
-    cutoff = datetime.now(UTC) - timedelta(days=gateway.settings.purge_after_days)
+    cutoff = datetime.now(UTC) - timedelta(days=services.settings.purge_after_days)
     cancelled = purged = 0
     for status in await client.get_status_by(created_time_from=cutoff, runtime_status=[Status.Terminated]):
         request = await _input(client, status.instance_id)
-        if request and request.get("caller") and await publish_cancelled(gateway, request):
+        if request and request.get("caller") and await publish_cancelled(services, request):
             cancelled += 1
     finished = [Status.Completed, Status.Failed, Status.Terminated]
     for status in await client.get_status_by(created_time_to=cutoff, runtime_status=finished):
-        await gateway.results.delete(status.instance_id)
+        await services.results.delete(status.instance_id)
         await client.purge_instance_history(status.instance_id)
         purged += 1
     return {"cancelled_published": cancelled, "purged": purged}
 
 
-async def _owned(client: Any, gateway: Gateway, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:
+async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:
     """The instance's status and input, if it exists and belongs to this caller; else 404 (existence not revealed)."""
-    caller = gateway.authorize(inbound.headers)
+    caller = services.callers.authenticate(inbound.headers)
     status = await client.get_status(instance_id, show_input=True)
     request = _as_dict(status.input_) if status.runtime_status is not None else None
     if not request or request.get("caller") != caller:

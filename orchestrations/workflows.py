@@ -14,11 +14,14 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from gateway.errors import error_object
+
 __all__ = [
     "ATTEMPT_ACTIVITY",
     "BATCH_ORCHESTRATOR",
     "PUBLISH_ACTIVITY",
     "RELAY_ORCHESTRATOR",
+    "RUNNING",
     "batch_job",
     "relay_request",
 ]
@@ -29,6 +32,8 @@ PUBLISH_ACTIVITY = "publish_completion"
 BATCH_ORCHESTRATOR = "batch_job"
 BATCH_SUBMIT, BATCH_POLL, BATCH_CANCEL = "batch_submit", "batch_poll", "batch_cancel_backend"
 BATCH_COLLECT, BATCH_FINISH = "batch_collect", "batch_finish"
+# Durable runtime statuses of work that has not ended yet.
+RUNNING = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
 # Polls of a backend that does not answer before the round counts as failed and the lines move on.
 UNREACHABLE_POLLS = 3
 # A crashed activity (worker died, storage hiccup) is retried by the Durable runtime before we see it fail.
@@ -123,7 +128,12 @@ def batch_job(context: df.DurableOrchestrationContext):
         view = {**view, "status": "in_progress", "backend": submitted["backend"], "round": rounds}
         view.setdefault("in_progress_at", int(now.timestamp()))
         context.set_custom_status(view)
-        ref = {"job": job, "backend": submitted["backend"], "backend_batch_id": submitted["backend_batch_id"]}
+        ref = {
+            "job": job,
+            "backend": submitted["backend"],
+            "deployment": submitted.get("deployment"),
+            "backend_batch_id": submitted["backend_batch_id"],
+        }
         delay, unreachable = job["poll_min_s"], 0
         while True:
             fire_at = min(context.current_utc_datetime + timedelta(seconds=delay), deadline)
@@ -184,4 +194,4 @@ def batch_job(context: df.DurableOrchestrationContext):
 
 
 def _ended(status: str, message: str, code: str) -> dict[str, Any]:
-    return {"status": status, "error": {"message": message, "type": "gateway_error", "param": None, "code": code}}
+    return {"status": status, "error": error_object(message, code=code)}

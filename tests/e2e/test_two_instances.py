@@ -1,7 +1,8 @@
 """Two development hosts (separate processes, as two scaled-out instances) sharing one Azurite.
 
-After instance A sees a 429 from backend 1, instance B must stop sending to backend 1 once its next
-refresh has run (at most one GATEWAY_STATE_REFRESH_MS after A's write). The measured delay is printed.
+After instance A sees a 429 for `gpt-4o-mini` from backend 1, instance B must stop sending `gpt-4o-mini` to
+backend 1 once its next refresh has run (at most one GATEWAY_STATE_REFRESH_MS after A's write), while its
+embeddings keep going to backend 1: Azure throttles per deployment. The measured delay is printed.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def test_a_429_seen_by_one_instance_stops_the_other(azurite, capsys):
             "GATEWAY_STATE_REFRESH_MS": str(REFRESH_MS),
             "GATEWAY_API_KEYS": KEY,
             "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;"
-            "deployments=gpt-4o-mini",
+            "deployments=gpt-4o-mini,text-embedding-3-small",
             "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;"
-            "deployments=gpt-4o-mini",
+            "deployments=gpt-4o-mini,text-embedding-3-small",
         }
         with DevHost(env=env) as a, DevHost(env=env) as b, httpx.Client(headers={"api-key": KEY}) as client:
             instances = {client.get(f"{h.url}/gateway/stats", headers=OPERATOR).json()["instance"] for h in (a, b)}
@@ -59,7 +60,12 @@ def test_a_429_seen_by_one_instance_stops_the_other(azurite, capsys):
             delay = routed[switched][0]
             assert len(weu.requests) - weu_before == switched  # B's only weu requests came before it knew
             view = client.get(f"{b.url}/gateway/backends", headers=OPERATOR).json()
-            assert view["backends"][0]["breaker"] == "open" and view["backends"][0]["reason"] == "429"
+            weu_view = view["backends"][0]
+            assert weu_view["breaker"] == "closed"  # the host is fine
+            chat_view = next(d for d in weu_view["deployments"] if d["deployment"] == "gpt-4o-mini")
+            assert chat_view["breaker"] == "open" and chat_view["reason"] == "429"
+            embedding = client.post(f"{b.url}/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"})
+            assert embedding.status_code == 200 and embedding.headers["x-gateway-backend"] == "weu"
             with capsys.disabled():
                 print(
                     f"\n[propagation] B stopped sending to the 429'd backend {delay * 1000:.0f} ms after A saw it "

@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 import pytest
 from azure.storage.queue.aio import QueueClient
 
-from gateway.bootstrap import build_gateway
-from gateway.pipeline import Gateway
-from orchestrations import activities
+from gateway import translate
+from gateway.bootstrap import Services, build_gateway
+from gateway.pipeline import Deferred, Inbound
+from orchestrations import activities, starter
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
-KEY = "k"
+KEY = "gw-secret-key-7f3c9a"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
 
 
@@ -31,7 +32,7 @@ async def backends() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
 
 
 @pytest.fixture
-async def gateway(backends, azurite) -> AsyncIterator[Gateway]:
+async def gateway(backends, azurite) -> AsyncIterator[Services]:
     weu, neu = backends
     suffix = uuid.uuid4().hex[:8]
     gw = build_gateway(
@@ -51,26 +52,20 @@ async def gateway(backends, azurite) -> AsyncIterator[Gateway]:
     await gw.close()
 
 
-async def submit(gw: Gateway, body: dict, *, deadline_in: float = 3600) -> dict:
-    """What starter.start stores and passes to the orchestration, without the Durable client."""
-    request_id = uuid.uuid4().hex
-    await gw.results.put_request(request_id, json.dumps(body).encode(), "application/json")
-    return {
-        "id": request_id,
-        "request_id": "client-" + request_id[:6],
-        "caller": "key:abc",
-        "model": body["model"],
-        "api_style": "v1",
-        "path": "/v1/chat/completions",
-        "query": "",
-        "headers": {"content-type": "application/json"},
-        "deadline": time.time() + deadline_in,
-        "submitted_at": "2026-11-25T08:00:00+00:00",
-        "max_attempts": 5,
-    }
+async def submit(gw: Services, body: dict, *, deadline_in: float = 3600) -> dict:
+    """What starter.start stores and passes to the orchestration (its own code), without the Durable client."""
+    raw = json.dumps(body).encode()
+    headers = {"content-type": "application/json", "api-key": KEY, "prefer": "respond-async"}
+    inbound = Inbound("POST", "/v1/chat/completions", "", headers, raw)
+    route = translate.resolve("POST", inbound.path, "", "application/json", raw, gw.settings.api_version)
+    request_id = "client-" + uuid.uuid4().hex[:6]
+    request = await starter.accept(gw, Deferred(inbound, route, request_id, "key:abc", "the test asked"))
+    assert KEY not in json.dumps(request)  # no client credential in the orchestration input
+    request["deadline"] = time.time() + deadline_in
+    return request
 
 
-async def queued_messages(gw: Gateway) -> list[dict]:
+async def queued_messages(gw: Services) -> list[dict]:
     queue = QueueClient.from_connection_string(gw.completions._account.connection_string, gw.settings.completions_queue)
     async with queue:
         return [json.loads(base64.b64decode(m.content)) async for m in queue.receive_messages(max_messages=32)]

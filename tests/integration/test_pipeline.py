@@ -1,4 +1,4 @@
-"""The synchronous path through real HTTP: Gateway → aiohttp → two fake Azure OpenAI backends.
+"""The synchronous path through real HTTP: Pipeline → aiohttp → two fake Azure OpenAI backends.
 
 The hosting layer is left out here (the e2e tests cover it through the development host), so each test can
 look at the usage records and at exactly what every backend received.
@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config import load_settings
-from gateway.pipeline import Gateway, Inbound, Outbound
+from gateway.bootstrap import Services, build_services
+from gateway.pipeline import Inbound, Outbound
 from gateway.usage import UsageRecord
 from tests.support.fake_identity import FakeIdentityEndpoint
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
@@ -31,7 +32,7 @@ async def backends() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
         yield weu, neu
 
 
-def make_gateway(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: str) -> tuple[Gateway, list[UsageRecord]]:
+def make_gateway(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: str) -> tuple[Services, list[UsageRecord]]:
     env = {
         "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=weu-key;priority=1;"
         "deployments=gpt-4o-mini=gpt-4o-mini,text-embedding-3-small,whisper,tts",
@@ -40,7 +41,7 @@ def make_gateway(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: str) -> tu
         "GATEWAY_API_KEYS": f"other-key,{KEY}",
         **extra,
     }
-    gateway = Gateway(load_settings(env))
+    gateway = build_services(load_settings(env))
     records: list[UsageRecord] = []
     gateway.usage.add_sink(records.append)
     return gateway, records
@@ -70,7 +71,7 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     platform = {"x-arr-log-id": "abc", "disguised-host": "app.azurewebsites.net", "x-forwarded-for": "10.0.0.1"}
-    out = await gateway.handle(post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1", **platform}))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1", **platform}))
     body = json.loads(await collect(out))
     assert out.status == 200 and "weu" in body["choices"][0]["message"]["content"]
     assert out.headers["x-gateway-backend"] == "weu" and out.headers["x-gateway-attempts"] == "1"
@@ -107,7 +108,7 @@ async def test_retryable_failures_move_on_to_the_next_backend(backends, fault):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     weu.enqueue(fault)
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 200
     assert out.headers["x-gateway-backend"] == "neu" and out.headers["x-gateway-attempts"] == "2"
     assert len(weu.requests) == 1 and len(neu.requests) == 1
@@ -119,7 +120,7 @@ async def test_content_filter_400_is_returned_unchanged_and_never_retried(backen
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.content_filter())
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     error = json.loads(await collect(out))["error"]
     assert out.status == 400 and error["code"] == "content_filter"
     assert error["innererror"]["code"] == "ResponsibleAIPolicyViolation"
@@ -132,7 +133,7 @@ async def test_every_backend_throttled_gives_429_with_the_earliest_retry_after(b
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.status(429, retry_after=30))
     neu.enqueue(Fault.status(429, retry_after_ms=7000))
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 429 and out.headers["Retry-After"] == "7"
     assert json.loads(out.body)["error"]["code"] == "backends_unavailable"
     await gateway.close()
@@ -143,7 +144,7 @@ async def test_failing_backends_give_503_and_unreachable_ones_502(backends):
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.status(500))
     neu.enqueue(Fault.status(503, retry_after=2))
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 503 and out.headers["Retry-After"] == "2"
     await gateway.close()
 
@@ -152,8 +153,8 @@ async def test_failing_backends_give_503_and_unreachable_ones_502(backends):
         "GATEWAY_BACKEND_1": f"name=gone;host=http://127.0.0.1:{closed};deployments=gpt-4o-mini",
         "GATEWAY_API_KEYS": KEY,
     }
-    gone = Gateway(load_settings(env))
-    out = await gone.handle(post("/v1/chat/completions", CHAT))
+    gone = build_services(load_settings(env))
+    out = await gone.pipeline.handle(post("/v1/chat/completions", CHAT))
     error = json.loads(out.body)["error"]
     assert out.status == 502 and error["type"] == "upstream_error"
     assert str(closed) not in error["message"]  # no backend address leaks to clients
@@ -164,7 +165,7 @@ async def test_a_stalled_backend_times_out_with_504(backends):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_READ_TIMEOUT_S="0.2", GATEWAY_MAX_ATTEMPTS="1")
     weu.always(Fault.stall())
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 504 and json.loads(out.body)["error"]["code"] == "timeout"
     assert neu.requests == []  # attempts are capped by the setting
     weu.release_stalls()
@@ -175,7 +176,7 @@ async def test_stream_usage_is_injected_recorded_and_the_extra_chunk_removed(bac
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     client_body = {**CHAT, "stream": True}
-    out = await gateway.handle(post("/v1/chat/completions", client_body))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", client_body))
     assert out.status == 200 and out.stream is not None
     relayed = await collect(out)
     # What the backend was sent: include_usage injected.
@@ -209,7 +210,7 @@ async def test_stream_usage_is_injected_recorded_and_the_extra_chunk_removed(bac
 async def test_stream_client_that_asked_for_usage_still_gets_it(backends):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
-    out = await gateway.handle(
+    out = await gateway.pipeline.handle(
         post("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
     )
     events = [json.loads(p) for p in sse_payloads(await collect(out)) if p != "[DONE]"]
@@ -223,7 +224,7 @@ async def test_a_cut_stream_still_records_an_estimated_usage(backends):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     weu.enqueue(Fault.cut_stream(after_chunks=4))
-    out = await gateway.handle(post("/v1/chat/completions", {**CHAT, "stream": True}))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", {**CHAT, "stream": True}))
     relayed = await collect(out)
     assert b"[DONE]" not in relayed
     [record] = records
@@ -240,22 +241,22 @@ async def test_client_auth_is_secure_by_default(backends):
         (None, {"authorization": "Bearer wrong"}),
         (None, {"authorization": f"Basic {KEY}"}),
     ]:
-        out = await gateway.handle(post("/v1/chat/completions", CHAT, key=key, headers=headers))
+        out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=key, headers=headers))
         assert out.status == 401 and json.loads(out.body)["error"]["code"] == "invalid_api_key"
-    out = await gateway.handle(post("/v1/chat/completions", CHAT, key=None, headers={"authorization": f"Bearer {KEY}"}))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=None, headers={"authorization": f"Bearer {KEY}"}))
     assert out.status == 200
     assert "authorization" not in weu.requests[-1].headers
     await gateway.close()
 
-    no_keys = Gateway(load_settings({"GATEWAY_BACKEND_1": f"host={weu.url};deployments=gpt-4o-mini"}))
-    assert (await no_keys.handle(post("/v1/chat/completions", CHAT, key=None))).status == 401
-    assert (await no_keys.handle(post("/v1/chat/completions", CHAT, key="anything"))).status == 401
-    open_gateway = Gateway(
+    no_keys = build_services(load_settings({"GATEWAY_BACKEND_1": f"host={weu.url};deployments=gpt-4o-mini"}))
+    assert (await no_keys.pipeline.handle(post("/v1/chat/completions", CHAT, key=None))).status == 401
+    assert (await no_keys.pipeline.handle(post("/v1/chat/completions", CHAT, key="anything"))).status == 401
+    open_gateway = build_services(
         load_settings(
             {"GATEWAY_BACKEND_1": f"host={weu.url};api-key=weu-key;deployments=gpt-4o-mini", "GATEWAY_AUTH": "none"}
         )
     )
-    assert (await open_gateway.handle(post("/v1/chat/completions", CHAT, key=None))).status == 200
+    assert (await open_gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=None))).status == 200
     await open_gateway.close()
 
 
@@ -274,7 +275,7 @@ async def test_gateway_errors_have_the_openai_shape(backends):
         (post("/v1/chat/completions", {**CHAT, "pad": "x" * 4096}), 413, "request_too_large"),
     ]
     for inbound, status, code in cases:
-        out = await gateway.handle(inbound)
+        out = await gateway.pipeline.handle(inbound)
         error = json.loads(out.body)["error"]
         assert (out.status, error["code"]) == (status, code)
         assert out.headers["content-type"] == "application/json" and error["message"]
@@ -285,7 +286,7 @@ async def test_gateway_errors_have_the_openai_shape(backends):
 async def test_models_lists_what_the_backends_serve(backends):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
-    out = await gateway.handle(Inbound("GET", "/v1/models", "", {"api-key": KEY}, b""))
+    out = await gateway.pipeline.handle(Inbound("GET", "/v1/models", "", {"api-key": KEY}, b""))
     ids = [m["id"] for m in json.loads(out.body)["data"]]
     assert ids == ["gpt-4o-mini", "text-embedding-3-small", "tts", "whisper"]
     await gateway.close()
@@ -306,7 +307,7 @@ async def test_azure_native_passthrough_of_multipart_and_binary(backends):
             f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--{boundary}--\r\n'
         ).encode()
     )
-    out = await gateway.handle(
+    out = await gateway.pipeline.handle(
         post(
             "/openai/deployments/whisper/audio/transcriptions",
             form,
@@ -318,7 +319,7 @@ async def test_azure_native_passthrough_of_multipart_and_binary(backends):
     assert weu.requests[-1].body == form  # byte for byte
     assert weu.requests[-1].query["api-version"] == "2024-06-01"
 
-    out = await gateway.handle(post("/v1/audio/speech", {"model": "tts", "input": "hello", "voice": "alloy"}))
+    out = await gateway.pipeline.handle(post("/v1/audio/speech", {"model": "tts", "input": "hello", "voice": "alloy"}))
     assert out.status == 200 and out.headers["Content-Type"].startswith("audio/mpeg")
     assert (await collect(out)).endswith(b"hello")
     assert [r.operation for r in records] == ["audio/transcriptions", "audio/speech"]
@@ -328,7 +329,7 @@ async def test_azure_native_passthrough_of_multipart_and_binary(backends):
 async def test_embeddings_usage_is_recorded(backends):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
-    out = await gateway.handle(post("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a b", "c"]}))
+    out = await gateway.pipeline.handle(post("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a b", "c"]}))
     assert out.status == 200 and len(json.loads(out.body)["data"]) == 2
     assert records[0].usage.prompt_tokens > 0 and records[0].usage.completion_tokens == 0
     await gateway.close()
@@ -338,8 +339,8 @@ async def test_usage_file_gets_one_json_line_per_request(backends, tmp_path):
     weu, neu = backends
     path = tmp_path / "usage.jsonl"
     gateway, _ = make_gateway(weu, neu, GATEWAY_USAGE_FILE=str(path))
-    await collect(await gateway.handle(post("/v1/chat/completions", {**CHAT, "stream": True})))
-    await gateway.handle(post("/v1/chat/completions", CHAT))
+    await collect(await gateway.pipeline.handle(post("/v1/chat/completions", {**CHAT, "stream": True})))
+    await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["streaming"] for line in lines] == [True, False]
     assert all(line["total_tokens"] > 0 and line["backend"] == "weu" for line in lines)
@@ -353,7 +354,7 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
             monkeypatch.setenv(name, value)
         for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
             monkeypatch.delenv(name, raising=False)
-        gateway = Gateway(
+        gateway = build_services(
             load_settings(
                 {
                     "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};usemi=true;deployments=gpt-4o-mini",
@@ -362,7 +363,7 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
             )
         )
         for _ in range(3):
-            assert (await gateway.handle(post("/v1/chat/completions", CHAT))).status == 200
+            assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))).status == 200
         assert len(identity.requests) == 1
         assert identity.requests[0]["resource"] == "https://cognitiveservices.azure.com"
         assert [r.headers["authorization"] for r in weu.requests] == ["Bearer fake-token-1"] * 3
@@ -372,11 +373,11 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
 
 async def test_the_only_backend_is_retried_when_its_retry_after_fits(backends):
     weu, _ = backends
-    gateway = Gateway(
+    gateway = build_services(
         load_settings({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key", "GATEWAY_API_KEYS": KEY})
     )
     weu.enqueue(Fault.status(429, retry_after_ms=200))
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 200 and out.headers["x-gateway-attempts"] == "2" and len(weu.requests) == 2
     await gateway.close()
 
@@ -386,10 +387,10 @@ async def test_a_wait_beyond_the_limit_is_answered_429_with_retry_after_instead(
     gateway, _ = make_gateway(weu, neu, GATEWAY_MAX_WAIT_S="5")
     weu.enqueue(Fault.status(429, retry_after=120))
     neu.enqueue(Fault.status(429, retry_after=90))
-    out = await gateway.handle(post("/v1/chat/completions", CHAT))
+    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 429 and out.headers["Retry-After"] == "90"
     # While both cool down, requests are answered at once, without touching a backend.
-    again = await gateway.handle(post("/v1/chat/completions", CHAT))
+    again = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert again.status == 429 and 88 <= int(again.headers["Retry-After"]) <= 90
     assert json.loads(again.body)["error"]["code"] == "backends_unavailable"
     assert len(weu.requests) == 1 and len(neu.requests) == 1
@@ -400,9 +401,9 @@ async def test_408_and_timeouts_count_toward_the_breaker(backends):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_BREAKER_FAILURES="2", GATEWAY_READ_TIMEOUT_S="0.2")
     weu.enqueue(Fault.status(408))
-    assert (await gateway.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
+    assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
     weu.enqueue(Fault.stall())
-    assert (await gateway.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
+    assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
     assert gateway.pool.status("weu") == "open"
     weu.release_stalls()
     await gateway.close()
@@ -419,9 +420,9 @@ async def test_named_keys_identify_callers_and_async_callers_are_deferred(backen
         deferred.append(request)
         return Outbound(202, {}, b"")
 
-    assert (await gateway.handle(post("/v1/chat/completions", CHAT, key="ia-key"), defer)).status == 200
+    assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key="ia-key"), defer)).status == 200
     assert records[-1].caller == "interactive"
-    assert (await gateway.handle(post("/v1/chat/completions", CHAT, key="bt-key"), defer)).status == 202
+    assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key="bt-key"), defer)).status == 202
     [request] = deferred
     assert request.caller == "batch-team" and "GATEWAY_ASYNC_CALLERS" in request.reason
     assert len(weu.requests) == 1  # the deferred one was not sent synchronously

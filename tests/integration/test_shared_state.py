@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import operator
+from gateway import errors, operations
+from gateway.bootstrap import Services, build_services
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
-from gateway.pipeline import Gateway, Inbound
+from gateway.pipeline import Inbound
 from gateway.state_store import StateStore
 from gateway.storage import storage_account
 from tests.support.azurite import Azurite
@@ -58,18 +59,18 @@ def env_for(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI | None, connection: str, 
     return env
 
 
-def instance(env: dict, name: str, clock: Clock | None = None) -> Gateway:
+def instance(env: dict, name: str, clock: Clock | None = None) -> Services:
     settings = load_settings(env)
     account = storage_account(env, settings.state_storage)
     store = StateStore(lambda: account.table_client(settings.state_table, storage_credential), name)
-    return Gateway(settings, store=store, clock=clock or Clock())
+    return build_services(settings, store=store, clock=clock or Clock())
 
 
 def chat() -> Inbound:
     return Inbound("POST", "/v1/chat/completions", "", {"content-type": "application/json", "api-key": KEY}, CHAT)
 
 
-async def stored_breakers(gateway: Gateway) -> dict:
+async def stored_breakers(gateway: Services) -> dict:
     breakers, _ = await gateway.pool.store.load()
     return breakers
 
@@ -84,22 +85,23 @@ async def test_429_opens_the_breaker_then_half_open_trial_closes_it(backends, az
     clock = Clock()
     gw = instance(env_for(weu, neu, azurite.connection_string, table), "A", clock)
     weu.enqueue(Fault.status(429, retry_after=30))
-    first = await gw.handle(chat())
+    first = await gw.pipeline.handle(chat())
     assert first.status == 200 and first.headers["x-gateway-attempts"] == "2"
     await gw.pool.settle()
-    row = (await stored_breakers(gw))["weu"]
+    row = (await stored_breakers(gw))["weu:gpt-4o-mini"]  # a 429 is the deployment's, not the host's
     assert row.tripped and row.open_until == pytest.approx(clock.now + 30)
+    assert "weu" not in await stored_breakers(gw)
 
-    second = await gw.handle(chat())  # straight to neu: no extra attempt on the open backend
+    second = await gw.pipeline.handle(chat())  # straight to neu: no extra attempt on the open backend
     assert second.headers["x-gateway-backend"] == "neu" and second.headers["x-gateway-attempts"] == "1"
     assert len(weu.requests) == 1
 
     clock.now += 30  # the window has passed: half-open, one trial
-    third = await gw.handle(chat())
+    third = await gw.pipeline.handle(chat())
     assert third.headers["x-gateway-backend"] == "weu" and len(weu.requests) == 2
     await gw.pool.settle()
-    assert gw.pool.status("weu") == "closed"
-    assert not (await stored_breakers(gw))["weu"].tripped
+    assert gw.pool.status("weu", "gpt-4o-mini") == "closed"
+    assert not (await stored_breakers(gw))["weu:gpt-4o-mini"].tripped
     await gw.close()
 
 
@@ -107,14 +109,14 @@ async def test_a_breaker_opened_by_one_instance_stops_the_other(backends, azurit
     weu, neu = backends
     env = env_for(weu, neu, azurite.connection_string, table)
     a, b = instance(env, "A"), instance(env, "B")
-    assert (await b.handle(chat())).headers["x-gateway-backend"] == "weu"  # B has loaded its state
+    assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "weu"  # B has loaded its state
     weu.enqueue(Fault.status(429, retry_after=30))
-    await a.handle(chat())
+    await a.pipeline.handle(chat())
     await a.pool.settle()
     await b.pool.refresh()  # what B's next periodic refresh does
     sent_before = len(weu.requests)
     for _ in range(5):
-        assert (await b.handle(chat())).headers["x-gateway-backend"] == "neu"
+        assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "neu"
     assert len(weu.requests) == sent_before
     await a.close()
     await b.close()
@@ -142,11 +144,11 @@ async def test_only_one_instance_gets_the_half_open_trial(backends, azurite, tab
     env = env_for(weu, neu, azurite.connection_string, table)
     clock = Clock()
     a, b, c = (instance(env, n, clock) for n in "ABC")
-    await a.pool.store.update_breaker("weu", lambda cur: cur.tripped_until(clock.now + 10, "429"))
+    await a.pool.store.update_breaker("weu:gpt-4o-mini", lambda cur: cur.tripped_until(clock.now + 10, "429"))
     clock.now += 10
     for gw in (a, b, c):
         await gw.pool.refresh()
-        assert gw.pool.status("weu") == "half-open"
+        assert gw.pool.status("weu", "gpt-4o-mini") == "half-open"
     target = a.pool.candidates("gpt-4o-mini")[0]
     granted = await asyncio.gather(a.pool.acquire(target), b.pool.acquire(target), c.pool.acquire(target))
     assert sorted(granted) == [False, False, True]
@@ -159,9 +161,9 @@ async def test_content_filter_never_opens_a_breaker(backends, azurite, table):
     gw = instance(env_for(weu, neu, azurite.connection_string, table, GATEWAY_BREAKER_FAILURES="1"), "A")
     weu.always(Fault.content_filter())
     for _ in range(3):
-        assert (await gw.handle(chat())).status == 400
+        assert (await gw.pipeline.handle(chat())).status == 400
     await gw.pool.settle()
-    assert gw.pool.status("weu") == "closed" and "weu" not in await stored_breakers(gw)
+    assert gw.pool.status("weu") == "closed" and await stored_breakers(gw) == {}
     assert neu.requests == []
     await gw.close()
 
@@ -169,14 +171,14 @@ async def test_content_filter_never_opens_a_breaker(backends, azurite, table):
 async def test_the_happy_path_makes_no_storage_operation(backends, azurite, table):
     weu, neu = backends
     gw = instance(env_for(weu, neu, azurite.connection_string, table, GATEWAY_STATE_REFRESH_MS="600000"), "A")
-    assert (await gw.handle(chat())).status == 200  # the first request loads the state once
+    assert (await gw.pipeline.handle(chat())).status == 200  # the first request loads the state once
     await gw.pool.settle()
     before = gw.pool.store.operations
     for _ in range(20):
-        assert (await gw.handle(chat())).status == 200
+        assert (await gw.pipeline.handle(chat())).status == 200
     await gw.pool.settle()
     assert gw.pool.store.operations == before
-    assert operator.stats(gw)["requests"] == 21
+    assert operations.stats(gw.pool, gw.pipeline.requests)["requests"] == 21
     await gw.close()
 
 
@@ -186,15 +188,15 @@ async def test_storage_outage_degrades_to_local_state_and_resynchronises(backend
     storage = Azurite().start()
     try:
         gw = instance(env_for(weu, neu, storage.connection_string, table, GATEWAY_STATE_REFRESH_MS="50"), "A")
-        assert (await gw.handle(chat())).status == 200
+        assert (await gw.pipeline.handle(chat())).status == 200
         storage.stop()
         weu.enqueue(Fault.status(429, retry_after=30))
         for _ in range(3):  # requests keep succeeding, the breaker works locally
-            out = await gw.handle(chat())
+            out = await gw.pipeline.handle(chat())
             assert out.status == 200 and out.headers["x-gateway-backend"] == "neu"
         await gw.pool.settle()
         await gw.pool.refresh()
-        assert not gw.pool.storage_ok and gw.pool.status("weu") == "open"
+        assert not gw.pool.storage_ok and gw.pool.status("weu", "gpt-4o-mini") == "open"
         unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(unreachable) == 1  # said once, not per request
 
@@ -202,7 +204,7 @@ async def test_storage_outage_degrades_to_local_state_and_resynchronises(backend
         await gw.pool.refresh()
         await gw.pool.settle()
         assert gw.pool.storage_ok
-        assert (await stored_breakers(gw))["weu"].tripped
+        assert (await stored_breakers(gw))["weu:gpt-4o-mini"].tripped
         assert any("reachable again" in r.getMessage() for r in caplog.records)
         await gw.close()
     finally:
@@ -220,20 +222,20 @@ async def test_probes_are_shared_and_steer_traffic(azurite, table):
         )
         a, b = instance(env, "A"), instance(env, "B")
         apim1.always(Fault.status(503))
-        results = await operator.probe(a)
+        results = await operations.probe(a.attempts)
         assert results == {"apim1": {"ok": False, "latency_ms": results["apim1"]["latency_ms"], "error": "HTTP 503"}}
         assert [r.path for r in neu.requests] == []  # direct backends are never probed
         await b.pool.refresh()
-        assert b.pool.runtimes["apim1"].health.ok is False
+        assert b.pool.state.backends["apim1"].health.ok is False
         apim1.always(None)
-        assert (await b.handle(chat())).headers["x-gateway-backend"] == "neu"
+        assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "neu"
         assert [r.path for r in apim1.requests] == ["/status"]  # only the probe reached it
 
-        results = await operator.probe(a)
+        results = await operations.probe(a.attempts)
         assert results["apim1"]["ok"] and results["apim1"]["latency_ms"] > 0
         await b.pool.refresh()
-        assert (await b.handle(chat())).headers["x-gateway-backend"] == "apim1"
-        assert b.pool.runtimes["apim1"].ttfb_ms is not None  # probes feed the latency strategy
+        assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "apim1"
+        assert b.pool.state.backends["apim1"].ttfb_ms is not None  # probes feed the latency strategy
         await a.close()
         await b.close()
 
@@ -242,23 +244,25 @@ async def test_disable_enable_and_reset_reach_every_instance(backends, azurite, 
     weu, neu = backends
     env = env_for(weu, neu, azurite.connection_string, table)
     a, b = instance(env, "A"), instance(env, "B")
-    assert (await operator.change_backend(a, "weu", "disable"))[0] == 200
+    assert (await operations.change_backend(a.pool, "weu", "disable"))["breaker"] == "disabled"
     await b.pool.refresh()
-    assert (await b.handle(chat())).headers["x-gateway-backend"] == "neu"
-    assert operator.backends_view(b)["backends"][0]["breaker"] == "disabled"
-    await operator.change_backend(a, "weu", "enable")
+    assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "neu"
+    assert operations.backends_view(b.pool)["backends"][0]["breaker"] == "disabled"
+    await operations.change_backend(a.pool, "weu", "enable")
     await b.pool.refresh()
-    assert (await b.handle(chat())).headers["x-gateway-backend"] == "weu"
+    assert (await b.pipeline.handle(chat())).headers["x-gateway-backend"] == "weu"
 
     weu.enqueue(Fault.status(429, retry_after=300))
-    await b.handle(chat())
+    await b.pipeline.handle(chat())
     await b.pool.settle()
     await a.pool.refresh()
-    assert a.pool.status("weu") == "open"
-    await operator.change_backend(a, "weu", "reset")
+    assert a.pool.status("weu", "gpt-4o-mini") == "open"
+    await operations.change_backend(a.pool, "weu", "reset")
     await b.pool.refresh()
-    assert b.pool.status("weu") == "closed"
-    assert (await operator.change_backend(a, "nope", "reset"))[0] == 404
-    assert (await operator.change_backend(a, "weu", "explode"))[0] == 404
+    assert b.pool.status("weu", "gpt-4o-mini") == "closed"
+    for name, action in (("nope", "reset"), ("weu", "explode")):
+        with pytest.raises(errors.GatewayError) as refused:
+            await operations.change_backend(a.pool, name, action)
+        assert refused.value.status == 404
     await a.close()
     await b.close()

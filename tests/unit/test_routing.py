@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from gateway.config import load_settings
-from gateway.routing import BackendPool
+from gateway.pool import BackendPool
 
 
 class Clock:
@@ -90,18 +90,58 @@ def test_a_429_opens_the_breaker_for_its_retry_after_then_half_open_then_closed(
     p, clock = pool(*THREE)
     b = p.candidates("m")[0]
     p.on_answer(b, 429, 5, {}, 30.0)
-    assert p.status("b") == "open" and p.choose("m").backend.name == "a"
+    assert p.status("b", "m-b") == "open" and p.choose("m").backend.name == "a"
+    assert p.status("b") == "closed"  # a 429 is the deployment's quota, not the host failing
     assert p.earliest_open_until("m") == clock.now + 30
     clock.now += 30
-    assert p.status("b") == "half-open" and p.choose("m").backend.name == "b"
+    assert p.status("b", "m-b") == "half-open" and p.choose("m").backend.name == "b"
     p.on_answer(b, 200, 5, {}, None)
-    assert p.status("b") == "closed"
+    assert p.status("b", "m-b") == "closed"
+
+
+TWO_MODELS = (
+    "name=a;host=https://a.example;mode=direct;priority=1;deployments=gpt-4o,emb",
+    "name=b;host=https://b.example;mode=direct;priority=2;deployments=gpt-4o,emb",
+)
+
+
+def test_a_429_for_one_deployment_leaves_the_other_models_on_that_backend():
+    p, _ = pool(*TWO_MODELS)
+    p.on_answer(p.candidates("gpt-4o")[0], 429, 5, {}, 30.0)
+    assert p.choose("gpt-4o").backend.name == "b"
+    assert p.choose("emb").backend.name == "a"
+
+
+def test_capacity_headers_gate_only_their_deployment():
+    p, _ = pool(*TWO_MODELS)
+    p.on_answer(p.candidates("gpt-4o")[0], 200, 5, {"x-ratelimit-remaining-tokens": "0"}, None)
+    assert p.choose("gpt-4o").backend.name == "b"
+    assert p.choose("emb").backend.name == "a"
+
+
+def test_host_failures_open_the_backend_for_every_model():
+    p, _ = pool(*TWO_MODELS, GATEWAY_BREAKER_FAILURES="2")
+    target = p.candidates("gpt-4o")[0]
+    p.on_answer(target, 503, 5, {}, None)
+    p.on_transport_error(target, "connect")
+    assert p.status("a") == "open"
+    assert p.choose("gpt-4o").backend.name == "b" and p.choose("emb").backend.name == "b"
+
+
+def test_any_answer_closes_a_half_open_backend_and_a_429_then_opens_the_deployment():
+    p, clock = pool(*TWO_MODELS, GATEWAY_BREAKER_FAILURES="1", GATEWAY_BREAKER_COOLDOWN_S="5")
+    target = p.candidates("gpt-4o")[0]
+    p.on_answer(target, 500, 5, {}, None)
+    clock.now += 5
+    assert p.status("a") == "half-open"
+    p.on_answer(target, 429, 5, {}, 20.0)  # the host is alive; the deployment is throttled
+    assert p.status("a") == "closed" and p.status("a", "gpt-4o") == "open"
 
 
 def test_default_open_time_without_retry_after():
     p, clock = pool(*THREE, GATEWAY_DEFAULT_RETRY_AFTER_S="10")
     p.on_answer(p.candidates("m")[0], 429, 5, {}, None)
-    assert p.runtimes["b"].breaker.open_until == clock.now + 10
+    assert p.state.deployment(p.candidates("m")[0]).breaker.open_until == clock.now + 10
 
 
 def test_failures_in_the_window_open_the_breaker_for_the_cooldown():
@@ -113,7 +153,7 @@ def test_failures_in_the_window_open_the_breaker_for_the_cooldown():
     p.on_transport_error(b, "timeout")
     assert p.status("b") == "closed"
     p.on_answer(b, 502, 5, {}, None)
-    assert p.status("b") == "open" and p.runtimes["b"].breaker.open_until == clock.now + 7
+    assert p.status("b") == "open" and p.state.backends["b"].breaker.open_until == clock.now + 7
     clock.now += 7
     p.on_answer(b, 500, 5, {}, None)  # the half-open trial fails: open again
     assert p.status("b") == "open"
@@ -125,7 +165,7 @@ def test_client_errors_never_count_against_a_backend(status):
     b = p.candidates("m")[0]
     for _ in range(5):
         p.on_answer(b, status, 5, {}, None)
-    assert p.status("b") == "closed" and len(p.runtimes["b"].failures) == 0
+    assert p.status("b") == "closed" and len(p.state.backends["b"].failures) == 0
 
 
 def test_disabled_and_probed_down_backends_are_skipped():
@@ -137,9 +177,9 @@ def test_disabled_and_probed_down_backends_are_skipped():
         *THREE[:2], "name=d;host=https://d.example;mode=apim;probe=/status;priority=1;weight=9;deployments=m"
     )
     assert p.choose("m").backend.name == "d"
-    p.runtimes["d"].health = Health(False, None, clock.now, "HTTP 503")
+    p.state.backends["d"].health = Health(False, None, clock.now, "HTTP 503")
     assert p.choose("m").backend.name == "b"
-    p.runtimes["b"].breaker = replace(p.runtimes["b"].breaker, disabled=True)
+    p.state.backends["b"].breaker = replace(p.state.backends["b"].breaker, disabled=True)
     assert p.choose("m").backend.name == "a"
     assert p.describe()[1]["breaker"] == "disabled"
 

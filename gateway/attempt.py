@@ -1,0 +1,198 @@
+"""The one way to make a backend attempt: choose → credential → send → learn → hand back the answer.
+
+The synchronous pipeline, the async activity, the batch activities (through `BackendBatches`) and the probes
+all send through `Attempts`, so a fault teaches the pool the same thing whichever path saw it: a 429 opens
+the deployment, a 5xx or a broken connection (before or during the answer) counts against the backend, a
+finished answer feeds the generation speed. What each path does with the answer (relay it, store it, merge
+it) stays with that path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from . import translate
+from .config import Settings
+from .credentials import BackendAuth
+from .pool import BackendPool, Target
+from .streaming import prepare_stream_request
+from .upstream import Transport, TransportError, UpstreamResponse
+from .usage import Usage, UsageRecord
+
+__all__ = ["RETRYABLE_STATUS", "Attempt", "Attempts", "retry_after_seconds", "usage_record"]
+
+log = logging.getLogger("gateway.attempt")
+
+# Answers that say "this backend, not this request": try the next backend.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_COUNTED_OPERATIONS = frozenset({"chat/completions", "completions"})  # where include_usage can be injected
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one try on one target: an answer to read, or why there is none."""
+
+    target: Target
+    response: UpstreamResponse | None = None  # a non-retryable answer (success or the client's own 4xx)
+    status: int | None = None
+    injected: bool = False  # include_usage was added to a streamed request
+    retry_after_s: float | None = None
+    failure: str | None = None  # "throttled" (429) | "failed" (5xx/408) | "timeout" | "connect"
+    sent_at: float = 0.0  # time.monotonic() when it was sent
+
+
+class Attempts:
+    def __init__(self, pool: BackendPool, transport: Transport, auth: BackendAuth, settings: Settings) -> None:
+        self.pool = pool
+        self.transport = transport
+        self.auth = auth
+        self.settings = settings
+
+    async def next_target(
+        self, model: str, exclude: set[str] | None = None, *, batch: bool = False
+    ) -> Target | None:
+        """The pool's choice, with the half-open trial claimed; a backend whose trial another instance holds
+        is added to `exclude` and the next choice is taken."""
+        exclude = set() if exclude is None else exclude
+        while (target := self.pool.choose(model, exclude, batch=batch)) is not None:
+            if await self.pool.acquire(target):
+                return target
+            exclude.add(target.backend.name)
+        return None
+
+    async def forward(
+        self,
+        target: Target,
+        method: str,
+        route: translate.Route,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        total_s: float | None,
+    ) -> Attempt:
+        """A client's request on one target, either API style; streams are asked for usage when we can count it."""
+        injected = False
+        if route.streaming and target.backend.parses_usage and route.operation in _COUNTED_OPERATIONS:
+            body, injected = prepare_stream_request(body, route.json or {})
+        attempt = await self.send(
+            target, method, translate.upstream_path(route, target.deployment), headers, body, total_s=total_s
+        )
+        attempt.injected = injected
+        return attempt
+
+    async def send(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        *,
+        total_s: float | None,
+        probe: bool = False,
+    ) -> Attempt:
+        """Sends to the target's backend with its credential and learns from what comes back.
+
+        A retryable answer is released here and reported as a failure; any other answer is returned for the
+        caller to read (`read`, or chunk by chunk with `broke` on a break). A probe teaches latency only.
+        """
+        backend = target.backend
+        headers = {**headers, **await self.auth.headers(backend)}
+        sent_at = time.monotonic()
+        try:
+            response = await self.transport.send(method, backend.host + path, headers, body, total_s=total_s)
+        except TransportError as exc:
+            log.warning("Backend %s: %s", backend.name, exc)
+            if not probe:
+                self.pool.on_transport_error(target, exc.kind)
+            return Attempt(target, failure=exc.kind, sent_at=sent_at)
+        ttfb_ms = (time.monotonic() - sent_at) * 1000
+        status = response.status
+        if probe:
+            self.pool.on_probe(target, ttfb_ms)
+            return Attempt(target, response, status, sent_at=sent_at)
+        retryable = status in RETRYABLE_STATUS
+        retry_after = retry_after_seconds(response.headers) if retryable else None
+        self.pool.on_answer(target, status, ttfb_ms, response.headers, retry_after)
+        if not retryable:
+            return Attempt(target, response, status, sent_at=sent_at)
+        log.info("Backend %s answered %d", backend.name, status)
+        response.release()
+        failure = "throttled" if status == 429 else "failed"
+        return Attempt(target, None, status, retry_after_s=retry_after, failure=failure, sent_at=sent_at)
+
+    async def read(self, attempt: Attempt) -> bytes:
+        """The whole answer. A read that breaks off counts against the backend and raises TransportError."""
+        response = attempt.response
+        assert response is not None
+        try:
+            data = await response.read()
+        except TransportError as exc:
+            self.broke(attempt, exc)
+            raise
+        response.release()
+        return data
+
+    def broke(self, attempt: Attempt, exc: TransportError) -> None:
+        """An answer that broke off while being read (whole or streamed): the connection is dropped and the
+        host is charged with a transport failure."""
+        assert attempt.response is not None
+        attempt.response.close()
+        log.warning("Answer from %s broke off: %s", attempt.target.backend.name, exc)
+        self.pool.on_transport_error(attempt.target, exc.kind)
+
+    def finished(self, attempt: Attempt, usage: Usage | None) -> None:
+        """A complete successful answer: its completion tokens over its duration is the generation speed."""
+        if usage is not None and attempt.status == 200:
+            self.pool.observe_generation(attempt.target, usage.completion_tokens, time.monotonic() - attempt.sent_at)
+
+
+def usage_record(
+    route: translate.Route,
+    target: Target | None,
+    request_id: str,
+    status: int,
+    attempts: int,
+    caller: str | None,
+    error: str | None = None,
+) -> UsageRecord:
+    """The usage record of a request; usage, streaming and duration are filled in when it ends."""
+    return UsageRecord(
+        request_id=request_id,
+        api_style=route.api_style,
+        operation=route.operation,
+        model=route.model,
+        deployment=target.deployment if target else None,
+        backend=target.backend.name if target else None,
+        status=status,
+        streaming=False,  # set when the answer turns out to be a stream
+        attempts=attempts,
+        duration_ms=0.0,
+        usage=None,
+        caller=caller,
+        error=error,
+    )
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` (Azure OpenAI), or `Retry-After` in seconds or as an HTTP date."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

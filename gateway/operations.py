@@ -1,0 +1,55 @@
+"""What the operator routes do: the backends view, breaker reset, disable/enable, counters, probes.
+
+Hosting-independent (the HTTP functions in gateway/http.py only translate), so tests drive it directly too.
+Named `operations`, not `operator`, so it never shadows the standard library module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+from .attempt import Attempts
+from .health import probe_all
+from .pool import BackendPool
+
+__all__ = ["ACTIONS", "backends_view", "change_backend", "probe", "stats"]
+
+ACTIONS = ("reset", "disable", "enable")
+
+
+def backends_view(pool: BackendPool) -> dict[str, Any]:
+    return {
+        "instance": pool.instance_id,
+        "storage": {"ok": pool.storage_ok, "operations": pool.store.operations if pool.store else 0},
+        "backends": pool.describe(),
+    }
+
+
+async def change_backend(pool: BackendPool, name: str, action: str) -> dict[str, Any]:
+    """Applies an operator action to one backend on every instance; 404 for an unknown backend or action."""
+    if pool.backend(name) is None:
+        raise errors.not_found(f"No backend named '{name}'.", code="backend_not_found")
+    if action == "reset":
+        await pool.reset(name)
+    elif action in ("disable", "enable"):
+        await pool.set_disabled(name, action == "disable")
+    else:
+        raise errors.not_found(f"Unknown action '{action}' ({', '.join(ACTIONS)}).", code="route_not_found")
+    return {"backend": name, "breaker": pool.status(name), "action": action}
+
+
+def stats(pool: BackendPool, requests: int) -> dict[str, Any]:
+    store = pool.store
+    return {
+        "instance": pool.instance_id,
+        "requests": requests,
+        "storage_operations": store.operations if store else 0,
+        "storage_ok": pool.storage_ok,
+        "unexpected_storage_errors": pool.sync.unexpected_errors,
+    }
+
+
+async def probe(attempts: Attempts) -> dict[str, Any]:
+    results = await probe_all(attempts)
+    return {name: {"ok": h.ok, "latency_ms": h.latency_ms, "error": h.error or None} for name, h in results.items()}

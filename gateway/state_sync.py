@@ -1,0 +1,224 @@
+"""Shared-state sync: the pool's breakers and probe results, kept in step with the state table.
+
+Reads are one query for the whole table, at most every `GATEWAY_STATE_REFRESH_MS`, in the background so
+requests do not wait. Writes happen only on transitions, in the background, ETag-conditional with merges.
+The half-open trial claim is the one storage call a request awaits: it must know it holds the trial.
+
+If storage is unreachable (a storage or network error) the pool keeps working on local state, says so once,
+and pushes its transitions when storage comes back. Any other exception is a bug: it is logged with its
+traceback and counted, never mistaken for an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from azure.core.exceptions import AzureError
+
+from .breakers import CLOSED, HALF_OPEN, SharedBreaker
+from .pool_state import PoolState, Target, _Scope
+from .state_store import Health, StateStore
+
+__all__ = ["STORAGE_ERRORS", "SharedState"]
+
+log = logging.getLogger("gateway.pool")
+
+# What "storage is unreachable" means; anything else is a programming error.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (AzureError, aiohttp.ClientError, OSError, TimeoutError)
+TRIAL_TTL_S = 30.0  # a half-open trial claim lapses after this, in case its holder died
+STALE_FACTOR = 5  # state older than this many refresh intervals is awaited, not refreshed in the background
+INITIAL_LOAD_TIMEOUT_S = 2.0
+
+Change = Callable[[SharedBreaker], SharedBreaker | None]
+
+
+class SharedState:
+    def __init__(self, state: PoolState, store: StateStore | None) -> None:
+        self._state = state
+        self.store = store
+        self.loaded_at: float | None = None
+        self.storage_ok = True
+        self.unexpected_errors = 0  # bugs seen while talking to storage (logged with their traceback)
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._pending: dict[str, SharedBreaker] = {}  # transitions storage has not taken yet, by scope key
+        self._inflight: dict[str, int] = {}  # breaker writes under way, by scope key
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ reading
+
+    async def refresh_if_due(self) -> None:
+        """Keeps shared state at most one refresh interval old, without making requests wait for it.
+
+        Only the first load and a long-idle instance (state older than a few intervals) wait, briefly,
+        so a fresh instance never starts by sending to a backend everyone else knows is open.
+        """
+        if self.store is None:
+            return
+        interval = self._state.settings.state_refresh_s
+        age = None if self.loaded_at is None else time.monotonic() - self.loaded_at
+        if age is not None and age < interval:
+            return
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.ensure_future(self.refresh())
+        if age is None or age > STALE_FACTOR * interval:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._refresh_task), INITIAL_LOAD_TIMEOUT_S)
+            except TimeoutError:
+                pass  # go on with what we know; the refresh completes in the background
+
+    async def refresh(self) -> None:
+        """One query for the whole table; then the transitions storage missed while it was away."""
+        assert self.store is not None
+        try:
+            breakers, health = await self.store.load()
+        except Exception as exc:
+            self._failed(exc, "refresh")
+            self.loaded_at = time.monotonic()  # retry after one interval, not on every request
+            return
+        if not self.storage_ok:
+            log.warning("State storage is reachable again; resynchronising %d pending change(s)", len(self._pending))
+            self.storage_ok = True
+        for key in breakers:
+            self._state.scope(key)  # deployments another instance learnt about
+        pending, self._pending = self._pending, {}
+        for scope in self._state.scopes():
+            remote = breakers.get(scope.key, SharedBreaker())
+            if scope.key in pending or self._inflight.get(scope.key):
+                # Our own transition has not reached storage yet: an open-until only ever extends.
+                scope.breaker = scope.breaker.merged(remote)
+            else:
+                scope.breaker = remote  # storage is the truth (operator resets and enables included)
+            if scope.key in pending:
+                mine = pending[scope.key]
+                self.persist(scope.key, lambda current, mine=mine: mine.merged(current))
+        for name, probe in health.items():
+            if (backend := self._state.backends.get(name)) is not None:
+                backend.health = probe
+                if probe.latency_ms is not None and backend.backend.mode == "apim":
+                    backend.observe_latency(probe.latency_ms)
+        self.loaded_at = time.monotonic()
+
+    # ------------------------------------------------------------------ the half-open trial
+
+    async def claim_trial(self, target: Target) -> bool:
+        """True when the attempt may go: for each half-open scope of the target, this instance holds the trial."""
+        for scope in (self._state.backends[target.backend.name], self._state.deployment(target)):
+            if not await self._claim(scope):
+                return False
+        return True
+
+    async def _claim(self, scope: _Scope) -> bool:
+        state, now = self._state, self._state.clock()
+        if scope.breaker.status(now) != HALF_OPEN or scope.breaker.trial_owner == state.instance_id:
+            return True
+        until = now + TRIAL_TTL_S
+
+        def claim(current: SharedBreaker) -> SharedBreaker | None:
+            if current.status(now) != HALF_OPEN:
+                return None if current.status(now) != CLOSED else current
+            if not current.trial_free(now, state.instance_id):
+                return None
+            return current.claimed(state.instance_id, until)
+
+        if self.store is not None and self.storage_ok:
+            try:
+                result = await self.store.update_breaker(scope.key, claim)
+            except Exception as exc:  # storage trouble: decide locally
+                self._failed(exc, "trial claim")
+            else:
+                if result is None:
+                    return False  # another instance holds the trial
+                scope.breaker = result
+                return True
+        scope.breaker = scope.breaker.claimed(state.instance_id, until)
+        return True
+
+    # ------------------------------------------------------------------ writing
+
+    def persist(self, key: str, change: Change) -> None:
+        """Writes a transition in the background; the request that caused it does not wait."""
+        if self.store is None:
+            return
+        if not self.storage_ok:
+            self._pending[key] = self._breaker(key)
+            return
+        self._spawn(self._write(key, change))
+
+    async def write_now(self, key: str, change: Change) -> None:
+        """Writes an operator's change and waits for it."""
+        if self.store is not None:
+            await self._write(key, change)
+
+    async def reset(self, name: str) -> None:
+        """Closes a backend's breaker and those of its deployments, everywhere (operator)."""
+        backend = self._state.backends[name]
+        backend.failures = self._state.failure_window()
+        for scope in (backend, *self._state.deployments_of(name)):
+            if scope is backend or scope.breaker.tripped:
+                scope.breaker = scope.breaker.closed()
+                await self.write_now(scope.key, lambda current: current.closed())
+
+    async def set_disabled(self, name: str, disabled: bool) -> None:
+        """Takes a backend out of (or back into) rotation on every instance (operator)."""
+        backend = self._state.backends[name]
+        backend.breaker = replace(backend.breaker, disabled=disabled)
+        await self.write_now(name, lambda current: replace(current, disabled=disabled))
+
+    async def share_health(self, probed: dict[str, Health]) -> None:
+        """Keeps probe results here and writes them for the other instances (a failed write is logged only)."""
+        for name, probe in probed.items():
+            self._state.backends[name].health = probe
+            if self.store is not None and self.storage_ok:
+                try:
+                    await self.store.write_health(name, probe)
+                except Exception as exc:
+                    self._failed(exc, "probe write")
+
+    async def _write(self, key: str, change: Change) -> None:
+        assert self.store is not None
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            stored = await self.store.update_breaker(key, change)
+        except Exception as exc:
+            self._failed(exc, "breaker write")
+            self._pending[key] = self._breaker(key)
+            return
+        finally:
+            self._inflight[key] -= 1
+        scope = self._state.scope(key)
+        if scope is None or stored is None:
+            return
+        local = scope.breaker
+        if not (local.tripped and local.open_until > stored.open_until):
+            scope.breaker = stored  # unless a later local transition is on its way
+
+    def _breaker(self, key: str) -> SharedBreaker:
+        scope = self._state.scope(key)
+        return scope.breaker if scope is not None else SharedBreaker()
+
+    # ------------------------------------------------------------------ failures and housekeeping
+
+    def _failed(self, exc: Exception, during: str) -> None:
+        if not isinstance(exc, STORAGE_ERRORS):
+            self.unexpected_errors += 1
+            log.error("Unexpected error during %s of shared state", during, exc_info=exc)
+            return
+        if self.storage_ok:
+            log.warning("State storage unreachable (%s); continuing on local state", type(exc).__name__)
+        self.storage_ok = False
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Waits for background writes and refreshes (shutdown, and tests that inspect storage)."""
+        while self._tasks or (self._refresh_task is not None and not self._refresh_task.done()):
+            await asyncio.gather(*self._tasks, *([self._refresh_task] if self._refresh_task else []))
