@@ -182,6 +182,28 @@ def test_api_keys_may_be_named_after_their_caller():
     assert "SECRET" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "keys"),
+    [
+        ("team-a:abc:def", {"abc:def": "team-a"}),  # only the first ':' separates the caller name
+        ("a/b:cd:ef", {"a/b:cd:ef": ""}),  # the prefix is no valid name: one unnamed key, kept whole
+        (":abc", {":abc": ""}),
+        ("team-a:abc:def, x:y:z ,k", {"abc:def": "team-a", "y:z": "x", "k": ""}),
+    ],
+)
+def test_api_keys_may_contain_colons(value, keys):
+    s = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": value})
+    assert dict(s.api_keys) == keys
+
+
+def test_api_key_errors_never_echo_a_key():
+    with pytest.raises(ConfigError, match="caller name but no key"):
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "k1,team-a:"})
+    with pytest.raises(ConfigError, match="used twice") as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "a:SE:CRET1,a:SE:CRET2"})
+    assert info.value.setting == "GATEWAY_API_KEYS" and "CRET" not in str(info.value)
+
+
 def test_every_setting_is_declared_once_with_a_one_line_doc():
     names = [e.name for e in ENTRIES]
     fields = [e.field for e in ENTRIES if e.field]
