@@ -132,7 +132,8 @@ class Settings:
     usage_file: str | None = _D["usage_file"]
     strategy: str = _D["strategy"]
     strategies: Mapping[str, str] = _D["strategies"]  # model -> strategy
-    state_storage: str = _D["state_storage"]  # connection string; "" = the host's AzureWebJobsStorage
+    # connection string (may hold an account key); "" = the host's AzureWebJobsStorage
+    state_storage: str = field(default=_D["state_storage"], repr=False)
     state_table: str = _D["state_table"]
     state_refresh_s: float = _D["state_refresh_s"]
     breaker_failures: int = _D["breaker_failures"]

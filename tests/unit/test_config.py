@@ -244,3 +244,16 @@ def test_settings_parse_into_their_fields():
     with pytest.raises(ConfigError) as info:
         load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_STATE_REFRESH_MS": "0.5"})
     assert info.value.setting == "GATEWAY_STATE_REFRESH_MS"
+
+
+def test_settings_repr_shows_no_secret():
+    s = load_settings(
+        {
+            "GATEWAY_BACKEND_1": "host=https://a.example;api-key=BACKENDKEY",
+            "GATEWAY_API_KEYS": "team-a:CALLERKEY",
+            "GATEWAY_STATE_STORAGE": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=STORAGEKEY",
+            "COMPLETIONS_SERVICEBUS": "Endpoint=sb://n/;SharedAccessKey=BUSKEY",
+        }
+    )
+    assert s.state_storage.endswith("STORAGEKEY")
+    assert [k for k in ("BACKENDKEY", "CALLERKEY", "STORAGEKEY", "BUSKEY") if k in repr(s)] == []
