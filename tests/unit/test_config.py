@@ -1,10 +1,13 @@
 """Settings parsing: connection strings, config files, and start-up errors that name the setting."""
 
+import dataclasses
 import json
+from types import MappingProxyType
 
 import pytest
 
-from gateway.config import SETTINGS, ConfigError, load_settings, parse_backend
+from gateway.config import SETTING_DOCS, SETTINGS, ConfigError, Settings, load_settings, parse_backend
+from gateway.settings_schema import ENTRIES
 
 SEED = (
     "host=https://weu.openai.azure.com;mode=direct;processor=OpenAI;usemi=true;"
@@ -177,3 +180,80 @@ def test_api_keys_may_be_named_after_their_caller():
     with pytest.raises(ConfigError, match="used twice") as info:
         load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "a:SECRET1,a:SECRET2"})
     assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "keys"),
+    [
+        ("team-a:abc:def", {"abc:def": "team-a"}),  # only the first ':' separates the caller name
+        ("a/b:cd:ef", {"a/b:cd:ef": ""}),  # the prefix is no valid name: one unnamed key, kept whole
+        (":abc", {":abc": ""}),
+        ("team-a:abc:def, x:y:z ,k", {"abc:def": "team-a", "y:z": "x", "k": ""}),
+    ],
+)
+def test_api_keys_may_contain_colons(value, keys):
+    s = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": value})
+    assert dict(s.api_keys) == keys
+
+
+def test_api_key_errors_never_echo_a_key():
+    with pytest.raises(ConfigError, match="caller name but no key"):
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "k1,team-a:"})
+    with pytest.raises(ConfigError, match="used twice") as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_API_KEYS": "a:SE:CRET1,a:SE:CRET2"})
+    assert info.value.setting == "GATEWAY_API_KEYS" and "CRET" not in str(info.value)
+
+
+def test_every_setting_is_declared_once_with_a_one_line_doc():
+    names = [e.name for e in ENTRIES]
+    fields = [e.field for e in ENTRIES if e.field]
+    assert len(names) == len(set(names)) and len(fields) == len(set(fields))
+    assert list(SETTINGS) == names and list(SETTING_DOCS) == names
+    undocumented = [e.name for e in ENTRIES if not e.doc.strip() or "\n" in e.doc]
+    assert undocumented == []
+    # Each Settings field but the backends is filled by exactly one declared setting, and nothing else is.
+    assert {f.name for f in dataclasses.fields(Settings)} - {"backends"} == set(fields)
+
+
+def test_dataclass_defaults_are_the_parsed_setting_defaults():
+    declared = {f.name: f for f in dataclasses.fields(Settings)}
+    for entry in ENTRIES:
+        if entry.field is None or declared[entry.field].default is dataclasses.MISSING:
+            continue  # GATEWAY_CONFIG_FILE fills no field; api_keys has no default, so it is always passed
+        parsed = entry.parse(SETTINGS[entry.name], entry.name)
+        default = declared[entry.field].default
+        assert (default, type(default)) == (parsed, type(parsed)), entry.name
+    # The same from the outside: an environment with only a backend gives the dataclass defaults.
+    s = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example"})
+    assert s == Settings(backends=s.backends, api_keys=MappingProxyType({}))
+
+
+def test_settings_parse_into_their_fields():
+    s = load_settings(
+        {
+            "GATEWAY_BACKEND_1": "host=https://a.example",
+            "GATEWAY_STATE_REFRESH_MS": "250",
+            "GATEWAY_AUTH": "NONE",
+            "GATEWAY_COMPLETIONS_ENTITY": " ",
+            "GATEWAY_USAGE_FILE": "",
+            "GATEWAY_STRATEGIES": "gpt-4o=Latency",
+        }
+    )
+    assert (s.state_refresh_s, s.auth_disabled, s.completions_entity, s.usage_file) == (0.25, True, "completions", None)
+    assert dict(s.strategies) == {"gpt-4o": "latency"} and s.strategy_for("other") == "priority"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_STATE_REFRESH_MS": "0.5"})
+    assert info.value.setting == "GATEWAY_STATE_REFRESH_MS"
+
+
+def test_settings_repr_shows_no_secret():
+    s = load_settings(
+        {
+            "GATEWAY_BACKEND_1": "host=https://a.example;api-key=BACKENDKEY",
+            "GATEWAY_API_KEYS": "team-a:CALLERKEY",
+            "GATEWAY_STATE_STORAGE": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=STORAGEKEY",
+            "COMPLETIONS_SERVICEBUS": "Endpoint=sb://n/;SharedAccessKey=BUSKEY",
+        }
+    )
+    assert s.state_storage.endswith("STORAGEKEY")
+    assert [k for k in ("BACKENDKEY", "CALLERKEY", "STORAGEKEY", "BUSKEY") if k in repr(s)] == []
