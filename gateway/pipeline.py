@@ -22,6 +22,7 @@ from . import errors, translate
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Callers
 from .config import Settings
+from .headers import forwarded_headers, relayed_headers
 from .pool import Target
 from .streaming import SseUsageTap
 from .upstream import TransportError
@@ -34,40 +35,10 @@ __all__ = [
     "Outbound",
     "Pipeline",
     "error_outbound",
-    "forwarded_headers",
     "prefers_async",
 ]
 
 log = logging.getLogger("gateway.pipeline")
-
-# Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself; never copied across.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
-# Client credentials for the gateway (or the Functions host): never forwarded to a backend.
-_CLIENT_AUTH = frozenset({"api-key", "authorization", "x-functions-key", "cookie"})
-# What the App Service / Functions front end adds about itself: not the backend's business.
-_PLATFORM = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-tlsversion",
-     "x-original-url", "x-arr-log-id", "x-arr-ssl", "arr-ssl", "x-site-deployment-id", "was-default-hostname",
-     "disguised-host", "client-ip", "x-client-ip", "x-client-port", "x-appservice-proto", "x-waws-unencoded-url",
-     "max-forwards"}
-)  # fmt: skip
-_REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | _PLATFORM | {"accept-encoding", "x-request-id", "prefer"}
-# The host adds its own Date and Server: the backend's would be sent twice.
-_RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id", "date", "server"}
 
 
 @dataclass(slots=True)
@@ -290,7 +261,7 @@ class Pipeline:
         response = attempt.response
         assert response is not None
         target = attempt.target
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP}
+        headers = relayed_headers(response.headers)
         headers["x-request-id"] = record.request_id
         headers["x-gateway-backend"] = target.backend.name
         headers["x-gateway-attempts"] = str(record.attempts)
@@ -396,14 +367,6 @@ def error_outbound(error: errors.GatewayError, request_id: str | None = None) ->
 def prefers_async(prefer: str) -> bool:
     """RFC 7240: `Prefer: respond-async` among possibly several comma-separated preferences."""
     return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
-
-
-def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, str]:
-    """The client's headers a backend may see: no credentials, no hop-by-hop, our request id, identity encoding."""
-    headers = {k: v for k, v in inbound.items() if k not in _REQUEST_DROP}
-    headers["x-request-id"] = request_id
-    headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
-    return headers
 
 
 def _estimate(route: translate.Route, tap: SseUsageTap) -> Usage | None:

@@ -20,7 +20,7 @@ from gateway.assemble import AssembleError, assemble_completion, parse_sse
 from gateway.attempt import usage_record
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
-from gateway.pipeline import forwarded_headers
+from gateway.headers import forwarded_headers
 from gateway.upstream import TransportError
 from gateway.usage import Usage, usage_from_json_body
 

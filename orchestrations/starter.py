@@ -17,7 +17,8 @@ from urllib.parse import urljoin
 from gateway import errors
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
-from gateway.pipeline import Deferred, Inbound, Outbound, forwarded_headers, prefers_async
+from gateway.headers import forwarded_headers
+from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
 
 from .activities import completion_message, ended, result_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING

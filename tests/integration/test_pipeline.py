@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.config import load_settings
 from gateway.bootstrap import Services, build_services
+from gateway.config import load_settings
 from gateway.pipeline import Inbound, Outbound
 from gateway.usage import UsageRecord
 from tests.support.fake_identity import FakeIdentityEndpoint
@@ -71,7 +71,9 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     platform = {"x-arr-log-id": "abc", "disguised-host": "app.azurewebsites.net", "x-forwarded-for": "10.0.0.1"}
-    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1", **platform}))
+    out = await gateway.pipeline.handle(
+        post("/v1/chat/completions", CHAT, headers={"x-request-id": "req-1", **platform})
+    )
     body = json.loads(await collect(out))
     assert out.status == 200 and "weu" in body["choices"][0]["message"]["content"]
     assert out.headers["x-gateway-backend"] == "weu" and out.headers["x-gateway-attempts"] == "1"
@@ -243,7 +245,9 @@ async def test_client_auth_is_secure_by_default(backends):
     ]:
         out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=key, headers=headers))
         assert out.status == 401 and json.loads(out.body)["error"]["code"] == "invalid_api_key"
-    out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=None, headers={"authorization": f"Bearer {KEY}"}))
+    out = await gateway.pipeline.handle(
+        post("/v1/chat/completions", CHAT, key=None, headers={"authorization": f"Bearer {KEY}"})
+    )
     assert out.status == 200
     assert "authorization" not in weu.requests[-1].headers
     await gateway.close()
@@ -329,7 +333,9 @@ async def test_azure_native_passthrough_of_multipart_and_binary(backends):
 async def test_embeddings_usage_is_recorded(backends):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
-    out = await gateway.pipeline.handle(post("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a b", "c"]}))
+    out = await gateway.pipeline.handle(
+        post("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a b", "c"]})
+    )
     assert out.status == 200 and len(json.loads(out.body)["data"]) == 2
     assert records[0].usage.prompt_tokens > 0 and records[0].usage.completion_tokens == 0
     await gateway.close()

@@ -1,0 +1,55 @@
+"""Which headers cross the gateway: the client's to a backend, and a backend's back to the client.
+
+Never forwarded: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials for the gateway or the
+Functions host, what the App Service front end adds about itself, and headers the gateway sets itself.
+Never relayed back: hop-by-hop headers, cookies, and the backend's `Date` and `Server` (the host adds its own,
+and a client would otherwise see two of each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["forwarded_headers", "relayed_headers"]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself; never copied across.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# Client credentials for the gateway (or the Functions host): never forwarded to a backend.
+_CLIENT_AUTH = frozenset({"api-key", "authorization", "x-functions-key", "cookie"})
+# What the App Service / Functions front end adds about itself: not the backend's business.
+_PLATFORM = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-tlsversion",
+     "x-original-url", "x-arr-log-id", "x-arr-ssl", "arr-ssl", "x-site-deployment-id", "was-default-hostname",
+     "disguised-host", "client-ip", "x-client-ip", "x-client-port", "x-appservice-proto", "x-waws-unencoded-url",
+     "max-forwards"}
+)  # fmt: skip
+_REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | _PLATFORM | {"accept-encoding", "x-request-id", "prefer"}
+# The host adds its own Date and Server: the backend's would be sent twice.
+_RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id", "date", "server"}
+
+
+def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, str]:
+    """The client's headers a backend may see: no credentials, no hop-by-hop, our request id, identity encoding."""
+    headers = {k: v for k, v in inbound.items() if k not in _REQUEST_DROP}
+    headers["x-request-id"] = request_id
+    headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
+    return headers
+
+
+def relayed_headers(backend: Mapping[str, str]) -> dict[str, str]:
+    """The backend's answer headers a client may see (the gateway then adds its own)."""
+    return {k: v for k, v in backend.items() if k.lower() not in _RESPONSE_DROP}
