@@ -12,12 +12,13 @@ STAMP_NPM := node_modules/.installed
 PORT ?= 7071
 FAKE_PORT ?= 18080
 
-.PHONY: help venv deps run test lint clean bench
+.PHONY: help venv deps run test lint clean bench smoke
 
 help:
 	@echo "make run    - run the gateway locally (func start if Core Tools exist, else the development host)"
 	@echo "make test   - install everything needed and run the whole test suite"
 	@echo "make lint   - ruff"
+	@echo "make smoke URL=https://<app>.azurewebsites.net KEY=<gateway key> - smoke-test a deployed gateway"
 
 $(STAMP_PY): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 is required (python3.13 on PATH or under pyenv)"; exit 1; }
@@ -44,6 +45,13 @@ test: deps
 
 lint: venv
 	$(PY) -m ruff check .
+
+# Smoke test of a deployed gateway (docs/deploy.md). The key goes through the environment, never echoed.
+# Optional: MODEL=gpt-4o-mini EMBEDDING_MODEL=text-embedding-3-small.
+smoke: venv
+	@test -n "$(URL)" && test -n "$(KEY)" || { echo "usage: make smoke URL=https://<app>.azurewebsites.net KEY=<gateway key> [MODEL=...] [EMBEDDING_MODEL=...]"; exit 2; }
+	@GATEWAY_SMOKE_KEY='$(KEY)' $(PY) scripts/smoke.py --url '$(URL)' $(if $(MODEL),--model '$(MODEL)') \
+		$(if $(EMBEDDING_MODEL),--embedding-model '$(EMBEDDING_MODEL)')
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

@@ -24,7 +24,7 @@ param location string
 @description('Object id of the developer running azd (AZURE_PRINCIPAL_ID). When set, they get the same storage and Service Bus data roles as the app, to run it locally against these resources. Empty: none.')
 param principalId string = ''
 
-@description('Type of principalId.')
+@description('Type of principalId (AZURE_PRINCIPAL_TYPE; User unless set): ServicePrincipal when azd runs in CI with a service principal.')
 @allowed([
   'User'
   'ServicePrincipal'

@@ -294,7 +294,8 @@ async def test_health_probe_sees_persistent_faults_but_not_queued_ones(
     async with session.get(f"{fake.url}/openai/status") as response:
         assert response.status == 503
     fake.clear()
-    async with session.post(op_url(fake, "chat/completions"), json={}, headers=KEY) as response:
+    body = {"messages": MESSAGES}
+    async with session.post(op_url(fake, "chat/completions"), json=body, headers=KEY) as response:
         assert response.status == 200  # clear() dropped the queued 500 as well
 
 

@@ -10,6 +10,10 @@ streams, content filter) and assert on what it received in ``fake.requests``.
         ...
         assert fake.requests[0].deployment == "gpt-4o-mini"
 
+Bodies Azure would refuse (wrong types, missing required fields, not JSON) get Azure's 400, never a
+500 (rules in ``fake_openai_requests.py``); audio answers follow ``response_format`` as Azure does
+(``fake_openai_audio.py``). A test with a sloppy body fails here as it would against Azure.
+
 It also serves the resource-level Files and Batches APIs (``/openai/files``, ``/openai/batches``).
 Batches only move when the test says so, never on a timer:
 
@@ -47,6 +51,15 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
+from tests.support.fake_openai_audio import transcript
+from tests.support.fake_openai_requests import (
+    MULTIPART_OPERATIONS,
+    check_json,
+    check_multipart,
+    invalid_json,
+    parse_json,
+)
+
 DEFAULT_DEPLOYMENTS = frozenset({"gpt-4o-mini", "text-embedding-3-small", "whisper", "tts", "dall-e-3"})
 
 # Deployment name -> the versioned model name Azure reports; other deployments report their own name.
@@ -60,6 +73,7 @@ _OPERATIONS = {
     "completions": "Completions_Create",
     "embeddings": "Embeddings_Create",
     "audio/transcriptions": "AudioTranscriptions_Create",
+    "audio/translations": "AudioTranslations_Create",
     "audio/speech": "AudioSpeech_Create",
     "images/generations": "ImageGenerations_Create",
 }
@@ -256,6 +270,7 @@ class _Call:
     cut_after: int | None = None
     stall_gate: _Gate = field(default_factory=_Gate)
     payload: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, tuple[str | None, bytes]] = field(default_factory=dict)  # multipart operations only
 
 
 @dataclass(frozen=True)
@@ -423,6 +438,7 @@ class FakeAzureOpenAI:
             "completions": self._completions,
             "embeddings": self._embeddings,
             "audio/transcriptions": self._transcriptions,
+            "audio/translations": self._translations,
             "audio/speech": self._speech,
             "images/generations": self._image_generations,
         }
@@ -722,12 +738,24 @@ class FakeAzureOpenAI:
         operation = self._operations.get(match["operation"])
         if operation is None or request.method != "POST":
             return _json(_NOT_FOUND, call.headers, status=404)
-        if call.record.json is None and request.content_type == "application/json":
-            return _json(_bad_request("Invalid JSON body."), call.headers, 400)
-        call.payload = call.record.json or {}
+        if (problem := self._read_body(call, match["operation"])) is not None:
+            return _json(problem, call.headers, 400)
         if call.cut_after is not None and not call.payload.get("stream"):
             return _abort(request)
         return await operation(call)
+
+    @staticmethod
+    def _read_body(call: _Call, operation: str) -> dict[str, Any] | None:
+        """Parse the body into ``call``; Azure's 400 body when Azure would refuse it (see fake_openai_requests)."""
+        if operation in MULTIPART_OPERATIONS:
+            content_type = call.request.headers.get("Content-Type", "")
+            call.parts = _multipart_parts(content_type, call.record.body)
+            return check_multipart(content_type, call.parts)
+        payload = parse_json(call.record.body)
+        if payload is None:
+            return invalid_json()
+        call.payload = payload
+        return check_json(operation, payload)
 
     def _admit(self, request: web.Request, body: bytes, *, use_queue: bool) -> tuple[_Call, Fault | None]:
         """Record the request and pick its fault in one step, so a concurrent ``release_stalls()``
@@ -953,13 +981,18 @@ class FakeAzureOpenAI:
         return _json(answer, call.headers)
 
     async def _transcriptions(self, call: _Call) -> web.StreamResponse:
-        fields = _multipart_fields(call.request.headers.get("Content-Type", ""), call.record.body)
-        if "file" not in fields:
-            return _json(_bad_request("No file uploaded."), call.headers, 400)
-        text = f"fake transcription of {len(fields['file'])} bytes"
-        if fields.get("response_format", b"").decode() == "text":
-            return web.Response(text=text, content_type="text/plain", headers=call.headers)
-        return _json({"text": text}, call.headers)
+        return self._transcript(call, "transcribe", "fake transcription")
+
+    async def _translations(self, call: _Call) -> web.StreamResponse:
+        return self._transcript(call, "translate", "fake translation")
+
+    @staticmethod
+    def _transcript(call: _Call, task: Literal["transcribe", "translate"], what: str) -> web.StreamResponse:
+        """The answer in the requested ``response_format``: text, srt and vtt as text/plain, as Azure sends them."""
+        audio = call.parts["file"][1]
+        response_format = call.parts.get("response_format", (None, b"json"))[1].decode()
+        body, content_type = transcript(f"{what} of {len(audio)} bytes", response_format, task, 1.5)
+        return web.Response(text=body, content_type=content_type, headers=call.headers)
 
     async def _speech(self, call: _Call) -> web.StreamResponse:
         audio = b"ID3" + str(call.payload.get("input", "")).encode()
@@ -1260,11 +1293,6 @@ def _embedding_inputs(value: Any) -> list[str]:
     if isinstance(value, list):
         return [v if isinstance(v, str) else " ".join(map(str, v)) for v in value]
     return [str(value)]
-
-
-def _multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
-    """Field name -> raw bytes of a multipart/form-data body."""
-    return {name: payload for name, (_, payload) in _multipart_parts(content_type, body).items()}
 
 
 def _multipart_parts(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:

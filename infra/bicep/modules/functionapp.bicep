@@ -136,9 +136,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     clientCertEnabled: false
     // Key Vault references are resolved with the user-assigned identity, not a system-assigned one.
     keyVaultReferenceIdentity: identityId
+    // Flex Consumption refuses the classic site properties (ftpsState, linuxFxVersion, use32BitWorkerProcess, ...):
+    // functionAppConfig replaces them. tests/infra/test_flex.py keeps them out.
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
