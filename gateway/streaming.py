@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from gateway.sse import BOM, SseFramer, event_data, iter_payloads, json_object, split_events
-from gateway.usage import Usage
+from gateway.usage import Usage, call_texts
 
 __all__ = ["SseUsageTap", "prepare_stream_request"]
 
@@ -226,26 +226,11 @@ def _collect_choice_text(choice: dict, pieces: list[str]) -> None:
     if isinstance(text, str):
         pieces.append(text)
     delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return
-    content = delta.get("content")
-    if isinstance(content, str):
-        pieces.append(content)
-    calls = delta.get("tool_calls")
-    if isinstance(calls, list):
-        for call in calls:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                for key in ("name", "arguments"):
-                    value = fn.get(key)
-                    if isinstance(value, str):
-                        pieces.append(value)
-    fn = delta.get("function_call")
-    if isinstance(fn, dict):
-        for key in ("name", "arguments"):
-            value = fn.get(key)
-            if isinstance(value, str):
-                pieces.append(value)
+    if isinstance(delta, dict):
+        content = delta.get("content")
+        if isinstance(content, str):
+            pieces.append(content)
+        pieces.extend(call_texts(delta))
 
 
 # --- removing the `"usage":null` member added because of the injected include_usage -------------

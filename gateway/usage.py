@@ -192,6 +192,22 @@ def count_tokens(text: str) -> int:
     return -(-len(text) // 4)
 
 
+def call_texts(message: Mapping) -> list[str]:
+    """The ``name`` and ``arguments`` strings of the function calls a chat message (or a streamed delta)
+    carries: ``tool_calls[].function`` and the legacy ``function_call``. Both count as generated text."""
+    calls = message.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else []
+    functions.append(message.get("function_call"))
+    texts = []
+    for fn in functions:
+        if isinstance(fn, Mapping):
+            for key in ("name", "arguments"):
+                value = fn.get(key)
+                if isinstance(value, str):
+                    texts.append(value)
+    return texts
+
+
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMER = 3
@@ -233,9 +249,9 @@ def estimate_prompt_tokens(request_json: Mapping | None) -> int:
     """Estimated prompt tokens of a request body (for when the backend reports no usage). Never raises.
 
     Chat (``messages``): OpenAI's recipe — 3 tokens per message, plus the tokens of role, content
-    (string, or the "text" parts of a list) and name (+1), plus the assistant tool calls' name and
-    arguments, plus 3 for the reply primer. Completions (``prompt``): tokens of the prompt (str or
-    list). Anything else: 0.
+    (string, or the "text" parts of a list) and name (+1), plus the name and arguments of the assistant's
+    function calls (``tool_calls`` and legacy ``function_call``), plus 3 for the reply primer.
+    Completions (``prompt``): tokens of the prompt (str or list). Anything else: 0.
     """
     try:
         if not isinstance(request_json, Mapping):
@@ -254,15 +270,8 @@ def estimate_prompt_tokens(request_json: Mapping | None) -> int:
                 name = msg.get("name")
                 if isinstance(name, str):
                     total += count_tokens(name) + _TOKENS_PER_NAME
-                tool_calls = msg.get("tool_calls")
-                if isinstance(tool_calls, list):
-                    for call in tool_calls:
-                        fn = call.get("function") if isinstance(call, Mapping) else None
-                        if isinstance(fn, Mapping):
-                            for key in ("name", "arguments"):
-                                value = fn.get(key)
-                                if isinstance(value, str):
-                                    total += count_tokens(value)
+                for text in call_texts(msg):
+                    total += count_tokens(text)
             return total
         if "prompt" in request_json:
             return _prompt_tokens(request_json.get("prompt"))

@@ -128,6 +128,17 @@ def test_estimate_prompt_tokens_chat():
     assert 15 <= expected <= 30
 
 
+def test_estimate_counts_the_function_calls_of_assistant_messages():
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    plain = {"messages": [{"role": "assistant", "content": None}]}
+    calls = [{"id": "c1", "type": "function", "function": call}, "junk", {"function": "junk"}]
+    with_tools = {"messages": [{"role": "assistant", "content": None, "tool_calls": calls}]}
+    legacy = {"messages": [{"role": "assistant", "content": None, "function_call": call}]}
+    expected = estimate_prompt_tokens(plain) + count_tokens(call["name"]) + count_tokens(call["arguments"])
+    assert estimate_prompt_tokens(with_tools) == estimate_prompt_tokens(legacy) == expected
+    assert expected > estimate_prompt_tokens(plain)
+
+
 def test_estimate_prompt_tokens_completions_and_other():
     assert estimate_prompt_tokens({"prompt": "hello world"}) == 2
     assert estimate_prompt_tokens({"prompt": ["hello world", "hello"]}) == 3
