@@ -309,9 +309,19 @@ def test_recorder_writes_json_lines_logs_and_survives_failing_sink(tmp_path, cap
     )
 
 
-def test_recorder_unwritable_file_does_not_raise(tmp_path):
-    recorder = UsageRecorder(str(tmp_path / "missing-dir" / "usage.jsonl"))
-    recorder.record(_record())  # logged, not raised
+def test_recorder_unwritable_file_does_not_raise(tmp_path, caplog):
+    path = tmp_path / "missing-dir" / "usage.jsonl"
+    recorder = UsageRecorder(str(path))
+    seen = []
+    recorder.add_sink(seen.append)
+    with caplog.at_level(logging.INFO, logger="gateway.usage"):
+        recorder.record(_record(request_id="kept"))  # returns: the failure is logged, not raised
+    assert not path.exists()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+    assert isinstance(warnings[0].exc_info[1], FileNotFoundError)
+    assert [r.request_id for r in seen] == ["kept"]  # the other sinks still get the record
+    assert any(r.levelno == logging.INFO and '"kept"' in r.getMessage() for r in caplog.records)
 
 
 def test_recorder_concurrent_lines_are_whole(tmp_path):
