@@ -17,10 +17,10 @@ Key presence follows the stream: a key the stream never carried (``refusal`` on 
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable
 from typing import Any
+
+from gateway.sse import iter_payloads, json_object
 
 __all__ = ["AssembleError", "assemble_completion", "parse_sse"]
 
@@ -36,8 +36,6 @@ _CHOICE_STREAM_ONLY = frozenset({"content_filter_offsets"})
 _DELTA_KNOWN = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "audio"})
 # Inside merged fragments (tool calls, function_call, audio): identifiers are set once, never concatenated.
 _SET_ONCE = frozenset({"id", "type"})
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class AssembleError(ValueError):
@@ -57,46 +55,13 @@ class AssembleError(ValueError):
 def parse_sse(raw: bytes) -> list[dict]:
     """The JSON payloads of the ``data:`` events of a complete SSE body, in order.
 
-    Follows the SSE framing rules: lines end with CRLF, LF or CR; an event ends at a blank line; several
-    ``data:`` lines of one event are joined with LF; one space after the colon is removed; lines starting
-    with ``:`` are comments; other fields (``event:``, ``id:``, ``retry:``) are ignored. A last event without
-    its terminating blank line is still taken. Skips ``[DONE]``, payloads that are not JSON and JSON that is
-    not an object. Invalid UTF-8 is replaced, not fatal.
+    Framing is ``gateway.sse`` (the usage tap's parser): lines end with CRLF, LF or CR; an event ends at a blank
+    line; several ``data:`` lines of one event are joined with LF; one space after the colon is removed; lines
+    starting with ``:`` are comments; other fields (``event:``, ``id:``, ``retry:``) are ignored; a leading BOM
+    is skipped. A last event without its terminating blank line is still taken. Skips ``[DONE]``, payloads that
+    are not JSON and JSON that is not an object. Invalid UTF-8 is replaced, not fatal.
     """
-    text = raw.decode("utf-8", errors="replace")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    payloads: list[dict] = []
-    data: list[str] = []
-    for line in _LINE_BREAK.split(text):
-        if not line:
-            _take(data, payloads)
-            data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, colon, value = line.partition(":")
-        if name != "data":
-            continue
-        if colon and value.startswith(" "):
-            value = value[1:]
-        data.append(value)
-    _take(data, payloads)
-    return payloads
-
-
-def _take(data: list[str], payloads: list[dict]) -> None:
-    if not data:
-        return
-    payload = "\n".join(data)
-    if payload.strip() == "[DONE]":
-        return
-    try:
-        obj = json.loads(payload)
-    except (ValueError, RecursionError):
-        return
-    if isinstance(obj, dict):
-        payloads.append(obj)
+    return [obj for payload in iter_payloads(raw) if (obj := json_object(payload)) is not None]
 
 
 # --- assembly ------------------------------------------------------------------------------------

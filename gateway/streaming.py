@@ -1,6 +1,7 @@
 """SSE relay helpers (pure, no I/O): usage injection for streamed requests and the usage tap.
 
-Hot path: ``SseUsageTap.feed`` runs on every network read of a streamed answer. It works on bytes
+Hot path: ``SseUsageTap.feed`` runs on every network read of a streamed answer. Event framing is
+``gateway.sse`` (the same parser the async path folds streams with); the tap works on bytes
 (``find``/``rfind``/slices), forwards complete events untouched, and only JSON-parses an event whose
 ``"usage"`` member is not null (in practice: the single usage event at the end of a stream).
 """
@@ -11,7 +12,8 @@ import json
 import re
 from typing import Any
 
-from gateway.usage import Usage
+from gateway.sse import BOM, SseFramer, event_data, iter_payloads, json_object, split_events
+from gateway.usage import Usage, call_texts
 
 __all__ = ["SseUsageTap", "prepare_stream_request"]
 
@@ -59,71 +61,32 @@ _CLOSE = re.compile(rb"[ \t]*\}")
 _ANY_COMMA = re.compile(rb"\s*,\s*")
 
 
-def _split_events(block: bytes) -> list[bytes]:
-    """Splits bytes made of complete events into events, each with its blank-line terminator."""
-    events = []
-    pos = 0
-    end = len(block)
-    lf = block.find(b"\n\n")
-    crlf = block.find(b"\n\r\n")
-    while pos < end:
-        if 0 <= lf < pos:
-            lf = block.find(b"\n\n", pos)
-        if 0 <= crlf < pos:
-            crlf = block.find(b"\n\r\n", pos)
-        a = lf + 2 if lf >= 0 else -1
-        b = crlf + 3 if crlf >= 0 else -1
-        if a < 0 and b < 0:
-            events.append(block[pos:])  # not reached for feed() blocks; tolerate a tail anyway
-            break
-        cut = a if b < 0 or (0 <= a < b) else b
-        events.append(block[pos:cut])
-        pos = cut
-    return events
-
-
-def _data_payload(event: bytes) -> bytes | None:
-    """The event's data (``data:`` lines joined with LF, one leading space removed), None if none."""
-    if event.startswith(b"data:") and event.count(b"\n") <= 2:
-        # Common case: a single data line followed by the blank line.
-        line = event[5:].rstrip(b"\r\n")
-        if b"\n" not in line and b"\r" not in line:
-            return line[1:] if line.startswith(b" ") else line
-    parts = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            value = line[5:]
-            parts.append(value[1:] if value.startswith(b" ") else value)
-    return b"\n".join(parts) if parts else None
-
-
-def _load(payload: bytes | None) -> Any:
-    if not payload or payload[:1] not in b"{[":
-        return None
-    try:
-        return json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-
-
 def _single_data_lines(block: bytes) -> bool:
-    """True when every event of a block of complete events is a single `data:` line (LF line ends)."""
-    events = block.count(b"\n\n")
-    return block.startswith(b"data:") and block.count(b"\n") == 2 * events and block.count(b"\n\ndata:") == events - 1
+    """True when every event of a block of complete events is a single `data:` line (LF line ends).
+
+    Every LF must then belong to a blank line followed by `data:`, or to the final blank line.
+    """
+    return (
+        block.startswith(b"data:")
+        and block.endswith(b"\n\n")
+        and block.count(b"\n") == 2 * block.count(b"\n\ndata:") + 2
+        and block.find(b"\r") < 0  # a lone CR is a line end too
+    )
 
 
 def _line_start(event: bytes, pos: int) -> int:
-    return event.rfind(b"\n", 0, pos) + 1
+    return max(event.rfind(b"\n", 0, pos), event.rfind(b"\r", 0, pos)) + 1
 
 
 class SseUsageTap:
     """Watches an SSE byte stream as it is relayed: captures usage, strips the usage-only event the gateway injected."""
 
-    __slots__ = ("_buf", "_raw", "_strip", "done", "usage")
+    __slots__ = ("_framer", "_raw", "_skip_lf", "_strip", "done", "usage")
 
     def __init__(self, strip_injected_usage: bool) -> None:
         self._strip = strip_injected_usage
-        self._buf = b""
+        self._framer = SseFramer()
+        self._skip_lf = False  # the LF of a CRLF whose event was dropped may open the next read
         self._raw: list[bytes] = []  # complete upstream blocks, parsed lazily by completion_text()
         self.usage: Usage | None = None
         self.done = False
@@ -132,23 +95,18 @@ class SseUsageTap:
 
     def feed(self, data: bytes) -> bytes:
         """Returns the bytes to forward now: every complete event (modified only as documented)."""
-        if self._buf:
-            data = self._buf + data
-        lf = data.rfind(b"\n\n")
-        crlf = data.rfind(b"\n\r\n")
-        cut = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
-        if cut == 0:
-            self._buf = data
-            return b""
-        if cut < len(data):
-            self._buf = data[cut:]
-            data = data[:cut]
-        else:
-            self._buf = b""
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data.startswith(b"\n"):
+                data = data[1:]
+        data = self._framer.feed(data)
+        if not data:
+            return data
         self._raw.append(data)
-        if b"[DONE]" in data:
+        # `find` rather than `in`: `in` first tries its operand as an int and pays for the TypeError.
+        if data.find(b"[DONE]") >= 0:
             self._check_done(data)
-        if _USAGE not in data:
+        if data.find(_USAGE) < 0:
             return data
         if self._strip:
             if _single_data_lines(data):
@@ -156,7 +114,7 @@ class SseUsageTap:
                 # line is a top-level member (a JSON string holds no raw newline, so that `}` closes the
                 # payload): removing every such member at once is what the per-event path does to each.
                 data = data.replace(_NULL_USAGE_LAST, b"}\n\n")
-                if _USAGE not in data:
+                if data.find(_USAGE) < 0:
                     return data
         elif not self._usage_state(data)[0]:
             return data  # only `"usage":null` members: nothing to capture, nothing to change
@@ -164,30 +122,33 @@ class SseUsageTap:
 
     def flush(self) -> bytes:
         """End of upstream: returns the held-back partial event unchanged (usage in it is still captured)."""
-        rest = self._buf
-        self._buf = b""
+        rest = self._framer.flush()
         if rest:
             self._raw.append(rest)
             if b"[DONE]" in rest:
                 self._check_done(rest)
             if _USAGE in rest and self._usage_state(rest)[0]:
-                self._capture(_load(_data_payload(rest)))
+                self._capture(json_object(event_data(rest)))
         return rest
 
     # -- per-event work (only for blocks that mention "usage") --
 
     def _process_block(self, block: bytes) -> bytes:
         out = []
-        changed = False
-        for event in _split_events(block):
-            if _USAGE in event:
+        changed = dropped_last = False
+        for event in split_events(block):
+            dropped_last = False
+            if event.find(_USAGE) >= 0:
                 new = self._process_event(event)
                 if new is not event:
                     changed = True
                     if new is None:
+                        dropped_last = True
                         continue
                     event = new
             out.append(event)
+        # The read may have ended inside the CRLF that closes a dropped last event: its LF goes too.
+        self._skip_lf = dropped_last and block.endswith(b"\r") and not self._framer.pending
         return b"".join(out) if changed else block
 
     @staticmethod
@@ -210,7 +171,7 @@ class SseUsageTap:
         """The event to forward (the same object if unchanged), or None to drop it."""
         has_value, null_start, null_end = self._usage_state(event)
         if has_value:
-            obj = _load(_data_payload(event))
+            obj = json_object(event_data(event))
             top = self._capture(obj)
             if self._strip and top and obj.get("choices") == []:
                 return None  # the usage-only event the gateway injected
@@ -247,13 +208,11 @@ class SseUsageTap:
         """Concatenated generated text over all events seen (chat ``delta.content`` and tool-call
         arguments, completions ``text``), for the tiktoken estimate when no usage was reported."""
         pieces: list[str] = []
-        blocks = b"".join(self._raw)
-        for event in _split_events(blocks) if blocks else ():
-            payload = _data_payload(event)
-            if not payload or b'"choices"' not in payload:
+        for payload in iter_payloads(b"".join(self._raw)):
+            if b'"choices"' not in payload:
                 continue
-            obj = _load(payload)
-            choices = obj.get("choices") if isinstance(obj, dict) else None
+            obj = json_object(payload)
+            choices = obj.get("choices") if obj is not None else None
             if not isinstance(choices, list):
                 continue
             for choice in choices:
@@ -267,26 +226,11 @@ def _collect_choice_text(choice: dict, pieces: list[str]) -> None:
     if isinstance(text, str):
         pieces.append(text)
     delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return
-    content = delta.get("content")
-    if isinstance(content, str):
-        pieces.append(content)
-    calls = delta.get("tool_calls")
-    if isinstance(calls, list):
-        for call in calls:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                for key in ("name", "arguments"):
-                    value = fn.get(key)
-                    if isinstance(value, str):
-                        pieces.append(value)
-    fn = delta.get("function_call")
-    if isinstance(fn, dict):
-        for key in ("name", "arguments"):
-            value = fn.get(key)
-            if isinstance(value, str):
-                pieces.append(value)
+    if isinstance(delta, dict):
+        content = delta.get("content")
+        if isinstance(content, str):
+            pieces.append(content)
+        pieces.extend(call_texts(delta))
 
 
 # --- removing the `"usage":null` member added because of the injected include_usage -------------
@@ -320,8 +264,8 @@ def _remove_null_usage(event: bytes, start: int, end: int) -> bytes:
 
 
 def _remove_null_usage_slow(event: bytes) -> bytes:
-    obj = _load(_data_payload(event))
-    if not isinstance(obj, dict) or "usage" not in obj or obj["usage"] is not None:
+    obj = json_object(event_data(event))
+    if obj is None or "usage" not in obj or obj["usage"] is not None:
         return event  # the null "usage" is nested (or the event is not JSON): not ours to touch
     del obj["usage"]
     matches = list(_USAGE_NULL.finditer(event))
@@ -337,13 +281,16 @@ def _remove_null_usage_slow(event: bytes) -> bytes:
         else:
             m = _ANY_COMMA.match(event, e)
             candidate = event[:s] + event[m.end() :] if m else event[:s] + event[e:]
-        if _load(_data_payload(candidate)) == obj:
+        if json_object(event_data(candidate)) == obj:
             return candidate
-    # Odd shape: re-serialize this one event (data lines replaced by one, other lines kept).
-    eol = b"\r\n" if b"\r\n" in event else b"\n"
+    # Odd shape: re-serialize this one event (data lines replaced by one, other lines, BOM and blank line kept).
+    prefix = BOM if event.startswith(BOM) else b""
+    body = event[len(prefix) :].rstrip(b"\r\n")
+    terminator = event[len(prefix) + len(body) :]
+    eol = b"\r\n" if terminator.startswith(b"\r\n") else terminator[:1] or b"\n"
     data_line = b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     lines = []
-    for line in event.splitlines():
+    for line in body.splitlines():
         if not line:
             continue
         if line.startswith(b"data:"):
@@ -352,4 +299,4 @@ def _remove_null_usage_slow(event: bytes) -> bytes:
                 data_line = b""
         else:
             lines.append(line)
-    return eol.join(lines) + eol + eol
+    return prefix + eol.join(lines) + terminator

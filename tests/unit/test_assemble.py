@@ -11,6 +11,8 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.assemble import AssembleError, assemble_completion, parse_sse
+from gateway.streaming import SseUsageTap
+from gateway.usage import Usage
 
 ID = "chatcmpl-AZq8gxyHt3mV1pLkQ2wN7eRb5sTuV"
 CREATED = 1733412345
@@ -735,6 +737,21 @@ def test_parse_sse_split_data_line_across_events_is_not_joined():
     # The blank line ends the first event: its lone fragment is not JSON and is skipped.
     body = b'data: {"a":\n\ndata: 1}\n\ndata: {"ok": 1}\n\n'
     assert parse_sse(body) == [{"ok": 1}]
+
+
+@pytest.mark.parametrize("sep", ["\n", "\r\n", "\r"])
+def test_parse_sse_and_the_usage_tap_read_the_same_events(sep):
+    # One parser: what the async path folds is what the relay's usage tap saw, read by read.
+    events = [prompt_filter_event(), chunk(role()), chunk(delta({"content": "Hel"})), chunk(delta({"content": "lo"}))]
+    events += [chunk(delta({}, finish="stop")), usage_event()]
+    raw = f": ping{sep}{sep}".encode() + sse(events, sep)
+    tap = SseUsageTap(False)
+    relayed = b"".join(tap.feed(raw[i : i + 7]) for i in range(0, len(raw), 7)) + tap.flush()
+    assert relayed == raw
+    result = assemble_completion(parse_sse(raw))
+    assert tap.completion_text() == result["choices"][0]["message"]["content"] == "Hello"
+    assert tap.usage == Usage.from_openai(result["usage"]) == Usage.from_openai(USAGE)
+    assert tap.done
 
 
 def test_audio_fragments_merge():

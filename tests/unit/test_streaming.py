@@ -113,7 +113,7 @@ def relay_all_ways(stream: bytes, strip: bool) -> list[tuple[bytes, SseUsageTap]
 EXPECTED_USAGE = Usage(prompt_tokens=19, completion_tokens=7, total_tokens=26, cached_tokens=5, reasoning_tokens=2)
 
 
-@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
 @pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
 def test_strip_injected_usage_gives_the_stream_without_include_usage(eol, separators):
     with_usage = build_stream(azure_events(True), eol=eol, separators=separators)
@@ -125,7 +125,7 @@ def test_strip_injected_usage_gives_the_stream_without_include_usage(eol, separa
         assert tap.done is True
 
 
-@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
 def test_client_asked_for_usage_stream_unchanged(eol):
     stream = build_stream(azure_events(True), eol=eol)
     for out, tap in relay_all_ways(stream, strip=False):
@@ -134,10 +134,12 @@ def test_client_asked_for_usage_stream_unchanged(eol):
         assert tap.done
 
 
-def test_every_split_point_of_a_short_stream():
+@pytest.mark.parametrize("eol", ["\r\n", "\r"])
+def test_every_split_point_of_a_short_stream(eol):
+    # CRLF and CR: a read may end between the CR and the LF of the blank line closing a dropped event.
     events = azure_events(True)[1:3] + azure_events(True)[-1:]
-    with_usage = build_stream(events, eol="\r\n")
-    without = build_stream([{k: v for k, v in e.items() if k != "usage"} for e in events[:2]], eol="\r\n")
+    with_usage = build_stream(events, eol=eol)
+    without = build_stream([{k: v for k, v in e.items() if k != "usage"} for e in events[:2]], eol=eol)
     for strip, expected in ((True, without), (False, with_usage)):
         n = len(with_usage)
         # every single split point, plus a grid of double split points
@@ -167,10 +169,11 @@ def test_completion_text_legacy_completions_and_tool_calls():
         {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": '{"a":'}}]}}]},
         {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}]},
     ]
+    events.append({"choices": [{"delta": {"function_call": {"name": "g", "arguments": "{}"}}}]})
     tap = SseUsageTap(False)
     stream = build_stream(events)
     assert tap.feed(stream[:-5]) + tap.feed(stream[-5:]) + tap.flush() == stream
-    assert tap.completion_text() == 'Once uponf{"a":1}'
+    assert tap.completion_text() == 'Once uponf{"a":1}g{}'
 
 
 def test_partial_event_is_held_back_until_complete():
@@ -199,6 +202,25 @@ def test_comments_event_and_id_lines_and_multiline_data_pass_through():
             assert tap.usage is None
             assert tap.done
             assert tap.completion_text() == "x"
+
+
+def test_bom_opening_the_stream_is_kept_and_its_event_still_stripped():
+    with_usage = b"\xef\xbb\xbf" + build_stream(azure_events(True))
+    without = b"\xef\xbb\xbf" + build_stream(azure_events(False))
+    for out, tap in relay_all_ways(with_usage, strip=True):
+        assert out == without
+        assert tap.usage == EXPECTED_USAGE
+        assert tap.completion_text() == "".join(CONTENT)
+
+
+def test_cr_line_ends_event_goes_out_when_its_blank_line_arrives():
+    tap = SseUsageTap(True)
+    assert tap.feed(b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\r') == b""
+    assert tap.feed(b"\r") == b'data: {"choices":[{"delta":{"content":"a"}}]}\r\r'
+    assert tap.feed(b'data: {"choices":[],"usage":{"prompt_tokens":1,"total_tokens":1}}\r\r') == b""
+    assert tap.feed(b"data: [DONE]\r\r") == b"data: [DONE]\r\r"
+    assert tap.usage == Usage(prompt_tokens=1, total_tokens=1)
+    assert tap.done and tap.completion_text() == "a"
 
 
 def test_openai_shape_with_obfuscation_after_usage():
@@ -266,10 +288,25 @@ def test_odd_shape_is_reserialized_as_valid_json():
     assert out.endswith(b"\n\n")
 
 
+def test_odd_shape_keeps_the_events_own_line_ends():
+    event = b'id: 7\r\ndata: {"a":{"usage":null},"usage":null,"b":{"c":2}}\r\n\r'
+    tap = SseUsageTap(True)
+    out = tap.feed(event) + tap.feed(b"\n") + tap.flush()
+    assert out == b'id: 7\r\ndata: {"a":{"usage":null},"b":{"c":2}}\r\n\r\n'
+
+
 def test_null_usage_in_comment_line_untouched():
     event = b': {"x":1,"usage":null}\n\n'
     tap = SseUsageTap(True)
     assert tap.feed(event) == event
+
+
+def test_null_usage_on_a_line_after_a_lone_cr_is_not_data():
+    # A lone CR ends a line: `foo,"usage":null}` is a field of its own, not part of the JSON payload.
+    event = b'data: {"a":1}\rfoo,"usage":null}\n\n'
+    for split in (len(event), 5):
+        tap = SseUsageTap(True)
+        assert tap.feed(event[:split]) + tap.feed(event[split:]) == event
 
 
 def test_usage_event_with_choices_is_kept_when_stripping():

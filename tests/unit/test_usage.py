@@ -81,24 +81,130 @@ def test_usage_from_json_body():
     assert usage_from_json_body(b"[" * 100000 + b'"usage"') is None
 
 
-def test_count_tokens_cl100k():
-    assert count_tokens("hello world") == 2
+def test_count_tokens():
+    assert count_tokens("hello world") == count_tokens("hello world", "gpt-4") == 2
     assert count_tokens("") == 0
     assert count_tokens("<|endoftext|>") > 1  # special-token text counted as plain text, no raise
+    assert count_tokens("lone \ud800 surrogate") > 0  # tiktoken repairs it, no raise
     assert count_tokens(None) == 0  # type: ignore[arg-type]
 
 
-def test_count_tokens_fallback_without_encoding(monkeypatch):
-    monkeypatch.setattr(usage_mod, "_encoding", None)
-    assert count_tokens("hello world") == 3  # ceil(11 / 4)
-    assert count_tokens("abcd") == 1
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        ("gpt-4o", "o200k_base"),
+        ("gpt-4o-mini-2024-07-18", "o200k_base"),
+        ("chatgpt-4o-latest", "o200k_base"),
+        ("gpt-4o-realtime-preview", "o200k_base"),
+        ("gpt-realtime", "o200k_base"),
+        ("gpt-audio", "o200k_base"),
+        ("omni-moderation-latest", "o200k_base"),
+        ("gpt-4.1", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("gpt-4.5-preview", "o200k_base"),
+        ("gpt-5", "o200k_base"),
+        ("gpt-5-mini", "o200k_base"),
+        ("o1", "o200k_base"),
+        ("o1-mini", "o200k_base"),
+        ("o3-mini", "o200k_base"),
+        ("o4-mini", "o200k_base"),
+        ("codex-mini", "o200k_base"),
+        # Azure deployment names are free text: the model name inside them decides.
+        ("GPT-4o-Mini-WEU", "o200k_base"),
+        ("prod_gpt4o", "o200k_base"),
+        ("team-o3-eu", "o200k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("gpt-4-32k", "cl100k_base"),
+        ("gpt-4-turbo-2024-04-09", "cl100k_base"),
+        ("gpt-4-1106-preview", "cl100k_base"),
+        ("gpt-35-turbo", "cl100k_base"),
+        ("gpt-35-turbo-16k-neu", "cl100k_base"),
+        ("gpt-3.5-turbo-instruct", "cl100k_base"),
+        ("text-embedding-3-small", "cl100k_base"),
+        ("text-embedding-ada-002", "cl100k_base"),
+        ("davinci-002", "cl100k_base"),
+        # Unknown or no model: current models use o200k.
+        (None, "o200k_base"),
+        ("", "o200k_base"),
+        ("my-chat-deployment", "o200k_base"),
+        ("gpt-4-demo1", "cl100k_base"),  # "o1" inside a word is not the o1 model
+    ],
+)
+def test_encoding_name(model, encoding):
+    assert usage_mod.encoding_name(model) == encoding
 
 
-def test_encoding_loaded_once(monkeypatch):
-    monkeypatch.setattr(usage_mod, "_encoding", usage_mod._UNLOADED)
-    first = usage_mod._get_encoding()
-    assert first is not None
-    assert usage_mod._get_encoding() is first
+def test_counts_differ_between_the_two_encodings():
+    text = "Bonjour, comment ça va ? 日本語のテキストです。 for (i = 0; i < n; i++) { total += i; }"
+    o200k, cl100k = count_tokens(text, "gpt-4o"), count_tokens(text, "gpt-4")
+    assert o200k != cl100k
+    assert count_tokens(text) == o200k and count_tokens(text, "gpt-35-turbo") == cl100k
+    # The same texts tiktoken's own tests pin: cl100k [15339, 1917], o200k [24912, 2375].
+    assert usage_mod._encoder("gpt-4").encode_ordinary("hello world") == [15339, 1917]
+    assert usage_mod._encoder("gpt-4o").encode_ordinary("hello world") == [24912, 2375]
+
+
+def test_split_patterns_are_tiktokens(monkeypatch):
+    from tiktoken_ext import openai_public
+
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})  # no download
+    assert usage_mod._ENCODINGS["cl100k_base"][0] == openai_public.cl100k_base()["pat_str"]
+    assert usage_mod._ENCODINGS["o200k_base"][0] == openai_public.o200k_base()["pat_str"]
+
+
+def test_one_encoder_per_encoding_loaded_once(monkeypatch):
+    monkeypatch.setattr(usage_mod, "_encoders", {})
+    loads = []
+    real = usage_mod._load_encoding
+    monkeypatch.setattr(usage_mod, "_load_encoding", lambda name: loads.append(name) or real(name))
+    o200k = usage_mod._encoder("gpt-4o")
+    assert o200k is not None and o200k.name == "o200k_base"
+    assert usage_mod._encoder("gpt-5-mini") is o200k
+    assert usage_mod._encoder(None) is o200k
+    cl100k = usage_mod._encoder("gpt-4")
+    assert cl100k is not o200k and cl100k.name == "cl100k_base"
+    assert usage_mod._encoder("gpt-35-turbo") is cl100k
+    assert loads == ["o200k_base", "cl100k_base"]
+
+
+def test_count_tokens_fallback_without_encoding_logs_once(monkeypatch, caplog):
+    def missing(name):
+        raise ValueError(f"{name}: sha256 mismatch")
+
+    monkeypatch.setattr(usage_mod, "_encoders", {})
+    monkeypatch.setattr(usage_mod, "_logged", set())
+    monkeypatch.setattr(usage_mod, "_load_encoding", missing)
+    with caplog.at_level(logging.WARNING, logger="gateway.usage"):
+        assert count_tokens("hello world") == 3  # ceil(11 / 4)
+        assert count_tokens("abcd", "gpt-4o") == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "o200k_base" in warnings[0].getMessage() and warnings[0].exc_info
+
+
+def test_encode_failure_is_logged_once_not_swallowed(monkeypatch, caplog):
+    class Broken:
+        def encode_ordinary(self, text):
+            raise RuntimeError("tokenizer bug")
+
+    monkeypatch.setattr(usage_mod, "_encoders", {"o200k_base": Broken()})
+    monkeypatch.setattr(usage_mod, "_logged", set())
+    with caplog.at_level(logging.WARNING, logger="gateway.usage"):
+        assert count_tokens("hello world") == 3
+        assert count_tokens("hello world") == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "tokenizer bug" in str(warnings[0].exc_info[1])
+
+
+def test_estimate_uses_the_given_model_else_the_requests_own():
+    text = "Bonjour, comment ça va ? 日本語のテキストです。"
+    body = {"messages": [{"role": "user", "content": text}]}
+    o200k = estimate_prompt_tokens(body, "gpt-4o")
+    cl100k = estimate_prompt_tokens(body, "gpt-35-turbo")
+    assert cl100k - o200k == count_tokens(text, "gpt-4") - count_tokens(text, "gpt-4o") != 0
+    assert estimate_prompt_tokens({**body, "model": "gpt-4"}) == cl100k
+    assert estimate_prompt_tokens({**body, "model": "gpt-4"}, "gpt-4o-deployment") == o200k
+    assert estimate_prompt_tokens(body) == o200k
+    assert estimate_prompt_tokens({"prompt": text, "model": "gpt-35-turbo-instruct"}) == count_tokens(text, "gpt-4")
 
 
 def test_estimate_prompt_tokens_chat():
@@ -124,8 +230,19 @@ def test_estimate_prompt_tokens_chat():
         + 1
     )
     assert estimate_prompt_tokens(body) == expected
-    # OpenAI cookbook reference value for this shape (cl100k): 2 messages ~ 20-ish tokens
+    # OpenAI cookbook reference value for this shape: 2 messages ~ 20-ish tokens
     assert 15 <= expected <= 30
+
+
+def test_estimate_counts_the_function_calls_of_assistant_messages():
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    plain = {"messages": [{"role": "assistant", "content": None}]}
+    calls = [{"id": "c1", "type": "function", "function": call}, "junk", {"function": "junk"}]
+    with_tools = {"messages": [{"role": "assistant", "content": None, "tool_calls": calls}]}
+    legacy = {"messages": [{"role": "assistant", "content": None, "function_call": call}]}
+    expected = estimate_prompt_tokens(plain) + count_tokens(call["name"]) + count_tokens(call["arguments"])
+    assert estimate_prompt_tokens(with_tools) == estimate_prompt_tokens(legacy) == expected
+    assert expected > estimate_prompt_tokens(plain)
 
 
 def test_estimate_prompt_tokens_completions_and_other():
@@ -192,9 +309,19 @@ def test_recorder_writes_json_lines_logs_and_survives_failing_sink(tmp_path, cap
     )
 
 
-def test_recorder_unwritable_file_does_not_raise(tmp_path):
-    recorder = UsageRecorder(str(tmp_path / "missing-dir" / "usage.jsonl"))
-    recorder.record(_record())  # logged, not raised
+def test_recorder_unwritable_file_does_not_raise(tmp_path, caplog):
+    path = tmp_path / "missing-dir" / "usage.jsonl"
+    recorder = UsageRecorder(str(path))
+    seen = []
+    recorder.add_sink(seen.append)
+    with caplog.at_level(logging.INFO, logger="gateway.usage"):
+        recorder.record(_record(request_id="kept"))  # returns: the failure is logged, not raised
+    assert not path.exists()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+    assert isinstance(warnings[0].exc_info[1], FileNotFoundError)
+    assert [r.request_id for r in seen] == ["kept"]  # the other sinks still get the record
+    assert any(r.levelno == logging.INFO and '"kept"' in r.getMessage() for r in caplog.records)
 
 
 def test_recorder_concurrent_lines_are_whole(tmp_path):
