@@ -52,9 +52,7 @@ class Attempts:
         self.auth = auth
         self.settings = settings
 
-    async def next_target(
-        self, model: str, exclude: set[str] | None = None, *, batch: bool = False
-    ) -> Target | None:
+    async def next_target(self, model: str, exclude: set[str] | None = None, *, batch: bool = False) -> Target | None:
         """The pool's choice, with the half-open trial claimed; a backend whose trial another instance holds
         is added to `exclude` and the next choice is taken."""
         exclude = set() if exclude is None else exclude

@@ -25,8 +25,9 @@ from .config import Settings
 from .headers import forwarded_headers, relayed_headers
 from .pool import Target
 from .streaming import SseUsageTap
+from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
-from .usage import Usage, UsageRecord, UsageRecorder, count_tokens, estimate_prompt_tokens, usage_from_json_body
+from .usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
 
 __all__ = [
     "Defer",
@@ -329,7 +330,7 @@ class Pipeline:
     ) -> bool:
         if tap is not None and record.status < 400:
             # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
-            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, tap)
+            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
         self._finish(record, started)
         return True
 
@@ -369,10 +370,11 @@ def prefers_async(prefer: str) -> bool:
     return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
-def _estimate(route: translate.Route, tap: SseUsageTap) -> Usage | None:
-    """Counts tokens ourselves when a stream ended without usage; the record says it is an estimate."""
-    prompt = estimate_prompt_tokens(route.json)
-    completion = count_tokens(tap.completion_text())
+def _estimate(route: translate.Route, deployment: str | None, tap: SseUsageTap) -> Usage | None:
+    """Counts tokens ourselves when a stream ended without usage, with the deployment's model's encoding (an
+    Azure-style body names no model); the record says it is an estimate."""
+    prompt = estimate_prompt_tokens(route.json, deployment)
+    completion = count_tokens(tap.completion_text(), deployment)
     if not prompt and not completion:
         return None
     return Usage(prompt, completion, prompt + completion, estimated=True)

@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 from gateway.sse import BOM, SseFramer, event_data, iter_payloads, json_object, split_events
-from gateway.usage import Usage, call_texts
+from gateway.tokens import call_texts
+from gateway.usage import Usage
 
 __all__ = ["SseUsageTap", "prepare_stream_request"]
 

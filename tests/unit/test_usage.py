@@ -8,15 +8,9 @@ import threading
 
 import pytest
 
-from gateway import usage as usage_mod
-from gateway.usage import (
-    Usage,
-    UsageRecord,
-    UsageRecorder,
-    count_tokens,
-    estimate_prompt_tokens,
-    usage_from_json_body,
-)
+from gateway import tokens
+from gateway.tokens import count_tokens, estimate_prompt_tokens
+from gateway.usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
 
 
 def test_from_openai_chat_with_details():
@@ -131,7 +125,7 @@ def test_count_tokens():
     ],
 )
 def test_encoding_name(model, encoding):
-    assert usage_mod.encoding_name(model) == encoding
+    assert tokens.encoding_name(model) == encoding
 
 
 def test_counts_differ_between_the_two_encodings():
@@ -140,30 +134,30 @@ def test_counts_differ_between_the_two_encodings():
     assert o200k != cl100k
     assert count_tokens(text) == o200k and count_tokens(text, "gpt-35-turbo") == cl100k
     # The same texts tiktoken's own tests pin: cl100k [15339, 1917], o200k [24912, 2375].
-    assert usage_mod._encoder("gpt-4").encode_ordinary("hello world") == [15339, 1917]
-    assert usage_mod._encoder("gpt-4o").encode_ordinary("hello world") == [24912, 2375]
+    assert tokens._encoder("gpt-4").encode_ordinary("hello world") == [15339, 1917]
+    assert tokens._encoder("gpt-4o").encode_ordinary("hello world") == [24912, 2375]
 
 
 def test_split_patterns_are_tiktokens(monkeypatch):
     from tiktoken_ext import openai_public
 
     monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})  # no download
-    assert usage_mod._ENCODINGS["cl100k_base"][0] == openai_public.cl100k_base()["pat_str"]
-    assert usage_mod._ENCODINGS["o200k_base"][0] == openai_public.o200k_base()["pat_str"]
+    assert tokens._ENCODINGS["cl100k_base"][0] == openai_public.cl100k_base()["pat_str"]
+    assert tokens._ENCODINGS["o200k_base"][0] == openai_public.o200k_base()["pat_str"]
 
 
 def test_one_encoder_per_encoding_loaded_once(monkeypatch):
-    monkeypatch.setattr(usage_mod, "_encoders", {})
+    monkeypatch.setattr(tokens, "_encoders", {})
     loads = []
-    real = usage_mod._load_encoding
-    monkeypatch.setattr(usage_mod, "_load_encoding", lambda name: loads.append(name) or real(name))
-    o200k = usage_mod._encoder("gpt-4o")
+    real = tokens._load_encoding
+    monkeypatch.setattr(tokens, "_load_encoding", lambda name: loads.append(name) or real(name))
+    o200k = tokens._encoder("gpt-4o")
     assert o200k is not None and o200k.name == "o200k_base"
-    assert usage_mod._encoder("gpt-5-mini") is o200k
-    assert usage_mod._encoder(None) is o200k
-    cl100k = usage_mod._encoder("gpt-4")
+    assert tokens._encoder("gpt-5-mini") is o200k
+    assert tokens._encoder(None) is o200k
+    cl100k = tokens._encoder("gpt-4")
     assert cl100k is not o200k and cl100k.name == "cl100k_base"
-    assert usage_mod._encoder("gpt-35-turbo") is cl100k
+    assert tokens._encoder("gpt-35-turbo") is cl100k
     assert loads == ["o200k_base", "cl100k_base"]
 
 
@@ -171,9 +165,9 @@ def test_count_tokens_fallback_without_encoding_logs_once(monkeypatch, caplog):
     def missing(name):
         raise ValueError(f"{name}: sha256 mismatch")
 
-    monkeypatch.setattr(usage_mod, "_encoders", {})
-    monkeypatch.setattr(usage_mod, "_logged", set())
-    monkeypatch.setattr(usage_mod, "_load_encoding", missing)
+    monkeypatch.setattr(tokens, "_encoders", {})
+    monkeypatch.setattr(tokens, "_logged", set())
+    monkeypatch.setattr(tokens, "_load_encoding", missing)
     with caplog.at_level(logging.WARNING, logger="gateway.usage"):
         assert count_tokens("hello world") == 3  # ceil(11 / 4)
         assert count_tokens("abcd", "gpt-4o") == 1
@@ -186,8 +180,8 @@ def test_encode_failure_is_logged_once_not_swallowed(monkeypatch, caplog):
         def encode_ordinary(self, text):
             raise RuntimeError("tokenizer bug")
 
-    monkeypatch.setattr(usage_mod, "_encoders", {"o200k_base": Broken()})
-    monkeypatch.setattr(usage_mod, "_logged", set())
+    monkeypatch.setattr(tokens, "_encoders", {"o200k_base": Broken()})
+    monkeypatch.setattr(tokens, "_logged", set())
     with caplog.at_level(logging.WARNING, logger="gateway.usage"):
         assert count_tokens("hello world") == 3
         assert count_tokens("hello world") == 3
