@@ -147,6 +147,7 @@ class Settings:
     async_models: frozenset[str] = _D["async_models"]
     async_callers: frozenset[str] = _D["async_callers"]
     async_ttl_s: float = _D["async_ttl_s"]
+    expose_durable_urls: bool = _D["expose_durable_urls"]
     async_max_attempts: int = _D["async_max_attempts"]
     tokens_per_second: float = _D["tokens_per_second"]
     results_container: str = _D["results_container"]

@@ -104,6 +104,13 @@ def _fraction(value: str, setting: str) -> float:
     return number
 
 
+def _flag(value: str, setting: str) -> bool:
+    text = value.lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(setting, "must be true or false")
+    return text in ("true", "1", "yes")
+
+
 def _auth_disabled(value: str, setting: str) -> bool:
     auth = value.lower()
     if auth not in ("keys", "none"):
@@ -229,6 +236,8 @@ ENTRIES: tuple[Setting, ...] = (
        "callers (key names from `GATEWAY_API_KEYS`) whose requests always run asynchronously"),
     _S("GATEWAY_ASYNC_TTL_S", "async_ttl_s", "86400", _number(float, minimum=1),
        "deadline of an async request; past it the work ends as `expired`"),
+    _S("GATEWAY_EXPOSE_DURABLE_URLS", "expose_durable_urls", "false", _flag,
+       "also answer 202s with the Durable management URLs (system key!): single-tenant deployments only"),
     _S("GATEWAY_ASYNC_MAX_ATTEMPTS", "async_max_attempts", "20", _COUNT, "backend attempts of one async request"),
     _S("GATEWAY_TOKENS_PER_SECOND", "tokens_per_second", "40", _number(float, minimum=0.1),
        'assumed generation speed until one is observed (for "would it finish in the sync budget?")'),

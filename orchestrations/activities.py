@@ -24,7 +24,7 @@ from gateway.headers import forwarded_headers
 from gateway.upstream import TransportError
 from gateway.usage import Usage, usage_from_json_body
 
-__all__ = ["attempt_backend", "completion_message", "ended", "publish_completion", "result_url"]
+__all__ = ["attempt_backend", "completion_message", "ended", "publish_completion", "result_url", "status_url"]
 
 # One activity call may not run longer than this (host.json functionTimeout is 10 minutes).
 ACTIVITY_BUDGET_S = 540.0
@@ -32,6 +32,10 @@ ACTIVITY_BUDGET_S = 540.0
 
 def result_url(request_id: str) -> str:
     return f"/results/{request_id}"
+
+
+def status_url(request_id: str) -> str:
+    return f"/status/{request_id}"
 
 
 def ended(status: str, message: str, code: str) -> dict[str, Any]:

@@ -61,6 +61,17 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
             out = error_outbound(exc)
         return to_response(out)
 
+    @bp.route(route="status/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.durable_client_input(client_name="client")
+    async def status(req: Request, client: df.DurableOrchestrationClient) -> Response:
+        """The Durable status of an async request, to its caller only: no system key ever leaves the gateway."""
+        instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            out = await starter.get_status(client, services, await inbound(req, body=False), instance_id)
+        except GatewayError as exc:
+            out = error_outbound(exc)
+        return to_response(out)
+
     @bp.orchestration_trigger(context_name="context", orchestration=workflows.BATCH_ORCHESTRATOR)
     def batch_job(context: df.DurableOrchestrationContext):
         """A managed OpenAI batch across backends: submit, poll on durable timers, collect, resubmit."""

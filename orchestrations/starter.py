@@ -12,7 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 from gateway import errors
 from gateway.bootstrap import Services
@@ -20,10 +20,10 @@ from gateway.completions import publish_once
 from gateway.headers import forwarded_headers
 from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
 
-from .activities import completion_message, ended, result_url
+from .activities import completion_message, ended, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
 
-__all__ = ["accept", "cancel", "get_result", "housekeeping", "publish_cancelled", "start"]
+__all__ = ["accept", "cancel", "get_result", "get_status", "housekeeping", "publish_cancelled", "start"]
 
 log = logging.getLogger("orchestrations.starter")
 POLL_AFTER_S = "2"
@@ -43,17 +43,21 @@ async def start(client: Any, services: Services, deferred: Deferred) -> Outbound
         await services.results.delete(instance_id)
         raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
     payload = client.create_http_management_payload(instance_id)
-    body = {
+    # The host builds its status URL with the app's public address: keep that origin, never its system key.
+    origin = urlsplit(payload["statusQueryGetUri"])
+    base = f"{origin.scheme}://{origin.netloc}"
+    body: dict[str, Any] = {
         "id": instance_id,
         "status": "accepted",
         "reason": deferred.reason,
-        # The host builds the status URL with the app's public address; the result lives beside it.
-        "result_url": urljoin(payload["statusQueryGetUri"], result_url(instance_id)),
-        **payload,
+        "status_url": base + status_url(instance_id),
+        "result_url": base + result_url(instance_id),
     }
+    if services.settings.expose_durable_urls:  # single-tenant deployments only: these URLs open every instance
+        body.update(payload)
     out_headers = {
         "content-type": "application/json",
-        "Location": payload["statusQueryGetUri"],
+        "Location": body["status_url"],
         "Retry-After": POLL_AFTER_S,
         "x-request-id": deferred.request_id,
     }
@@ -86,6 +90,29 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "max_attempts": services.settings.async_max_attempts,
         "reason": deferred.reason,
     }
+
+
+async def get_status(client: Any, services: Services, inbound: Inbound, instance_id: str) -> Outbound:
+    """GET /status/{id}: the Durable status object (never its input) to the submitting caller only.
+
+    202 with Retry-After while the work runs, 200 once it has ended, 404 to anyone else.
+    """
+    status, _ = await _owned(client, services, inbound, instance_id)
+    runtime = status.runtime_status.value
+    body = {
+        "name": status.name,
+        "instanceId": status.instance_id,
+        "runtimeStatus": runtime,
+        "customStatus": status.custom_status,
+        "output": status.output,
+        "createdTime": _iso(status.created_time),
+        "lastUpdatedTime": _iso(status.last_updated_time),
+    }
+    headers = {"content-type": "application/json"}
+    if runtime in RUNNING:
+        headers |= {"Retry-After": POLL_AFTER_S, "Location": inbound.path}
+        return Outbound(202, headers, json.dumps(body).encode())
+    return Outbound(200, headers, json.dumps(body).encode())
 
 
 async def get_result(client: Any, services: Services, inbound: Inbound, instance_id: str) -> Outbound:
@@ -166,6 +193,10 @@ async def _owned(client: Any, services: Services, inbound: Inbound, instance_id:
 async def _input(client: Any, instance_id: str) -> dict[str, Any] | None:
     status = await client.get_status(instance_id, show_input=True)
     return _as_dict(status.input_)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _as_dict(value: Any) -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """The async path end to end: devhost + Durable stand-in + Azurite + fake backends, over real HTTP.
 
-The client does what the README shows: POST with `Prefer: respond-async`, get 202, poll the status URL,
-fetch `/results/{id}`. Completion messages are read back from the Storage queue (no Service Bus configured).
+The client does what the README shows: POST with `Prefer: respond-async`, get 202, poll the gateway's own
+status URL (`Location`, `GET /status/{id}`, with the same key), fetch `/results/{id}`. Completion messages are read back from the Storage queue (no Service Bus configured).
 Polling with a deadline is how clients wait; nothing here sleeps to synchronise.
 """
 
@@ -43,11 +43,14 @@ class Stack:
         raise AssertionError(f"no completion message for {instance_id}")
 
     def poll(self, status_url: str, timeout_s: float = 30) -> dict:
-        """What a client does with the 202's Location: poll until the runtime status is final."""
+        """What a client does with the 202's Location: poll (with its key) until the runtime status is final."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = httpx.get(status_url, timeout=10).json()
+            answer = self.http.get(status_url)
+            status = answer.json()
+            assert answer.status_code == (202 if status["runtimeStatus"] in ("Pending", "Running") else 200)
             if status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
+                assert "input" not in status  # the orchestration input is never shown
                 return status
         raise AssertionError(f"still {status['runtimeStatus']} after {timeout_s} s: {status}")
 
@@ -103,10 +106,13 @@ def test_respond_async_completes_with_what_the_sync_call_gives(fresh: Stack):
     sync = fresh.http.post("/v1/chat/completions", json=CHAT).json()
     answer = fresh.submit(CHAT, **{"x-request-id": "client-req-42"})
     accepted = answer.json()
-    assert answer.headers["Location"] == accepted["statusQueryGetUri"]
+    assert answer.headers["Location"] == accepted["status_url"] == f"{fresh.host.url}/status/{accepted['id']}"
     assert answer.headers["Retry-After"] and answer.headers["Preference-Applied"] == "respond-async"
     assert accepted["status"] == "accepted" and accepted["result_url"].endswith(f"/results/{accepted['id']}")
     assert "Prefer" in accepted["reason"]
+    assert "code=" not in answer.text and "statusQueryGetUri" not in accepted  # no Durable system key
+    assert fresh.http.get(answer.headers["Location"], headers={"api-key": OTHER_KEY}).status_code == 404
+    assert fresh.http.get(answer.headers["Location"], headers={"api-key": ""}).status_code == 401
 
     status = fresh.poll(answer.headers["Location"])
     output = status["output"]
@@ -171,17 +177,34 @@ def test_cancel_with_delete_ends_the_work_and_publishes_cancelled_once(fresh: St
     assert fresh.http.get(result_url).status_code == 409
 
 
-def test_the_durable_terminate_url_is_followed_by_a_cancelled_completion(fresh: Stack):
-    for fake in (fresh.weu, fresh.neu):
-        fake.always(Fault.status(429, retry_after=600))
-    accepted = fresh.submit(CHAT).json()
-    terminate = httpx.post(accepted["terminatePostUri"].replace("{text}", "operator"))
-    assert terminate.status_code == 202
-    assert fresh.poll(accepted["statusQueryGetUri"])["runtimeStatus"] == "Terminated"
-    assert fresh.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()["cancelled_published"] >= 1
-    assert [m["status"] for m in fresh.completions(accepted["id"])] == ["cancelled"]
-    assert fresh.http.post("/gateway/async/housekeeping", headers=OPERATOR).status_code == 200
-    assert len(fresh.completions(accepted["id"])) == 1
+def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite):
+    """GATEWAY_EXPOSE_DURABLE_URLS=true (single tenant): the management payload comes back; the durable state it
+    opens holds no client credential; work terminated through it still ends in one `cancelled` completion."""
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    with weu.threaded(), neu.threaded():
+        host, queue = start_stack(azurite, weu, neu, GATEWAY_EXPOSE_DURABLE_URLS="true")
+        try:
+            stack = Stack(weu, neu, host, queue)
+            done = stack.submit(CHAT, **{"authorization": "Bearer not-a-gateway-key"}).json()
+            stack.poll(done["status_url"])
+            durable = httpx.get(done["statusQueryGetUri"] + "&showInput=true&showHistory=true&showHistoryOutput=true")
+            durable_input = durable.json()["input"]
+            assert durable.status_code == 200 and json.loads(durable_input)["caller"]
+            for secret in (KEY, "not-a-gateway-key", "fake-key"):
+                assert secret not in durable.text  # input, output, custom status and history
+
+            for fake in (weu, neu):
+                fake.always(Fault.status(429, retry_after=600))
+            accepted = stack.submit(CHAT).json()
+            terminate = httpx.post(accepted["terminatePostUri"].replace("{text}", "operator"))
+            assert terminate.status_code == 202
+            assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Terminated"
+            assert stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()["cancelled_published"] >= 1
+            assert [m["status"] for m in stack.completions(accepted["id"])] == ["cancelled"]
+            assert stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).status_code == 200
+            assert len(stack.completions(accepted["id"])) == 1
+        finally:
+            host.stop()
 
 
 def test_cooling_backends_defer_a_plain_request_but_never_a_stream(fresh: Stack):
@@ -194,7 +217,7 @@ def test_cooling_backends_defer_a_plain_request_but_never_a_stream(fresh: Stack)
     deferred = fresh.http.post("/v1/chat/completions", json=CHAT)
     assert deferred.status_code == 202 and "cooling down" in deferred.json()["reason"]
     assert "Preference-Applied" not in deferred.headers
-    httpx.post(deferred.json()["terminatePostUri"].replace("{text}", "test"))
+    assert fresh.http.delete(deferred.json()["result_url"]).status_code == 202
 
 
 def test_requests_that_cannot_finish_in_the_sync_budget_go_async(fresh: Stack):
@@ -226,11 +249,11 @@ def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
         try:
             stack = Stack(weu, neu, host, queue)
             accepted = stack.submit(CHAT).json()
-            assert stack.poll(accepted["statusQueryGetUri"])["runtimeStatus"] == "Completed"
+            assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Completed"
             assert stack.http.get(accepted["result_url"]).status_code == 200
             done = stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()
             assert done["purged"] >= 1
-            assert httpx.get(accepted["statusQueryGetUri"]).status_code == 404
+            assert stack.http.get(accepted["status_url"]).status_code == 404
             assert stack.http.get(accepted["result_url"]).status_code == 404
         finally:
             host.stop()
