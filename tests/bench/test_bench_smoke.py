@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.run import ROW_KEYS
+from gateway.config import SETTINGS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,8 +52,14 @@ def test_values_are_sane(quick_run: tuple[list[dict], dict, str]) -> None:
     for row in (r for r in rows if r["target"] == "gateway"):
         assert 0 < row["cpu_ms_per_req"] < 100
         assert 10 < row["peak_rss_mb"] < 2000
-        # null only when the gateway has no /gateway/stats; otherwise a non-negative ratio
-        assert row["storage_ops_per_req"] is None or row["storage_ops_per_req"] >= 0
+        # The bench's gateway has /gateway/stats, so storage operations are measured (null means unmeasured),
+        # and they are the periodic state refresh only: at most one per refresh interval (the default, as the
+        # bench sets none), plus one for a refresh at the run's edge; none per request.
+        assert row["storage_ops_per_req"] is not None and row["storage_ops_per_s"] is not None, row
+        refresh_s = int(SETTINGS["GATEWAY_STATE_REFRESH_MS"]) / 1000
+        storage_ops = round(row["storage_ops_per_s"] * row["duration_s"])
+        assert 0 <= storage_ops <= row["duration_s"] / refresh_s + 1, row
+        assert storage_ops < row["requests"], row
 
 
 def test_report_names_machine_and_table(quick_run: tuple[list[dict], dict, str]) -> None:

@@ -1,13 +1,15 @@
 """The async path end to end: devhost + Durable stand-in + Azurite + fake backends, over real HTTP.
 
 The client does what the README shows: POST with `Prefer: respond-async`, get 202, poll the gateway's own
-status URL (`Location`, `GET /status/{id}`, with the same key), fetch `/results/{id}`. Completion messages are read back from the Storage queue (no Service Bus configured).
+status URL (`Location`, `GET /status/{id}`, with the same key), fetch `/results/{id}`. Completion messages are
+read back from the Storage queue (no Service Bus configured).
 Polling with a deadline is how clients wait; nothing here sleeps to synchronise.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -27,9 +29,8 @@ ASYNC = {"api-key": KEY, "Prefer": "respond-async"}
 
 
 class Stack:
-    def __init__(self, weu, neu, host: DevHost, queue: QueueClient) -> None:
-        self.weu, self.neu, self.host, self.queue = weu, neu, host, queue
-        self.http = httpx.Client(base_url=host.url, headers={"api-key": KEY}, timeout=30)
+    def __init__(self, weu, neu, host: DevHost, queue: QueueClient, http: httpx.Client) -> None:
+        self.weu, self.neu, self.host, self.queue, self.http = weu, neu, host, queue, http
 
     def completions(self, instance_id: str) -> list[dict]:
         messages = [json.loads(base64.b64decode(m.content)) for m in self.queue.peek_messages(max_messages=32)]
@@ -60,7 +61,9 @@ class Stack:
         return answer
 
 
-def start_stack(azurite, weu, neu, **extra: str) -> tuple[DevHost, QueueClient]:
+@contextlib.contextmanager
+def running_stack(azurite, weu, neu, **extra: str) -> Iterator[Stack]:
+    """A devhost over the two fakes, with a client for it and the completions queue; all closed on exit."""
     suffix = uuid.uuid4().hex[:8]
     queue_name = "done-" + suffix
     env = {
@@ -74,20 +77,19 @@ def start_stack(azurite, weu, neu, **extra: str) -> tuple[DevHost, QueueClient]:
         "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;deployments=gpt-4o-mini",
         **extra,
     }
-    host = DevHost(env=env).start()
-    queue = QueueClient.from_connection_string(azurite.connection_string, queue_name)
-    return host, queue
+    with (
+        DevHost(env=env) as host,
+        QueueClient.from_connection_string(azurite.connection_string, queue_name) as queue,
+        httpx.Client(base_url=host.url, headers={"api-key": KEY}, timeout=30) as http,
+    ):
+        yield Stack(weu, neu, host, queue, http)
 
 
 @pytest.fixture(scope="module")
 def stack(azurite) -> Iterator[Stack]:
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
-    with weu.threaded(), neu.threaded():
-        host, queue = start_stack(azurite, weu, neu)
-        try:
-            yield Stack(weu, neu, host, queue)
-        finally:
-            host.stop()
+    with weu.threaded(), neu.threaded(), running_stack(azurite, weu, neu) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -182,9 +184,7 @@ def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite)
     opens holds no client credential; work terminated through it still ends in one `cancelled` completion."""
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
-        host, queue = start_stack(azurite, weu, neu, GATEWAY_EXPOSE_DURABLE_URLS="true")
-        try:
-            stack = Stack(weu, neu, host, queue)
+        with running_stack(azurite, weu, neu, GATEWAY_EXPOSE_DURABLE_URLS="true") as stack:
             done = stack.submit(CHAT, **{"authorization": "Bearer not-a-gateway-key"}).json()
             stack.poll(done["status_url"])
             durable = httpx.get(done["statusQueryGetUri"] + "&showInput=true&showHistory=true&showHistoryOutput=true")
@@ -203,8 +203,6 @@ def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite)
             assert [m["status"] for m in stack.completions(accepted["id"])] == ["cancelled"]
             assert stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).status_code == 200
             assert len(stack.completions(accepted["id"])) == 1
-        finally:
-            host.stop()
 
 
 def test_cooling_backends_defer_a_plain_request_but_never_a_stream(fresh: Stack):
@@ -229,25 +227,19 @@ def test_requests_that_cannot_finish_in_the_sync_budget_go_async(fresh: Stack):
 def test_a_crashed_activity_is_retried_and_still_publishes_once(azurite):
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
-        host, queue = start_stack(azurite, weu, neu, DURABLE_STANDIN_CRASH_ACTIVITY="attempt_backend:1")
-        try:
-            stack = Stack(weu, neu, host, queue)
+        with running_stack(azurite, weu, neu, DURABLE_STANDIN_CRASH_ACTIVITY="attempt_backend:1") as stack:
             answer = stack.submit(CHAT)
             output = stack.poll(answer.headers["Location"])["output"]
             assert output["status"] == "succeeded"
             assert len(weu.requests) == 2  # the crashed attempt really ran, then ran again
             stack.wait_for_completion_message(answer.json()["id"])
             assert len(stack.completions(answer.json()["id"])) == 1
-        finally:
-            host.stop()
 
 
 def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
-        host, queue = start_stack(azurite, weu, neu, GATEWAY_PURGE_AFTER_DAYS="0")
-        try:
-            stack = Stack(weu, neu, host, queue)
+        with running_stack(azurite, weu, neu, GATEWAY_PURGE_AFTER_DAYS="0") as stack:
             accepted = stack.submit(CHAT).json()
             assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Completed"
             assert stack.http.get(accepted["result_url"]).status_code == 200
@@ -255,5 +247,3 @@ def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
             assert done["purged"] >= 1
             assert stack.http.get(accepted["status_url"]).status_code == 404
             assert stack.http.get(accepted["result_url"]).status_code == 404
-        finally:
-            host.stop()

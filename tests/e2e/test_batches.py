@@ -4,6 +4,7 @@ Azure OpenAI backends whose batches progress one step per poll (`batch_script`),
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -37,6 +38,10 @@ class Stack:
         self.weu, self.neu, self.host, self.queue = weu, neu, host, queue
         self.v1 = openai.OpenAI(base_url=host.url + "/v1", api_key=KEY, max_retries=0)
         self.azure = openai.AzureOpenAI(azure_endpoint=host.url, api_key=KEY, api_version="2024-10-21", max_retries=0)
+
+    def close(self) -> None:
+        self.v1.close()
+        self.azure.close()
 
     def wait(self, batch_id: str, statuses: tuple[str, ...] = ("completed", "failed", "expired", "cancelled")):
         deadline = time.monotonic() + 60
@@ -77,8 +82,12 @@ def stack(azurite) -> Iterator[Stack]:
             "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;"
             "deployments=gpt-4o-mini;batch=gpt-4o-mini",
         }
-        with DevHost(env=env) as host:
-            yield Stack(weu, neu, host, QueueClient.from_connection_string(azurite.connection_string, "done-" + suffix))
+        with (
+            DevHost(env=env) as host,
+            QueueClient.from_connection_string(azurite.connection_string, "done-" + suffix) as queue,
+            contextlib.closing(Stack(weu, neu, host, queue)) as stack,
+        ):
+            yield stack
 
 
 @pytest.fixture

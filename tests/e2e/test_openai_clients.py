@@ -7,6 +7,7 @@ through the usage file, the way an operator would read them locally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,11 @@ MESSAGES = [{"role": "user", "content": "Say hello to the gateway"}]
 class Stack:
     def __init__(self, weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, host: DevHost, usage_file: Path) -> None:
         self.weu, self.neu, self.host, self.usage_file = weu, neu, host, usage_file
+        self._clients: list[openai.OpenAI] = []  # every client handed out, closed with the stack
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
 
     def usage(self) -> list[dict]:
         if not self.usage_file.exists():
@@ -33,10 +39,14 @@ class Stack:
         return [json.loads(line) for line in self.usage_file.read_text().splitlines()]
 
     def azure(self) -> openai.AzureOpenAI:
-        return openai.AzureOpenAI(azure_endpoint=self.host.url, api_key=KEY, api_version="2024-10-21", max_retries=0)
+        client = openai.AzureOpenAI(azure_endpoint=self.host.url, api_key=KEY, api_version="2024-10-21", max_retries=0)
+        self._clients.append(client)
+        return client
 
     def v1(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.host.url + "/v1", api_key=KEY, max_retries=0)
+        client = openai.OpenAI(base_url=self.host.url + "/v1", api_key=KEY, max_retries=0)
+        self._clients.append(client)
+        return client
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +64,8 @@ def stack(tmp_path_factory, azurite) -> Iterator[Stack]:
             "GATEWAY_API_KEYS": KEY,
             "GATEWAY_USAGE_FILE": str(usage_file),
         }
-        with DevHost(env=env) as host:
-            yield Stack(weu, neu, host, usage_file)
+        with DevHost(env=env) as host, contextlib.closing(Stack(weu, neu, host, usage_file)) as stack:
+            yield stack
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Two development hosts (separate processes, as two scaled-out instances) sharing one Azurite.
 
 After instance A sees a 429 for `gpt-4o-mini` from backend 1, instance B must stop sending `gpt-4o-mini` to
-backend 1 once its next refresh has run (at most one GATEWAY_STATE_REFRESH_MS after A's write), while its
-embeddings keep going to backend 1: Azure throttles per deployment. The measured delay is printed.
+backend 1 once its next refresh has run (at most one GATEWAY_STATE_REFRESH_MS after A's write): with the
+default 1000 ms, within 1.5 s of A's answer. Its embeddings keep going to backend 1: Azure throttles per
+deployment. The measured delay is asserted and printed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tests.support.fake_openai import FakeAzureOpenAI, Fault
 KEY = "two-instances-key"
 OPERATOR = {"x-functions-key": "devhost-function-key"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-REFRESH_MS = 1000
+REFRESH_MS = 1000  # the default
+PROPAGATION_LIMIT_S = 1.5  # one refresh interval, plus A's write, B's read and a request
 
 
 def test_a_429_seen_by_one_instance_stops_the_other(azurite, capsys):
@@ -48,14 +50,15 @@ def test_a_429_seen_by_one_instance_stops_the_other(azurite, capsys):
 
             # B keeps serving traffic; record where each request went until it has clearly switched.
             routed: list[tuple[float, str]] = []
-            deadline = seen_at + 20
+            deadline = seen_at + PROPAGATION_LIMIT_S + 2  # a later switch fails anyway; 2 s to see 20 requests after it
             while time.monotonic() < deadline and len(routed) < 5000:
                 r = client.post(f"{b.url}/v1/chat/completions", json=CHAT)
                 assert r.status_code == 200
                 routed.append((time.monotonic() - seen_at, r.headers["x-gateway-backend"]))
                 if len(routed) >= 20 and all(name == "neu" for _, name in routed[-20:]):
                     break
-            switched = next(i for i, (_, name) in enumerate(routed) if name == "neu")
+            switched = next((i for i, (_, name) in enumerate(routed) if name == "neu"), None)
+            assert switched is not None, f"B still sent everything to weu {routed[-1][0]:.2f} s after A saw the 429"
             assert all(name == "neu" for _, name in routed[switched:])  # and never back while open
             delay = routed[switched][0]
             assert len(weu.requests) - weu_before == switched  # B's only weu requests came before it knew
@@ -71,4 +74,4 @@ def test_a_429_seen_by_one_instance_stops_the_other(azurite, capsys):
                     f"\n[propagation] B stopped sending to the 429'd backend {delay * 1000:.0f} ms after A saw it "
                     f"(refresh interval {REFRESH_MS} ms; {switched} request(s) reached it meanwhile)"
                 )
-            assert delay < 30  # well inside the breaker window; the figure itself is reported, not asserted
+            assert delay < PROPAGATION_LIMIT_S, f"B switched {delay:.2f} s after A saw the 429"

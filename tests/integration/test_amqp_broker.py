@@ -20,7 +20,7 @@ from azure.servicebus.amqp import AmqpAnnotatedMessage
 from azure.servicebus.exceptions import ServiceBusConnectionError, ServiceBusError
 
 from tests.support.amqp_broker import AmqpBroker, ReceivedMessage
-from tests.support.ports import free_port, port_is_open
+from tests.support.ports import closed_port, port_is_open
 
 APPLICATION_PROPERTIES = {"deployment": "gpt-4o", "total_tokens": 42}
 
@@ -169,12 +169,13 @@ def test_sync_client_sends_and_receives(broker: AmqpBroker) -> None:
 
 
 async def test_wrong_port_fails_fast(broker: AmqpBroker) -> None:
-    wrong = broker.connection_string.replace(f":{broker.port};", f":{free_port()};")
-    started = time.monotonic()
-    async with ServiceBusClient.from_connection_string(wrong, retry_total=0) as client:
-        with pytest.raises(ServiceBusConnectionError, match="Connect call failed"):
-            async with client.get_queue_sender("nowhere") as sender:  # opening the link connects
-                await sender.send_messages(ServiceBusMessage("lost"))
+    with closed_port() as port:
+        wrong = broker.connection_string.replace(f":{broker.port};", f":{port};")
+        started = time.monotonic()
+        async with ServiceBusClient.from_connection_string(wrong, retry_total=0) as client:
+            with pytest.raises(ServiceBusConnectionError, match="Connect call failed"):
+                async with client.get_queue_sender("nowhere") as sender:  # opening the link connects
+                    await sender.send_messages(ServiceBusMessage("lost"))
     assert time.monotonic() - started < 10
 
 

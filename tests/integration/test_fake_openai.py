@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from openai import AzureOpenAI
 
 from tests.support.fake_openai import FakeAzureOpenAI, Fault, embedding_for
-from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
+from tests.support.ports import log_tail, stop_process_group, wait_for_output
 
 API_VERSION = "2024-10-21"
 KEY = {"api-key": "fake-key"}
@@ -429,18 +430,17 @@ def test_threaded_mode_serves_the_sync_openai_client() -> None:
 
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    port = free_port()
     log = tmp_path / "fake.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_openai", "--port", str(port), "--name", "cli"],
+        proc = subprocess.Popen(  # port 0: the OS picks it, and the banner (printed once listening) says which
+            [sys.executable, "-m", "tests.support.fake_openai", "--port", "0", "--name", "cli"],
             cwd=Path(__file__).resolve().parents[2],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        wait_for_port("127.0.0.1", port, 20, check=lambda: _still_running(proc, log))
+        port = wait_for_output(log, _banner_port, 20, check=lambda: _still_running(proc, log))
         client = AzureOpenAI(azure_endpoint=f"http://127.0.0.1:{port}", api_key="fake-key", api_version="1")
         with client:
             chat = client.chat.completions.create(model="any-name", messages=MESSAGES)
@@ -450,6 +450,11 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         stop_process_group(proc)
     assert "FAKE Azure OpenAI" in log.read_text()
+
+
+def _banner_port(output: str) -> int | None:
+    found = re.search(r"^  endpoint    : http://127\.0\.0\.1:(\d+) ", output, re.MULTILINE)
+    return None if found is None else int(found[1])
 
 
 def _still_running(proc: subprocess.Popen[bytes], log: Path) -> None:

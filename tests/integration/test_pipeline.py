@@ -7,7 +7,8 @@ look at the usage records and at exactly what every backend received.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
 
 import pytest
 
@@ -17,7 +18,7 @@ from gateway.pipeline import Inbound, Outbound
 from gateway.usage import UsageRecord
 from tests.support.fake_identity import FakeIdentityEndpoint
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
-from tests.support.ports import free_port
+from tests.support.ports import closed_port
 
 KEY = "client-key"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
@@ -32,19 +33,42 @@ async def backends() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
         yield weu, neu
 
 
-def make_gateway(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: str) -> tuple[Services, list[UsageRecord]]:
-    env = {
-        "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=weu-key;priority=1;"
-        "deployments=gpt-4o-mini=gpt-4o-mini,text-embedding-3-small,whisper,tts",
-        "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=neu-key;priority=2;"
-        "deployments=gpt-4o-mini,text-embedding-3-small",
-        "GATEWAY_API_KEYS": f"other-key,{KEY}",
-        **extra,
-    }
-    gateway = build_services(load_settings(env))
-    records: list[UsageRecord] = []
-    gateway.usage.add_sink(records.append)
-    return gateway, records
+type BuildGateway = Callable[[Mapping[str, str]], Services]
+type MakeGateway = Callable[..., tuple[Services, list[UsageRecord]]]
+
+
+@pytest.fixture
+async def build_gateway() -> AsyncIterator[BuildGateway]:
+    """Builds gateways from settings; every one is closed at teardown, whether the test passed or not."""
+    async with AsyncExitStack() as built:
+
+        def build(env: Mapping[str, str]) -> Services:
+            gateway = build_services(load_settings(dict(env)))  # the one place the tests construct the class
+            built.push_async_callback(gateway.close)
+            return gateway
+
+        yield build
+
+
+@pytest.fixture
+def make_gateway(build_gateway: BuildGateway) -> MakeGateway:
+    """``make_gateway(weu, neu, **extra_settings)``: a gateway over both fakes, and the usage records it makes."""
+
+    def make(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: str) -> tuple[Services, list[UsageRecord]]:
+        env = {
+            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=weu-key;priority=1;"
+            "deployments=gpt-4o-mini=gpt-4o-mini,text-embedding-3-small,whisper,tts",
+            "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=neu-key;priority=2;"
+            "deployments=gpt-4o-mini,text-embedding-3-small",
+            "GATEWAY_API_KEYS": f"other-key,{KEY}",
+            **extra,
+        }
+        gateway = build_gateway(env)
+        records: list[UsageRecord] = []
+        gateway.usage.add_sink(records.append)
+        return gateway, records
+
+    return make
 
 
 def post(
@@ -67,7 +91,7 @@ def sse_payloads(raw: bytes) -> list[str]:
     return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
 
 
-async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backends):
+async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     platform = {"x-arr-log-id": "abc", "disguised-host": "app.azurewebsites.net", "x-forwarded-for": "10.0.0.1"}
@@ -98,7 +122,6 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     assert record.usage is not None and not record.usage.estimated
     assert record.usage.total_tokens == body["usage"]["total_tokens"] > 0
     assert record.caller.startswith("key:") and KEY not in record.caller  # who, for chargeback; never the key
-    await gateway.close()
 
 
 @pytest.mark.parametrize(
@@ -106,7 +129,7 @@ async def test_v1_chat_goes_to_the_best_priority_with_its_own_credentials(backen
     [Fault.status(429, retry_after=30), Fault.status(500), Fault.status(503), Fault.reset()],
     ids=["429", "500", "503", "reset"],
 )
-async def test_retryable_failures_move_on_to_the_next_backend(backends, fault):
+async def test_retryable_failures_move_on_to_the_next_backend(backends, fault, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     weu.enqueue(fault)
@@ -115,10 +138,9 @@ async def test_retryable_failures_move_on_to_the_next_backend(backends, fault):
     assert out.headers["x-gateway-backend"] == "neu" and out.headers["x-gateway-attempts"] == "2"
     assert len(weu.requests) == 1 and len(neu.requests) == 1
     assert records[0].attempts == 2 and records[0].backend == "neu"
-    await gateway.close()
 
 
-async def test_content_filter_400_is_returned_unchanged_and_never_retried(backends):
+async def test_content_filter_400_is_returned_unchanged_and_never_retried(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.content_filter())
@@ -127,10 +149,9 @@ async def test_content_filter_400_is_returned_unchanged_and_never_retried(backen
     assert out.status == 400 and error["code"] == "content_filter"
     assert error["innererror"]["code"] == "ResponsibleAIPolicyViolation"
     assert neu.requests == []
-    await gateway.close()
 
 
-async def test_every_backend_throttled_gives_429_with_the_earliest_retry_after(backends):
+async def test_every_backend_throttled_gives_429_with_the_earliest_retry_after(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.status(429, retry_after=30))
@@ -138,32 +159,29 @@ async def test_every_backend_throttled_gives_429_with_the_earliest_retry_after(b
     out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 429 and out.headers["Retry-After"] == "7"
     assert json.loads(out.body)["error"]["code"] == "backends_unavailable"
-    await gateway.close()
 
 
-async def test_failing_backends_give_503_and_unreachable_ones_502(backends):
+async def test_failing_backends_give_503_and_unreachable_ones_502(backends, make_gateway, build_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     weu.enqueue(Fault.status(500))
     neu.enqueue(Fault.status(503, retry_after=2))
     out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 503 and out.headers["Retry-After"] == "2"
-    await gateway.close()
 
-    closed = free_port()
-    env = {
-        "GATEWAY_BACKEND_1": f"name=gone;host=http://127.0.0.1:{closed};deployments=gpt-4o-mini",
-        "GATEWAY_API_KEYS": KEY,
-    }
-    gone = build_services(load_settings(env))
-    out = await gone.pipeline.handle(post("/v1/chat/completions", CHAT))
+    with closed_port() as closed:  # refuses connections while the block lasts
+        env = {
+            "GATEWAY_BACKEND_1": f"name=gone;host=http://127.0.0.1:{closed};deployments=gpt-4o-mini",
+            "GATEWAY_API_KEYS": KEY,
+        }
+        gone = build_gateway(env)
+        out = await gone.pipeline.handle(post("/v1/chat/completions", CHAT))
     error = json.loads(out.body)["error"]
     assert out.status == 502 and error["type"] == "upstream_error"
     assert str(closed) not in error["message"]  # no backend address leaks to clients
-    await gone.close()
 
 
-async def test_a_stalled_backend_times_out_with_504(backends):
+async def test_a_stalled_backend_times_out_with_504(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_READ_TIMEOUT_S="0.2", GATEWAY_MAX_ATTEMPTS="1")
     weu.always(Fault.stall())
@@ -171,10 +189,9 @@ async def test_a_stalled_backend_times_out_with_504(backends):
     assert out.status == 504 and json.loads(out.body)["error"]["code"] == "timeout"
     assert neu.requests == []  # attempts are capped by the setting
     weu.release_stalls()
-    await gateway.close()
 
 
-async def test_stream_usage_is_injected_recorded_and_the_extra_chunk_removed(backends):
+async def test_stream_usage_is_injected_recorded_and_the_extra_chunk_removed(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     client_body = {**CHAT, "stream": True}
@@ -206,10 +223,9 @@ async def test_stream_usage_is_injected_recorded_and_the_extra_chunk_removed(bac
     [record] = records
     assert record.streaming and record.usage is not None and not record.usage.estimated
     assert record.usage.completion_tokens > 0 and record.usage.prompt_tokens > 0
-    await gateway.close()
 
 
-async def test_stream_client_that_asked_for_usage_still_gets_it(backends):
+async def test_stream_client_that_asked_for_usage_still_gets_it(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     out = await gateway.pipeline.handle(
@@ -219,10 +235,9 @@ async def test_stream_client_that_asked_for_usage_still_gets_it(backends):
     usage_events = [e for e in events if e.get("usage")]
     assert len(usage_events) == 1 and usage_events[0]["choices"] == []
     assert records[0].usage.total_tokens == usage_events[0]["usage"]["total_tokens"]
-    await gateway.close()
 
 
-async def test_a_cut_stream_still_records_an_estimated_usage(backends):
+async def test_a_cut_stream_still_records_an_estimated_usage(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     weu.enqueue(Fault.cut_stream(after_chunks=4))
@@ -231,10 +246,9 @@ async def test_a_cut_stream_still_records_an_estimated_usage(backends):
     assert b"[DONE]" not in relayed
     [record] = records
     assert record.usage is not None and record.usage.estimated and record.usage.prompt_tokens > 0
-    await gateway.close()
 
 
-async def test_client_auth_is_secure_by_default(backends):
+async def test_client_auth_is_secure_by_default(backends, make_gateway, build_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     for key, headers in [
@@ -250,21 +264,17 @@ async def test_client_auth_is_secure_by_default(backends):
     )
     assert out.status == 200
     assert "authorization" not in weu.requests[-1].headers
-    await gateway.close()
 
-    no_keys = build_services(load_settings({"GATEWAY_BACKEND_1": f"host={weu.url};deployments=gpt-4o-mini"}))
+    no_keys = build_gateway({"GATEWAY_BACKEND_1": f"host={weu.url};deployments=gpt-4o-mini"})
     assert (await no_keys.pipeline.handle(post("/v1/chat/completions", CHAT, key=None))).status == 401
     assert (await no_keys.pipeline.handle(post("/v1/chat/completions", CHAT, key="anything"))).status == 401
-    open_gateway = build_services(
-        load_settings(
-            {"GATEWAY_BACKEND_1": f"host={weu.url};api-key=weu-key;deployments=gpt-4o-mini", "GATEWAY_AUTH": "none"}
-        )
+    open_gateway = build_gateway(
+        {"GATEWAY_BACKEND_1": f"host={weu.url};api-key=weu-key;deployments=gpt-4o-mini", "GATEWAY_AUTH": "none"}
     )
     assert (await open_gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key=None))).status == 200
-    await open_gateway.close()
 
 
-async def test_gateway_errors_have_the_openai_shape(backends):
+async def test_gateway_errors_have_the_openai_shape(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_MAX_BODY_BYTES="2048")
     cases = [
@@ -284,19 +294,17 @@ async def test_gateway_errors_have_the_openai_shape(backends):
         assert (out.status, error["code"]) == (status, code)
         assert out.headers["content-type"] == "application/json" and error["message"]
     assert weu.requests == [] and neu.requests == []
-    await gateway.close()
 
 
-async def test_models_lists_what_the_backends_serve(backends):
+async def test_models_lists_what_the_backends_serve(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu)
     out = await gateway.pipeline.handle(Inbound("GET", "/v1/models", "", {"api-key": KEY}, b""))
     ids = [m["id"] for m in json.loads(out.body)["data"]]
     assert ids == ["gpt-4o-mini", "text-embedding-3-small", "tts", "whisper"]
-    await gateway.close()
 
 
-async def test_azure_native_passthrough_of_multipart_and_binary(backends):
+async def test_azure_native_passthrough_of_multipart_and_binary(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     boundary = "b0undary"
@@ -327,10 +335,9 @@ async def test_azure_native_passthrough_of_multipart_and_binary(backends):
     assert out.status == 200 and out.headers["Content-Type"].startswith("audio/mpeg")
     assert (await collect(out)).endswith(b"hello")
     assert [r.operation for r in records] == ["audio/transcriptions", "audio/speech"]
-    await gateway.close()
 
 
-async def test_embeddings_usage_is_recorded(backends):
+async def test_embeddings_usage_is_recorded(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(weu, neu)
     out = await gateway.pipeline.handle(
@@ -338,10 +345,9 @@ async def test_embeddings_usage_is_recorded(backends):
     )
     assert out.status == 200 and len(json.loads(out.body)["data"]) == 2
     assert records[0].usage.prompt_tokens > 0 and records[0].usage.completion_tokens == 0
-    await gateway.close()
 
 
-async def test_usage_file_gets_one_json_line_per_request(backends, tmp_path):
+async def test_usage_file_gets_one_json_line_per_request(backends, tmp_path, make_gateway):
     weu, neu = backends
     path = tmp_path / "usage.jsonl"
     gateway, _ = make_gateway(weu, neu, GATEWAY_USAGE_FILE=str(path))
@@ -350,23 +356,20 @@ async def test_usage_file_gets_one_json_line_per_request(backends, tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["streaming"] for line in lines] == [True, False]
     assert all(line["total_tokens"] > 0 and line["backend"] == "weu" for line in lines)
-    await gateway.close()
 
 
-async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backends, monkeypatch):
+async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backends, monkeypatch, build_gateway):
     weu, _ = backends
     async with FakeIdentityEndpoint() as identity:
         for name, value in identity.env.items():
             monkeypatch.setenv(name, value)
         for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
             monkeypatch.delenv(name, raising=False)
-        gateway = build_services(
-            load_settings(
-                {
-                    "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};usemi=true;deployments=gpt-4o-mini",
-                    "GATEWAY_API_KEYS": KEY,
-                }
-            )
+        gateway = build_gateway(
+            {
+                "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};usemi=true;deployments=gpt-4o-mini",
+                "GATEWAY_API_KEYS": KEY,
+            }
         )
         for _ in range(3):
             assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))).status == 200
@@ -374,21 +377,17 @@ async def test_managed_identity_token_is_fetched_once_and_sent_as_bearer(backend
         assert identity.requests[0]["resource"] == "https://cognitiveservices.azure.com"
         assert [r.headers["authorization"] for r in weu.requests] == ["Bearer fake-token-1"] * 3
         assert all("api-key" not in r.headers for r in weu.requests)
-        await gateway.close()
 
 
-async def test_the_only_backend_is_retried_when_its_retry_after_fits(backends):
+async def test_the_only_backend_is_retried_when_its_retry_after_fits(backends, build_gateway):
     weu, _ = backends
-    gateway = build_services(
-        load_settings({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key", "GATEWAY_API_KEYS": KEY})
-    )
+    gateway = build_gateway({"GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key=weu-key", "GATEWAY_API_KEYS": KEY})
     weu.enqueue(Fault.status(429, retry_after_ms=200))
     out = await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))
     assert out.status == 200 and out.headers["x-gateway-attempts"] == "2" and len(weu.requests) == 2
-    await gateway.close()
 
 
-async def test_a_wait_beyond_the_limit_is_answered_429_with_retry_after_instead(backends):
+async def test_a_wait_beyond_the_limit_is_answered_429_with_retry_after_instead(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_MAX_WAIT_S="5")
     weu.enqueue(Fault.status(429, retry_after=120))
@@ -400,10 +399,9 @@ async def test_a_wait_beyond_the_limit_is_answered_429_with_retry_after_instead(
     assert again.status == 429 and 88 <= int(again.headers["Retry-After"]) <= 90
     assert json.loads(again.body)["error"]["code"] == "backends_unavailable"
     assert len(weu.requests) == 1 and len(neu.requests) == 1
-    await gateway.close()
 
 
-async def test_408_and_timeouts_count_toward_the_breaker(backends):
+async def test_408_and_timeouts_count_toward_the_breaker(backends, make_gateway):
     weu, neu = backends
     gateway, _ = make_gateway(weu, neu, GATEWAY_BREAKER_FAILURES="2", GATEWAY_READ_TIMEOUT_S="0.2")
     weu.enqueue(Fault.status(408))
@@ -412,10 +410,9 @@ async def test_408_and_timeouts_count_toward_the_breaker(backends):
     assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT))).headers["x-gateway-backend"] == "neu"
     assert gateway.pool.status("weu") == "open"
     weu.release_stalls()
-    await gateway.close()
 
 
-async def test_named_keys_identify_callers_and_async_callers_are_deferred(backends):
+async def test_named_keys_identify_callers_and_async_callers_are_deferred(backends, make_gateway):
     weu, neu = backends
     gateway, records = make_gateway(
         weu, neu, GATEWAY_API_KEYS="batch-team:bt-key,interactive:ia-key", GATEWAY_ASYNC_CALLERS="batch-team"
@@ -432,4 +429,3 @@ async def test_named_keys_identify_callers_and_async_callers_are_deferred(backen
     [request] = deferred
     assert request.caller == "batch-team" and "GATEWAY_ASYNC_CALLERS" in request.reason
     assert len(weu.requests) == 1  # the deferred one was not sent synchronously
-    await gateway.close()

@@ -54,8 +54,6 @@ from proton import (
 )
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
-from tests.support.ports import free_port
-
 HOST = "127.0.0.1"
 # The emulator's well-known SAS key; the broker does not check tokens.
 SAS_KEY_NAME = "RootManageSharedAccessKey"
@@ -122,13 +120,15 @@ def _plain(value: Any) -> Any:
 
 
 class AmqpBroker:
-    """AMQP 1.0 broker on ``127.0.0.1:<free port>``, run by a proton reactor in a thread.
+    """AMQP 1.0 broker on ``127.0.0.1:<port>``, run by a proton reactor in a thread.
 
+    The port is chosen by the OS on the first start (port 0, read back from the listening socket) and kept for
+    later starts; ``port`` and ``connection_string`` are known once started.
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(self) -> None:
-        self.port = free_port(HOST)
+        self.port: int | None = None
         self._arrived: dict[str, list[ReceivedMessage]] = {}
         self._changed = threading.Condition()
         self._injector: EventInjector | None = None
@@ -138,6 +138,8 @@ class AmqpBroker:
     @property
     def connection_string(self) -> str:
         """Emulator-style: plain AMQP to ``Endpoint``'s port; the key is not checked."""
+        if self.port is None:
+            raise RuntimeError("the broker's port is chosen when it first starts: start it first")
         return (
             f"Endpoint=sb://{HOST}:{self.port};SharedAccessKeyName={SAS_KEY_NAME};"
             f"SharedAccessKey={SAS_KEY_VALUE};UseDevelopmentEmulator=true"
@@ -151,7 +153,10 @@ class AmqpBroker:
         handler = _BrokerHandler(self._record, self._injector)
         container = Container(handler)
         container.selectable(self._injector)
-        handler.acceptor = container.listen(f"{HOST}:{self.port}")
+        handler.acceptor = container.listen(f"{HOST}:{self.port or 0}")  # binds and listens now
+        # proton's Acceptor keeps its listening socket in ``_selectable`` (python-qpid-proton is pinned in
+        # requirements-dev.txt), whose attributes are the socket's.
+        self.port = handler.acceptor._selectable.getsockname()[1]
         self._thread = threading.Thread(
             target=self._run, args=(container,), name=f"amqp-broker-{self.port}", daemon=True
         )

@@ -3,8 +3,10 @@
     with Azurite() as storage:
         TableServiceClient.from_connection_string(storage.connection_string)
 
-Each instance listens on 127.0.0.1 with three free ports (blob, queue, table) chosen once, so
-``stop()`` followed by ``start()`` brings storage back on the same ports (with empty, in-memory data).
+Each instance listens on 127.0.0.1 on three ports (blob, queue, table). Unless given, they are chosen once,
+by the OS on the first start (Azurite binds port 0 and prints the port it got; the ports and the connection
+string are known once started), so ``stop()`` followed by ``start()`` brings storage back on the same ports
+(with empty, in-memory data).
 
 CLI: ``python -m tests.support.azurite [--blob-port 10000 --queue-port 10001 --table-port 10002]``
 runs Azurite until SIGINT/SIGTERM and prints the connection string.
@@ -13,13 +15,14 @@ runs Azurite until SIGINT/SIGTERM and prints the connection string.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Self
 
-from tests.support.ports import ChildProcess, free_port
+from tests.support.ports import ChildProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite"
@@ -29,6 +32,8 @@ ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
+# What Azurite prints once a service listens, e.g. "Azurite Blob service is successfully listening at http://..."
+_LISTENING = re.compile(r"^Azurite (Blob|Queue|Table) service is successfully listening at \S+:(\d+)$", re.MULTILINE)
 
 
 class AzuriteError(RuntimeError):
@@ -48,27 +53,30 @@ class Azurite(ChildProcess):
         table_port: int | None = None,
         binary: Path = AZURITE_BIN,
     ) -> None:
-        self.blob_port = blob_port or free_port(HOST)
-        self.queue_port = queue_port or free_port(HOST)
-        self.table_port = table_port or free_port(HOST)
+        # None: chosen by the OS on the first start, then kept.
+        self.blob_port = blob_port
+        self.queue_port = queue_port
+        self.table_port = table_port
         self.binary = binary
         super().__init__()
 
     @property
     def ports(self) -> tuple[int, int, int]:
+        if self.blob_port is None or self.queue_port is None or self.table_port is None:
+            raise AzuriteError("Azurite's ports are chosen when it first starts: start it first")
         return (self.blob_port, self.queue_port, self.table_port)
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://{HOST}:{self.blob_port}/{ACCOUNT_NAME}"
+        return f"http://{HOST}:{self.ports[0]}/{ACCOUNT_NAME}"
 
     @property
     def queue_endpoint(self) -> str:
-        return f"http://{HOST}:{self.queue_port}/{ACCOUNT_NAME}"
+        return f"http://{HOST}:{self.ports[1]}/{ACCOUNT_NAME}"
 
     @property
     def table_endpoint(self) -> str:
-        return f"http://{HOST}:{self.table_port}/{ACCOUNT_NAME}"
+        return f"http://{HOST}:{self.ports[2]}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
@@ -79,12 +87,12 @@ class Azurite(ChildProcess):
         )
 
     def start(self) -> Self:
-        """Start Azurite and return once all three ports accept connections."""
+        """Start Azurite and return once all three ports accept connections (the first start learns them)."""
         if self.running:
             raise AzuriteError("Azurite is already running")
         if not self.binary.exists():
             raise AzuriteError(f"{self.binary} not found: run `make deps` (npm ci) to install Azurite")
-        self._launch(
+        ports = self._launch(
             [
                 str(self.binary),
                 "--inMemoryPersistence",
@@ -92,15 +100,24 @@ class Azurite(ChildProcess):
                 "--loose",
                 "--silent",
                 "--disableTelemetry",
-                "--blobHost", HOST, "--blobPort", str(self.blob_port),
-                "--queueHost", HOST, "--queuePort", str(self.queue_port),
-                "--tableHost", HOST, "--tablePort", str(self.table_port),
+                "--blobHost", HOST, "--blobPort", str(self.blob_port or 0),
+                "--queueHost", HOST, "--queuePort", str(self.queue_port or 0),
+                "--tableHost", HOST, "--tablePort", str(self.table_port or 0),
             ],
             host=HOST,
-            ports=self.ports,
+            ports=_reported_ports,
             cwd=tempfile.gettempdir(),  # in-memory, but keep any stray files out of the repo
         )  # fmt: skip
+        self.blob_port, self.queue_port, self.table_port = ports
         return self
+
+
+def _reported_ports(output: str) -> tuple[int, int, int] | None:
+    """(blob, queue, table) ports from Azurite's start-up lines; None until all three services listen."""
+    listening = {service: int(port) for service, port in _LISTENING.findall(output)}
+    if len(listening) < 3:
+        return None
+    return (listening["Blob"], listening["Queue"], listening["Table"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Development host: serves the HTTP functions of a Functions v2 app through uvicorn.
 
-    python -m tests.support.devhost --port 7071 [--host 127.0.0.1] [--app function_app]
+    python -m tests.support.devhost --port 7071 [--host 127.0.0.1] [--app function_app]   (--port 0: any free port)
                                     [--settings local.settings.json | --no-settings] [--cwd DIR]
 
 It stands in for ``func start`` where Core Tools cannot run (tests, the benchmark, newcomers). It is
@@ -23,7 +23,8 @@ Functions whose bindings go beyond the HTTP trigger and HTTP output need a provi
 binding type in ``BINDING_PROVIDERS`` (binding type -> coroutine giving the keyword argument's value);
 without one they are skipped with a warning.
 
-``DevHost`` runs this module in a child process for tests.
+``DevHost`` runs this module in a child process for tests, on port 0: the host binds it and prints the port it
+got (``LISTENING`` line), which ``DevHost`` reads back.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.support.ports import ChildProcess, free_port, log_tail
+from tests.support.ports import ChildProcess, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FUNCTION_KEY = "devhost-function-key"
@@ -58,6 +59,9 @@ FUNCTION_KEY_SETTING = "DEVHOST_FUNCTION_KEY"
 DEFAULT_ROUTE_PREFIX = "api"
 HTTP_TRIGGER = "httpTrigger"
 HTTP_OUTPUT = "http"
+# Printed once the host's socket is bound, with its URL; DevHost reads the port from it.
+LISTENING = "devhost: listening on"
+_LISTENING_PORT = re.compile(rf"^{re.escape(LISTENING)} http://\S+:(\d+)$", re.MULTILINE)
 
 # Extension point: binding type -> provider of the value of that binding's keyword argument.
 # A provider is called per request as ``await provider(binding_json, request)``.
@@ -367,7 +371,7 @@ BANNER = """\
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Development host for the HTTP functions of a Functions app.")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: any free port (printed once bound)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--app", default="function_app", help="module holding the app (default function_app)")
     parser.add_argument(
@@ -412,31 +416,36 @@ def main(argv: list[str] | None = None) -> int:
         warn(message)
     route_prefix = read_route_prefix(app_dir)
     asgi_app = durable.wrap(build_asgi_app(functions, route_prefix, function_key))
-    base_url = f"http://{args.host}:{args.port}/" + (f"{route_prefix}/" if route_prefix else "")
-    for fn in functions:
-        methods = ",".join(fn.methods) if fn.methods else "*"
-        print(f"  {fn.name} [{methods}, {fn.auth_level.lower()}] {base_url}{fn.route.strip('/')}", flush=True)
 
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            asgi_app,
-            host=args.host,
-            port=args.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+    config = uvicorn.Config(
+        asgi_app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
     )
+    sock = config.bind_socket()  # bound here (not yet listening) so that a port 0 is known before serving
+    origin = f"http://{args.host}:{sock.getsockname()[1]}"
+    base_url = f"{origin}/" + (f"{route_prefix}/" if route_prefix else "")
+    for fn in functions:
+        methods = ",".join(fn.methods) if fn.methods else "*"
+        print(f"  {fn.name} [{methods}, {fn.auth_level.lower()}] {base_url}{fn.route.strip('/')}", flush=True)
+    print(f"{LISTENING} {origin}", flush=True)
+
+    server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the handler that
     # was installed before: make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server.run()
+        server.run(sockets=[sock])  # uvicorn listens on it, and closes it on shutdown
     except KeyboardInterrupt:
         pass
+    finally:
+        sock.close()
     return 0
 
 
@@ -467,12 +476,14 @@ class DevHost(ChildProcess):
         self.settings_file = settings_file
         self.app = app
         self.cwd = Path(cwd)
-        self.port = port or free_port(host)
+        self.port = port  # None: chosen by the OS on the first start, then kept
         self.host = host
         super().__init__()
 
     @property
     def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the development host's port is chosen when it first starts: start it first")
         return f"http://{self.host}:{self.port}"
 
     @property
@@ -489,7 +500,7 @@ class DevHost(ChildProcess):
             "-m",
             "tests.support.devhost",
             "--port",
-            str(self.port),
+            str(self.port or 0),
             "--host",
             self.host,
             "--app",
@@ -501,8 +512,14 @@ class DevHost(ChildProcess):
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        self._launch(command, host=self.host, ports=[self.port], env=env, cwd=REPO_ROOT)
+        [self.port] = self._launch(command, host=self.host, ports=_reported_port, env=env, cwd=REPO_ROOT)
         return self
+
+
+def _reported_port(output: str) -> list[int] | None:
+    """The port from the host's ``LISTENING`` line (None until it is printed)."""
+    found = _LISTENING_PORT.search(output)
+    return None if found is None else [int(found[1])]
 
 
 if __name__ == "__main__":

@@ -11,20 +11,20 @@ import time
 
 from aiohttp import web
 
-from tests.support.ports import free_port
-
 
 class FakeIdentityEndpoint:
     def __init__(self, lifetime_s: int = 3600) -> None:
         self.header_secret = secrets.token_hex(8)
         self.lifetime_s = lifetime_s
         self.requests: list[dict[str, str]] = []  # the query of every token request, in order
-        self.port = free_port()
+        self.port: int | None = None  # the OS picks it when the endpoint starts
         self._runner: web.AppRunner | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        """The variables the Functions platform sets for an app with a managed identity."""
+        """The variables the Functions platform sets for an app with a managed identity (once started)."""
+        if self.port is None:
+            raise RuntimeError("the identity endpoint is not running")
         return {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{self.port}/msi/token", "IDENTITY_HEADER": self.header_secret}
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -45,7 +45,8 @@ class FakeIdentityEndpoint:
         app.router.add_get("/msi/token", self._token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
