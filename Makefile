@@ -12,11 +12,12 @@ STAMP_NPM := node_modules/.installed
 PORT ?= 7071
 FAKE_PORT ?= 18080
 
-.PHONY: help venv deps run test lint clean bench smoke
+.PHONY: help venv deps run test typecheck lint clean bench smoke
 
 help:
 	@echo "make run    - run the gateway locally (func start if Core Tools exist, else the development host)"
-	@echo "make test   - install everything needed and run the whole test suite"
+	@echo "make test   - install everything needed, type-check (mypy) and run the whole test suite"
+	@echo "make typecheck - mypy, strict for gateway/ (configured in pyproject.toml)"
 	@echo "make lint   - ruff"
 	@echo "make smoke URL=https://<app>.azurewebsites.net KEY=<gateway key> - smoke-test a deployed gateway"
 
@@ -41,7 +42,11 @@ run: deps local.settings.json
 	@$(PY) -m tests.support.run_local --port $(PORT) --fake-port $(FAKE_PORT)
 
 test: deps
+	$(PY) -m mypy
 	$(PY) -m pytest
+
+typecheck: venv
+	$(PY) -m mypy
 
 lint: venv
 	$(PY) -m ruff check .
@@ -54,7 +59,7 @@ smoke: venv
 		$(if $(EMBEDDING_MODEL),--embedding-model '$(EMBEDDING_MODEL)')
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache
 
 # Benchmark (docs/performance.md): direct, two floors, the gateway; PEERS=litellm adds LiteLLM. Bounded (< 6 min).
 # wrk is installed with apt-get when missing and we are root; otherwise the asyncio client measures everything.

@@ -44,7 +44,7 @@ class AssembleError(ValueError):
     ``error`` is the error event's payload (e.g. ``{"error": {"code": ..., "message": ...}}``) or None.
     """
 
-    def __init__(self, message: str, error: dict | None = None) -> None:
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.error = error
 
@@ -52,7 +52,7 @@ class AssembleError(ValueError):
 # --- SSE parsing --------------------------------------------------------------------------------
 
 
-def parse_sse(raw: bytes) -> list[dict]:
+def parse_sse(raw: bytes) -> list[dict[str, Any]]:
     """The JSON payloads of the ``data:`` events of a complete SSE body, in order.
 
     Framing is ``gateway.sse`` (the usage tap's parser): lines end with CRLF, LF or CR; an event ends at a blank
@@ -67,7 +67,7 @@ def parse_sse(raw: bytes) -> list[dict]:
 # --- assembly ------------------------------------------------------------------------------------
 
 
-def assemble_completion(events: Iterable[dict]) -> dict:
+def assemble_completion(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Folds parsed SSE chunk objects (chat.completion.chunk or text_completion chunks) into the one object
     the non-streamed call returns (``chat.completion`` or ``text_completion``).
 
@@ -163,17 +163,17 @@ class _Choice:
         self.content_seen = False
         self.refusal: list[str] = []
         self.refusal_seen = False
-        self.tool_calls: dict[Any, dict] = {}
-        self.function_call: dict | None = None
-        self.audio: dict | None = None
+        self.tool_calls: dict[Any, dict[str, Any]] = {}
+        self.function_call: dict[str, Any] | None = None
+        self.audio: dict[str, Any] | None = None
         self.message_extras: dict[str, Any] = {}
         self.text: list[str] = []
         self.finish_reason: str | None = None
-        self.logprobs: dict | None = None
+        self.logprobs: dict[str, Any] | None = None
         self.filter_results: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}
 
-    def feed(self, choice: dict) -> None:
+    def feed(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             self._feed_delta(delta)
@@ -191,7 +191,7 @@ class _Choice:
             if key not in _CHOICE_KNOWN and key not in _CHOICE_STREAM_ONLY:
                 _keep_last_non_empty(self.extras, key, value)
 
-    def _feed_delta(self, delta: dict) -> None:
+    def _feed_delta(self, delta: dict[str, Any]) -> None:
         if self.role is None and delta.get("role"):
             self.role = delta["role"]
         if "content" in delta:
@@ -261,7 +261,7 @@ class _Choice:
         return choice
 
 
-def _finish_tool_call(call: dict) -> dict:
+def _finish_tool_call(call: dict[str, Any]) -> dict[str, Any]:
     """A non-streamed tool call: ``id``, ``type`` (default from its payload member) and the payload."""
     out = dict(call)
     out.setdefault("id", "")
@@ -275,7 +275,7 @@ def _finish_tool_call(call: dict) -> dict:
     return out
 
 
-def _merge_fragment(acc: dict, fragment: dict) -> dict:
+def _merge_fragment(acc: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
     """Merges one streamed fragment of an object: strings concatenate (``id``/``type`` are set once), nested
     objects merge recursively, lists extend, other non-null values replace."""
     for key, value in fragment.items():
@@ -302,7 +302,7 @@ def _merge_value(current: Any, value: Any) -> Any:
     return value
 
 
-def _merge_logprobs(acc: dict | None, new: dict) -> dict:
+def _merge_logprobs(acc: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """Concatenates the token lists (chat ``content``/``refusal``; legacy ``tokens``, ``token_logprobs``,
     ``top_logprobs``, ``text_offset``); a member that never carried a list stays as sent (null)."""
     merged = dict(acc) if acc else {}

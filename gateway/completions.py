@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .config import Settings
 from .results import ResultStore
@@ -97,7 +97,7 @@ class ServiceBusPublisher:
             correlation_id=message.request_id,
             subject=message.status,
             content_type="application/json",
-            application_properties=message.properties(),
+            application_properties=cast("dict[str | bytes, Any]", message.properties()),  # the SDK's dict is invariant
         )
         try:
             await self._sender.send_messages(sb_message)

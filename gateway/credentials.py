@@ -27,13 +27,22 @@ _KEY_VAULT_REF = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=(https?://[^)]+)\
 log = logging.getLogger("gateway.credentials")
 
 
+class AccessToken(Protocol):
+    """What we use of azure.core's AccessToken."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def expires_on(self) -> int: ...
+
+
 class TokenCredential(Protocol):
     """What we use of azure.identity.aio credentials."""
 
-    async def get_token(self, *scopes: str) -> Any: ...
+    async def get_token(self, *scopes: str) -> AccessToken: ...
 
 
-GetJson = Callable[[str, dict[str, str]], Awaitable[dict]]
+GetJson = Callable[[str, dict[str, str]], Awaitable[dict[str, Any]]]
 
 
 class BackendAuth:

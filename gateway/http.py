@@ -41,13 +41,13 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     pipeline, pool = services.pipeline, services.pool
 
     @bp.route(route="openai/deployments/{deployment}/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
-    @bp.durable_client_input(client_name="client")
+    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
     async def azure_openai(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """Azure-native passthrough: /openai/deployments/{deployment}/{operation}?api-version=..."""
         return await _serve(services, req, client, start_async)
 
     @bp.route(route="v1/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
-    @bp.durable_client_input(client_name="client")
+    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
     async def openai_v1(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """OpenAI v1 surface: `model` in the body picks the deployment."""
         return await _serve(services, req, client, start_async)

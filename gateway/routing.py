@@ -89,7 +89,7 @@ class Chooser:
         if strategy == "weighted":
             return self._smooth_weighted(key, tier)
         if strategy == "round-robin":
-            turn = self._strategy_state.get(key, 0)
+            turn: int = self._strategy_state.get(key, 0)
             self._strategy_state[key] = turn + 1
             return tier[turn % len(tier)]
         if strategy == "random":

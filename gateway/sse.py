@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["SseFramer", "event_data", "iter_payloads", "json_object", "split_events"]
 
@@ -131,7 +132,7 @@ def iter_payloads(raw: bytes) -> Iterator[bytes]:
                 yield payload
 
 
-def json_object(payload: bytes | None) -> dict | None:
+def json_object(payload: bytes | None) -> dict[str, Any] | None:
     """The JSON object an event's data holds; None for ``[DONE]``, other JSON and non-JSON. Never raises.
 
     Invalid UTF-8 is replaced rather than fatal: one bad byte in a content delta must not lose the event.

@@ -96,7 +96,7 @@ class SharedState:
                 scope.breaker = remote  # storage is the truth (operator resets and enables included)
             if scope.key in pending:
                 mine = pending[scope.key]
-                self.persist(scope.key, lambda current, mine=mine: mine.merged(current))
+                self.persist(scope.key, mine.merged)
         for name, probe in health.items():
             if (backend := self._state.backends.get(name)) is not None:
                 backend.health = probe

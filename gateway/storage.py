@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 
@@ -48,14 +48,19 @@ class StorageAccount:
 
         if self.connection_string:
             return TableClient.from_connection_string(self.connection_string, table, **CLIENT_OPTIONS)
-        return TableClient(self.table_uri, table, credential=credential_factory(self.client_id), **CLIENT_OPTIONS)
+        # Without a connection string, storage_account() set the URIs; a missing one fails in the SDK, as before.
+        return TableClient(
+            cast("str", self.table_uri), table, credential=credential_factory(self.client_id), **CLIENT_OPTIONS
+        )
 
     def blob_service(self, credential_factory: Any) -> Any:
         from azure.storage.blob.aio import BlobServiceClient
 
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **CLIENT_OPTIONS)
-        return BlobServiceClient(self.blob_uri, credential=credential_factory(self.client_id), **CLIENT_OPTIONS)
+        return BlobServiceClient(
+            cast("str", self.blob_uri), credential=credential_factory(self.client_id), **CLIENT_OPTIONS
+        )
 
     def queue_client(self, queue: str, credential_factory: Any, **options: Any) -> Any:
         from azure.storage.queue.aio import QueueClient
@@ -63,7 +68,7 @@ class StorageAccount:
         options = {**CLIENT_OPTIONS, **options}
         if self.connection_string:
             return QueueClient.from_connection_string(self.connection_string, queue, **options)
-        return QueueClient(self.queue_uri, queue, credential=credential_factory(self.client_id), **options)
+        return QueueClient(cast("str", self.queue_uri), queue, credential=credential_factory(self.client_id), **options)
 
     def describe(self) -> str:
         """Where the state lives, safe to show (no keys)."""

@@ -19,7 +19,7 @@ from gateway.usage import Usage
 __all__ = ["SseUsageTap", "prepare_stream_request"]
 
 
-def prepare_stream_request(body: bytes, parsed: dict) -> tuple[bytes, bool]:
+def prepare_stream_request(body: bytes, parsed: dict[str, Any]) -> tuple[bytes, bool]:
     """Makes a streamed request ask the backend for usage.
 
     For a streamed request (``parsed["stream"] is True``) whose client did not set
@@ -174,7 +174,7 @@ class SseUsageTap:
         if has_value:
             obj = json_object(event_data(event))
             top = self._capture(obj)
-            if self._strip and top and obj.get("choices") == []:
+            if self._strip and top and obj is not None and obj.get("choices") == []:
                 return None  # the usage-only event the gateway injected
             return event
         if self._strip and null_start >= 0:
@@ -222,7 +222,7 @@ class SseUsageTap:
         return "".join(pieces)
 
 
-def _collect_choice_text(choice: dict, pieces: list[str]) -> None:
+def _collect_choice_text(choice: dict[str, Any], pieces: list[str]) -> None:
     text = choice.get("text")
     if isinstance(text, str):
         pieces.append(text)

@@ -136,7 +136,7 @@ _TOKENS_PER_NAME = 1
 _REPLY_PRIMER = 3
 
 
-def call_texts(message: Mapping) -> list[str]:
+def call_texts(message: Mapping[str, Any]) -> list[str]:
     """The ``name`` and ``arguments`` strings of the function calls a chat message (or a streamed delta)
     carries: ``tool_calls[].function`` and the legacy ``function_call``. Both count as generated text."""
     calls = message.get("tool_calls")
@@ -182,7 +182,7 @@ def _prompt_tokens(prompt: Any, enc: Any) -> int:
     return 0
 
 
-def estimate_prompt_tokens(request_json: Mapping | None, model: str | None = None) -> int:
+def estimate_prompt_tokens(request_json: Mapping[str, Any] | None, model: str | None = None) -> int:
     """Estimated prompt tokens of a request body (for when the backend reports no usage). Never raises.
 
     Counts in the encoding of ``model`` (pass the deployment name), else of the body's own ``model``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, urlencode
 
 from . import errors
@@ -42,7 +43,7 @@ class Route:
     model: str  # client-facing model alias or deployment name: the routing key
     api_version: str
     query: str  # the client's other query parameters, already encoded ("" when none)
-    json: dict | None  # the parsed JSON body, when the body is JSON
+    json: dict[str, Any] | None  # the parsed JSON body, when the body is JSON
 
     @property
     def streaming(self) -> bool:
@@ -94,7 +95,7 @@ def upstream_path(route: Route, deployment: str) -> str:
     return f"{_AZURE_PREFIX}{quote(deployment, safe='')}/{route.operation}?{query}"
 
 
-def parse_body(content_type: str, body: bytes) -> dict | None:
+def parse_body(content_type: str, body: bytes) -> dict[str, Any] | None:
     """The JSON object of a JSON body; None for other bodies; 400 for a JSON body that is not an object."""
     if not body or not (content_type.startswith("application/json") or (content_type == "" and body[:1] == b"{")):
         return None
@@ -137,7 +138,7 @@ def multipart_form(content_type: str, body: bytes) -> dict[str, tuple[str | None
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str):
-            parts[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+            parts[name] = (part.get_filename(), cast("bytes | None", part.get_payload(decode=True)) or b"")
     return parts
 
 

@@ -34,7 +34,7 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def _detail(obj: Mapping, *keys_and_field: str) -> int | None:
+def _detail(obj: Mapping[str, Any], *keys_and_field: str) -> int | None:
     """Reads obj[<details key>][field] for the first details key present (e.g. prompt_tokens_details)."""
     *keys, fld = keys_and_field
     for key in keys:
@@ -56,7 +56,7 @@ class Usage:
     estimated: bool = False  # True when counted by us (tiktoken), not reported by the backend
 
     @classmethod
-    def from_openai(cls, obj: Mapping | None) -> Usage | None:
+    def from_openai(cls, obj: Mapping[str, Any] | None) -> Usage | None:
         """Parses an OpenAI/Azure ``usage`` object.
 
         Accepts the chat/completions shape (prompt/completion/total_tokens), the embeddings shape
@@ -86,7 +86,7 @@ class Usage:
             reasoning_tokens=_detail(obj, "completion_tokens_details", "output_tokens_details", "reasoning_tokens"),
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-friendly dict; fields that are None are omitted."""
         out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
@@ -121,7 +121,7 @@ _USAGE_MEMBER = b'"usage":'
 _DECODER = json.JSONDecoder()
 
 
-def _last_member_usage(body: bytes) -> dict | None:
+def _last_member_usage(body: bytes) -> dict[str, Any] | None:
     """The top-level `usage` object when it is the body's last member (OpenAI/Azure put it there), parsing
     only that object; None when that cannot be proven from the bytes (the caller parses the whole body)."""
     i = body.rfind(_USAGE_MEMBER)
@@ -159,7 +159,7 @@ class UsageRecord:
     error: str | None = None  # why no backend answer was relayed: throttled, failed, timeout, connect, ...
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Flat JSON-friendly dict with a stable key set (token fields are None when usage is unknown)."""
         u = self.usage
         return {
@@ -210,7 +210,7 @@ class UsageRecorder:
             _log.info("%s", line)
             if self._file_path:
                 try:
-                    self._append(line)
+                    self._append(self._file_path, line)
                 except Exception:
                     _log.warning("could not write usage record to %s", self._file_path, exc_info=True)
         for sink in self._sinks:
@@ -219,12 +219,12 @@ class UsageRecorder:
             except Exception:
                 _log.warning("usage sink %r failed", sink, exc_info=True)
 
-    def _append(self, line: str) -> None:
+    def _append(self, path: str, line: str) -> None:
         # One os.write of the whole line on an O_APPEND descriptor: concurrent records (threads or
         # processes) never interleave mid-line. The lock also covers the rare short write.
         data = (line + "\n").encode("utf-8", "replace")
         with self._lock:
-            fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 view = memoryview(data)
                 while view:
