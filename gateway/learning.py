@@ -61,9 +61,11 @@ class Learner:
             self._state.backends[target.backend.name].observe_latency(latency_ms)
 
     def observe_generation(self, target: Target, completion_tokens: int, seconds: float) -> None:
-        """Generation speed from a finished answer (only answers long enough to say something)."""
+        """Completion length and generation speed from a finished answer (speed only from answers long enough
+        to say something)."""
+        deployment = self._state.deployment(target)
+        deployment.completion_tokens.append(completion_tokens)
         if completion_tokens >= MIN_TOKENS_FOR_SPEED and seconds > 0:
-            deployment = self._state.deployment(target)
             rate = completion_tokens / seconds
             previous = deployment.tokens_per_s
             deployment.tokens_per_s = rate if previous is None else 0.7 * previous + 0.3 * rate
@@ -72,6 +74,11 @@ class Learner:
         """The best observed generation speed among `targets`, None when none was observed yet."""
         rates = [r for t in targets if (r := self._state.deployment(t).tokens_per_s)]
         return max(rates) if rates else None
+
+    def completion_tokens_p95(self, targets: tuple[Target, ...]) -> int | None:
+        """The 95th percentile of recent completion lengths among `targets`, None before any was observed."""
+        lengths = sorted(n for t in targets for n in self._state.deployment(t).completion_tokens)
+        return lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))] if lengths else None
 
     def trip(self, scope: _Scope, until: float, reason: str) -> None:
         """Opens a scope's breaker until `until` (only ever later), here and, in the background, everywhere."""

@@ -35,6 +35,7 @@ __all__ = [
     "Inbound",
     "Outbound",
     "Pipeline",
+    "Preference",
     "error_outbound",
     "prefers_async",
 ]
@@ -155,31 +156,46 @@ class Pipeline:
         try:
             return await self._forward(inbound, route, targets, request_id, caller, started)
         except errors.CoolingDown:
-            if defer is None or route.streaming:  # a stream is never silently turned async
+            # Only a client that said it can take a 202 gets one; everyone else gets 429 with Retry-After.
+            if defer is None or not Preference.of(inbound.headers).respond_async:
                 raise
-            reason = "every backend is cooling down past the sync budget"
+            reason = "every backend is cooling down past the client's wait"
             return await defer(Deferred(inbound, route, request_id, caller, reason))
 
     def defer_reason(
         self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], caller: str = ""
     ) -> str:
-        """Why this request should run asynchronously ("" = it should not)."""
+        """Why this request should run asynchronously ("" = it should not).
+
+        Only clients that can take a 202 are deferred: those that sent `Prefer: respond-async` (with `wait=N`,
+        only when the request is not expected to finish within N seconds), and those an operator configured
+        as async by model or caller. A plain request is never answered 202, however long it may take.
+        """
         if inbound.method != "POST":
             return ""
-        if prefers_async(inbound.headers.get("prefer", "")):
+        preference = Preference.of(inbound.headers)
+        if preference.respond_async and preference.wait_s is None:
             return "the client sent Prefer: respond-async"
         if route.model in self.settings.async_models:
             return "the model is configured to run asynchronously (GATEWAY_ASYNC_MODELS)"
         if caller in self.settings.async_callers:
             return "the caller is configured to run asynchronously (GATEWAY_ASYNC_CALLERS)"
-        if route.streaming or not route.json:
-            return ""
-        max_tokens = route.json.get("max_completion_tokens") or route.json.get("max_tokens")
-        if isinstance(max_tokens, int) and max_tokens > 0:
-            rate = self.pool.tokens_per_second(targets) or self.settings.tokens_per_second
-            if max_tokens / rate > self.settings.sync_budget_s:
-                return f"{max_tokens} tokens at ~{rate:.0f} tokens/s would not finish inside the sync budget"
+        if preference.respond_async and preference.wait_s is not None:
+            expected = self.expected_seconds(route, targets)
+            if expected > preference.wait_s:
+                return f"expected to take ~{expected:.0f} s, more than the client's wait={preference.wait_s:g}"
         return ""
+
+    def expected_seconds(self, route: translate.Route, targets: tuple[Target, ...]) -> float:
+        """How long the answer is expected to take: the model's observed completion length (p95), capped by
+        `max_tokens`, at the observed generation speed. Without observations, `max_tokens` is the estimate."""
+        body = route.json or {}
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        cap = cap if isinstance(cap, int) and cap > 0 else None
+        observed = self.pool.completion_tokens_p95(targets)
+        tokens = min(observed, cap) if observed is not None and cap is not None else observed or cap or 0
+        rate = self.pool.tokens_per_second(targets) or self.settings.tokens_per_second
+        return tokens / rate
 
     async def _forward(
         self,
@@ -365,9 +381,32 @@ def error_outbound(error: errors.GatewayError, request_id: str | None = None) ->
     return Outbound(error.status, headers, error.body())
 
 
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """What a client's `Prefer` header (RFC 7240) says about answering asynchronously."""
+
+    respond_async: bool = False
+    wait_s: float | None = None  # `wait=N`: how long the client is willing to wait for a synchronous answer
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> Preference:
+        respond_async, wait = False, None
+        for preference in headers.get("prefer", "").split(","):
+            token, _, value = preference.split(";", 1)[0].strip().partition("=")
+            token = token.strip().lower()
+            if token == "respond-async":
+                respond_async = True
+            elif token == "wait":
+                try:
+                    wait = max(0.0, float(value.strip().strip('"')))
+                except ValueError:
+                    pass  # a malformed preference is ignored, as RFC 7240 asks
+        return cls(respond_async, wait)
+
+
 def prefers_async(prefer: str) -> bool:
     """RFC 7240: `Prefer: respond-async` among possibly several comma-separated preferences."""
-    return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
+    return Preference.of({"prefer": prefer}).respond_async
 
 
 def _estimate(route: translate.Route, deployment: str | None, tap: SseUsageTap) -> Usage | None:

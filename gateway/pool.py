@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import Settings
 from .learning import Learner
-from .pool_state import BackendState, PoolState, Target
+from .pool_state import BackendState, PoolState, Target, scope_key
 from .pool_view import describe
 from .routing import Chooser
 from .state_store import StateStore
@@ -48,6 +48,7 @@ class BackendPool:
         self.on_probe = self.learner.on_probe
         self.observe_generation = self.learner.observe_generation
         self.tokens_per_second = self.learner.tokens_per_second
+        self.completion_tokens_p95 = self.learner.completion_tokens_p95
         self.acquire = self.sync.claim_trial
         self.refresh_if_due = self.sync.refresh_if_due
         self.refresh = self.sync.refresh
@@ -81,7 +82,7 @@ class BackendPool:
 
     def status(self, name: str, deployment: str | None = None) -> str:
         """A backend's (or one of its deployment's) breaker status now."""
-        key = name if deployment is None else f"{name}:{deployment}"
+        key = name if deployment is None else scope_key(name, deployment)
         scope = self.state.scope(key)
         if scope is None:
             raise KeyError(key)

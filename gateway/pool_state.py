@@ -9,6 +9,7 @@ state store shares between instances.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ __all__ = ["EWMA_ALPHA", "BackendState", "DeploymentState", "PoolState", "Target
 EWMA_ALPHA = 0.3  # weight of the newest latency sample
 # Deployments learnt from clients (backends without a deployments= list) are bounded: names come from outside.
 MAX_DEPLOYMENT_SCOPES = 1024
+COMPLETION_SAMPLES = 256  # recent completion lengths kept per deployment, for the expected-duration estimate
 
 
 def scope_key(backend: str, deployment: str) -> str:
@@ -79,7 +81,10 @@ class BackendState(_Scope):
 class DeploymentState(_Scope):
     """One deployment on one backend: 429s, remaining capacity, generation speed."""
 
-    __slots__ = ("backend_name", "capacity_at", "deployment", "remaining_requests", "remaining_tokens", "tokens_per_s")
+    __slots__ = (
+        "backend_name", "capacity_at", "completion_tokens", "deployment", "remaining_requests", "remaining_tokens",
+        "tokens_per_s",
+    )  # fmt: skip
 
     def __init__(self, backend_name: str, deployment: str) -> None:
         super().__init__(scope_key(backend_name, deployment))
@@ -89,6 +94,7 @@ class DeploymentState(_Scope):
         self.remaining_requests: int | None = None
         self.capacity_at = 0.0
         self.tokens_per_s: float | None = None  # EWMA of generation speed, for "will it finish in time?"
+        self.completion_tokens: deque[int] = deque(maxlen=COMPLETION_SAMPLES)  # recent completion lengths
 
     def capacity(self, now: float, window_s: float) -> tuple[float, float]:
         """Remaining (tokens, requests); unknown or older than the rate-limit window counts as plenty."""

@@ -205,22 +205,34 @@ def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite)
             assert len(stack.completions(accepted["id"])) == 1
 
 
-def test_cooling_backends_defer_a_plain_request_but_never_a_stream(fresh: Stack):
+def test_cooling_backends_defer_only_clients_that_can_take_a_202(fresh: Stack):
     for fake in (fresh.weu, fresh.neu):
         fake.enqueue(Fault.status(429, retry_after=600))
     first = fresh.http.post("/v1/chat/completions", json=CHAT)  # both throttle now: breakers open for 600 s
     assert first.status_code == 429 and int(first.headers["Retry-After"]) > 500
     stream = fresh.http.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert stream.status_code == 429 and int(stream.headers["Retry-After"]) > 500
-    deferred = fresh.http.post("/v1/chat/completions", json=CHAT)
+    plain = fresh.http.post("/v1/chat/completions", json=CHAT)  # an unmodified client never gets a 202
+    assert plain.status_code == 429 and plain.json()["error"]["code"] == "backends_unavailable"
+    deferred = fresh.http.post("/v1/chat/completions", json=CHAT, headers={"Prefer": "respond-async, wait=5"})
     assert deferred.status_code == 202 and "cooling down" in deferred.json()["reason"]
-    assert "Preference-Applied" not in deferred.headers
+    assert deferred.headers["Preference-Applied"] == "respond-async"
     assert fresh.http.delete(deferred.json()["result_url"]).status_code == 202
 
 
-def test_requests_that_cannot_finish_in_the_sync_budget_go_async(fresh: Stack):
-    answer = fresh.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100_000})
-    assert answer.status_code == 202 and "tokens" in answer.json()["reason"]
+def test_long_generations_stay_synchronous_unless_the_client_waits_less(fresh: Stack):
+    plain = fresh.http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 100_000})
+    assert plain.status_code == 200 and plain.json()["object"] == "chat.completion"  # never a surprise 202
+    # wait=5: the only observation so far is the short answer above, so ~0 s expected: served synchronously.
+    waited = fresh.http.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 100_000}, headers={"Prefer": "respond-async, wait=5"}
+    )
+    assert waited.status_code == 200
+    # wait=0: anything takes longer than that, so the client that can take a 202 gets one.
+    answer = fresh.http.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 100_000}, headers={"Prefer": "respond-async, wait=0"}
+    )
+    assert answer.status_code == 202 and "wait=0" in answer.json()["reason"]
     assert fresh.poll(answer.headers["Location"])["output"]["status"] == "succeeded"
 
 

@@ -180,3 +180,38 @@ def test_models_and_health(fresh: Stack):
     health = httpx.get(fresh.host.url + "/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert httpx.get(fresh.host.url + "/api/health").status_code == 404  # no api/ prefix
+
+
+@pytest.mark.parametrize("style", ["azure", "v1"])
+def test_an_unmodified_client_with_a_large_max_tokens_gets_its_completion(fresh: Stack, style: str):
+    """16,384 is a normal max_tokens for gpt-4o-class models: a cap, not an expectation. Never a surprise 202."""
+    client = fresh.azure() if style == "azure" else fresh.v1()
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=16384)
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content and raw.parse().object == "chat.completion"
+
+
+def test_relayed_answers_carry_one_date_and_one_server_header(fresh: Stack):
+    answer = httpx.post(
+        f"{fresh.host.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"api-key": KEY},
+    )  # fmt: skip
+    assert answer.status_code == 200
+    for name in ("date", "server"):
+        assert len(answer.headers.get_list(name)) <= 1, answer.headers.get_list(name)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("DELETE", "/v1/embeddings", "POST"),
+        ("PUT", "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("POST", "/openai/models", "GET"),
+    ],
+)
+def test_a_wrong_method_gets_openais_405_with_allow(fresh: Stack, method: str, path: str, allow: str):
+    answer = httpx.request(method, f"{fresh.host.url}{path}", headers={"api-key": KEY})
+    assert answer.status_code == 405 and answer.headers["allow"] == allow
+    assert answer.json()["error"]["code"] == "method_not_allowed"
