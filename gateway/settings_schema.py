@@ -74,7 +74,7 @@ def _number[T: (int, float)](kind: type[T], *, minimum: float) -> Callable[[str,
         try:
             number = kind(value)
         except ValueError:
-            raise ConfigError(setting, f"must be a {'whole ' if kind is int else ''}number, got '{value}'") from None
+            raise ConfigError(setting, f"must be a {'whole ' if kind is int else ''}number") from None
         if number < minimum:
             raise ConfigError(setting, f"must be at least {minimum}")
         return number
@@ -98,7 +98,7 @@ def _fraction(value: str, setting: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(setting, f"must be a number between 0 and 1, got '{value}'") from None
+        raise ConfigError(setting, f"must be a number between 0 and 1") from None
     if not 0 <= number <= 1:
         raise ConfigError(setting, "must be between 0 and 1")
     return number

@@ -23,6 +23,25 @@ def test_function_app_indexes(repo_root: Path) -> None:
     assert report["http"], "the gateway has at least one HTTP function"
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"GATEWAY_BACKEND_1": None},  # no backend at all
+        {"GATEWAY_SYNC_BUDGET_S": "500"},  # over Azure's 230 s limit
+        {"GATEWAY_STRATEGY": "fastest"},
+        {"GATEWAY_TYPO_SETTING": "1"},
+        {"AzureWebJobsStorage": None},
+    ],
+)
+def test_a_misconfigured_app_still_indexes_its_http_functions(repo_root: Path, broken: dict) -> None:
+    """The host must not see an empty app: /health and the data-plane routes are there to say what is wrong."""
+    settings = json.loads((repo_root / "local.settings.sample.json").read_text())["Values"]
+    settings = {k: v for k, v in {**settings, **broken}.items() if v is not None}
+    report = index_app_report(repo_root / "function_app.py", env=settings)
+    assert report["indexed"] == report["declared"]
+    assert {"health", "misconfigured_0", "misconfigured_1", "misconfigured_operator"} <= set(report["http"])
+
+
 def write_app(folder: Path, body: str) -> Path:
     app_file = folder / "function_app.py"
     app_file.write_text(textwrap.dedent(body))
