@@ -98,7 +98,7 @@ def _fraction(value: str, setting: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(setting, f"must be a number between 0 and 1") from None
+        raise ConfigError(setting, "must be a number between 0 and 1") from None
     if not 0 <= number <= 1:
         raise ConfigError(setting, "must be between 0 and 1")
     return number
