@@ -6,6 +6,7 @@ Storage and the orchestration gets a small input (reference, route, model, calle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from gateway.bootstrap import Services
 from gateway.completions import publish_once
 from gateway.headers import forwarded_headers
 from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
+from gateway.state_sync import STORAGE_ERRORS
 
 from .activities import completion_message, ended, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
@@ -32,15 +34,23 @@ _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
 
 async def start(client: Any, services: Services, deferred: Deferred) -> Outbound:
-    """Stores the body, starts `relay_request`, answers 202 with the durable management payload."""
-    request = await accept(services, deferred)
+    """Stores the body, starts `relay_request`, answers 202 pointing at the gateway's own status route.
+
+    Storage down: a fast 503 with Retry-After (nothing was accepted, so nothing is lost), never a 500.
+    """
+    try:
+        request = await accept(services, deferred)
+    except STORAGE_ERRORS as exc:
+        log.warning("Could not store async request %s: %s", deferred.request_id, type(exc).__name__)
+        raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
     instance_id = request["id"]
     try:
         await client.start_new(RELAY_ORCHESTRATOR, instance_id, request)
     except Exception:
         log.exception("Could not start the orchestration for request %s", deferred.request_id)
         assert services.results is not None
-        await services.results.delete(instance_id)
+        with contextlib.suppress(*STORAGE_ERRORS):  # best effort: housekeeping purges what is left
+            await services.results.delete(instance_id)
         raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
     payload = client.create_http_management_payload(instance_id)
     # The host builds its status URL with the app's public address: keep that origin, never its system key.

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 from azure.storage.queue.aio import QueueClient
 
-from gateway import translate
-from gateway.bootstrap import Services, build_gateway
+from gateway import errors, translate
+from gateway.bootstrap import Services, build_gateway, build_services
 from gateway.pipeline import Deferred, Inbound
 from orchestrations import activities, starter
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
@@ -142,3 +142,32 @@ async def test_the_completion_is_published_once_even_when_the_activity_runs_agai
     assert (message["status"], message["backend"], message["attempts"]) == ("succeeded", "weu", 2)
     assert message["usage"]["total_tokens"] == 7 and message["result_url"] == f"/results/{request['id']}"
     assert await gateway.results.get_request(request["id"]) is None  # the body is not kept after the end
+
+
+async def test_storage_down_at_submission_is_a_fast_503_not_a_500():
+    """Nothing was accepted, so nothing is lost: the client is told to come back, quickly."""
+    from gateway.config import load_settings
+    from gateway.credentials import storage_credential
+    from gateway.results import ResultStore
+    from gateway.storage import storage_account
+    from tests.support.ports import closed_port
+
+    with closed_port() as port:
+        connection = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+        settings = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example;deployments=gpt-4o-mini"})
+        results = ResultStore(storage_account({"AzureWebJobsStorage": connection}, ""), "gone", storage_credential)
+        services = build_services(settings, results=results)
+        raw = json.dumps(CHAT).encode()
+        inbound = Inbound("POST", "/v1/chat/completions", "", {"content-type": "application/json"}, raw)
+        route = translate.resolve("POST", inbound.path, "", "application/json", raw, settings.api_version)
+        started = time.monotonic()
+        try:
+            with pytest.raises(errors.GatewayError) as refused:
+                await starter.start(object(), services, Deferred(inbound, route, "r1", "c", "test"))
+        finally:
+            await services.close()
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "5"
+        assert time.monotonic() - started < 10  # the SDK's retries are short (fail-fast client options)
