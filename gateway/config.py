@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .profiles import NO_LIMITS, PROFILE_PREFIX, CallerMap, Profile, parse_profile, profile_from_mapping
 from .settings_schema import DEFAULTS, ENTRIES, HTTP_ANSWER_LIMIT_S, SETTING_DOCS, SETTINGS, STRATEGIES
 from .settings_schema import NAME as _NAME
 
@@ -148,6 +149,10 @@ class Settings:
     async_callers: frozenset[str] = _D["async_callers"]
     async_ttl_s: float = _D["async_ttl_s"]
     expose_durable_urls: bool = _D["expose_durable_urls"]
+    # Profiles by name (GATEWAY_PROFILE_<NAME> and the config file's `profiles`), and who gets which.
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    caller_profiles: CallerMap = _D["caller_profiles"]
+    default_profile: str = _D["default_profile"]
     async_max_attempts: int = _D["async_max_attempts"]
     tokens_per_second: float = _D["tokens_per_second"]
     results_container: str = _D["results_container"]
@@ -165,6 +170,16 @@ class Settings:
     servicebus_namespace: str = _D["servicebus_namespace"]
     servicebus_client_id: str = _D["servicebus_client_id"]
 
+    def profile_for(self, caller: str, roles: Iterable[str] = (), groups: Iterable[str] = ()) -> Profile:
+        """The configured profile of a caller (operators may override profiles at run time: see governance)."""
+        name = self.caller_profiles.profile_name(caller, roles, groups) or self.default_profile
+        profile = self.profiles.get(name) if name else None
+        if profile is None:
+            profile = NO_LIMITS
+        if caller in self.async_callers and profile.async_mode != "always":  # the deprecated alias
+            profile = replace(profile, async_mode="always")
+        return profile
+
     def strategy_for(self, model: str) -> str:
         return self.strategies.get(model, self.strategy)
 
@@ -176,18 +191,62 @@ class Settings:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Reads and validates every setting; raises ConfigError naming the first wrong one."""
     env = os.environ if env is None else env
-    unknown = sorted(k for k in env if k.startswith("GATEWAY_") and k not in SETTINGS and not _is_backend_setting(k))
+    unknown = sorted(
+        k
+        for k in env
+        if k.startswith("GATEWAY_") and k not in SETTINGS and not _is_backend_setting(k) and not _is_profile_setting(k)
+    )
     if unknown:
         raise ConfigError(unknown[0], "unknown setting (check the spelling; see README 'Configuration')")
-    backends = _backends(env)
-    return Settings(backends=backends, **{e.field: e.value(env) for e in ENTRIES if e.field})
+    file = _config_file(env)
+    backends = _backends(env, file)
+    profiles = _profiles(env, file)
+    settings = Settings(
+        backends=backends, profiles=MappingProxyType(profiles), **{e.field: e.value(env) for e in ENTRIES if e.field}
+    )
+    for name in sorted(settings.caller_profiles.names()):
+        if name not in profiles:
+            raise ConfigError("GATEWAY_CALLER_PROFILES", f"no profile named '{name}' (define GATEWAY_PROFILE_...)")
+    if settings.default_profile and settings.default_profile not in profiles:
+        raise ConfigError("GATEWAY_DEFAULT_PROFILE", "names a profile that is not defined")
+    return settings
 
 
-def _backends(env: Mapping[str, str]) -> tuple[Backend, ...]:
+def _profiles(env: Mapping[str, str], file: Mapping[str, Any]) -> dict[str, Profile]:
+    """The profiles of GATEWAY_CONFIG_FILE, then those of GATEWAY_PROFILE_<NAME> (which win on a clash)."""
+    profiles: dict[str, Profile] = {}
+    entries = file.get("profiles", {})
+    if not isinstance(entries, Mapping) or not all(isinstance(v, Mapping) for v in entries.values()):
+        raise ConfigError("GATEWAY_CONFIG_FILE", "'profiles' must map names to objects")
+    for name, fields in entries.items():
+        setting = f"GATEWAY_CONFIG_FILE profiles.{str(name)[:32]}"
+        profiles[str(name).lower()] = profile_from_mapping(
+            str(name).lower(), {str(k).lower(): v for k, v in fields.items()}, setting=setting
+        )
+    for key in sorted(k for k in env if _is_profile_setting(k)):
+        name = key[len(PROFILE_PREFIX) :].lower()
+        profiles[name] = parse_profile(name, env[key], setting=key)
+    return profiles
+
+
+def _config_file(env: Mapping[str, str]) -> Mapping[str, Any]:
+    """GATEWAY_CONFIG_FILE's content (JSON or YAML): `backends` and/or `profiles`; {} when unset."""
+    path = env.get("GATEWAY_CONFIG_FILE", SETTINGS["GATEWAY_CONFIG_FILE"]).strip()
+    return _read_config_file(path) if path else {}
+
+
+def _backends(env: Mapping[str, str], file: Mapping[str, Any]) -> tuple[Backend, ...]:
     """The backends of GATEWAY_CONFIG_FILE, then those of GATEWAY_BACKEND_<n> in numeric order; names unique."""
     backends: list[Backend] = []
-    if path := env.get("GATEWAY_CONFIG_FILE", SETTINGS["GATEWAY_CONFIG_FILE"]).strip():
-        backends.extend(_backends_from_file(path))
+    entries = file.get("backends", [])
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ConfigError("GATEWAY_CONFIG_FILE", "'backends' must be a list of objects")
+    backends.extend(
+        _backend_from_fields(
+            {str(k).lower().replace("_", "-"): v for k, v in e.items()}, f"GATEWAY_CONFIG_FILE backends[{i}]"
+        )
+        for i, e in enumerate(entries)
+    )
     for key in sorted((k for k in env if _is_backend_setting(k)), key=lambda k: int(k[len(BACKEND_PREFIX) :])):
         backends.append(parse_backend(env[key], setting=key))
     if not backends:
@@ -271,7 +330,7 @@ def _deployments(value: Any, setting: str, key: str = "deployments") -> dict[str
     return result
 
 
-def _backends_from_file(path: str) -> list[Backend]:
+def _read_config_file(path: str) -> Mapping[str, Any]:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -286,18 +345,16 @@ def _backends_from_file(path: str) -> list[Backend]:
             data = json.loads(text)
     except Exception as exc:
         raise ConfigError("GATEWAY_CONFIG_FILE", f"not valid JSON/YAML ({type(exc).__name__})") from None
-    entries = data.get("backends") if isinstance(data, Mapping) else None
-    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
-        raise ConfigError("GATEWAY_CONFIG_FILE", "must hold a 'backends' list of objects")
-    extra = set(data) - {"backends"}
+    if not isinstance(data, Mapping) or not ("backends" in data or "profiles" in data):
+        raise ConfigError("GATEWAY_CONFIG_FILE", "must hold a 'backends' list of objects and/or 'profiles'")
+    extra = set(data) - {"backends", "profiles"}
     if extra:
         raise ConfigError("GATEWAY_CONFIG_FILE", f"unknown top-level key '{sorted(extra)[0]}'")
-    return [
-        _backend_from_fields(
-            {str(k).lower().replace("_", "-"): v for k, v in e.items()}, f"GATEWAY_CONFIG_FILE backends[{i}]"
-        )
-        for i, e in enumerate(entries)
-    ]
+    return data
+
+
+def _is_profile_setting(key: str) -> bool:
+    return key.startswith(PROFILE_PREFIX) and len(key) > len(PROFILE_PREFIX)
 
 
 def _is_backend_setting(key: str) -> bool:

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
+from .profiles import parse_caller_map
 
 __all__ = [
     "DEFAULTS",
@@ -102,6 +103,13 @@ def _fraction(value: str, setting: str) -> float:
     if not 0 <= number <= 1:
         raise ConfigError(setting, "must be between 0 and 1")
     return number
+
+
+def _profile_name(value: str, setting: str) -> str:
+    name = value.lower()
+    if name and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        raise ConfigError(setting, "must name a profile (lower-case letters, digits, '_' or '-')")
+    return name
 
 
 def _flag(value: str, setting: str) -> bool:
@@ -233,9 +241,13 @@ ENTRIES: tuple[Setting, ...] = (
     _S("GATEWAY_ASYNC_MODELS", "async_models", "", _names,
        "models whose requests always run asynchronously, comma separated"),
     _S("GATEWAY_ASYNC_CALLERS", "async_callers", "", _names,
-       "callers (key names from `GATEWAY_API_KEYS`) whose requests always run asynchronously"),
+       "deprecated alias of a profile with `async=always`: callers whose requests always run asynchronously"),
     _S("GATEWAY_ASYNC_TTL_S", "async_ttl_s", "86400", _number(float, minimum=1),
        "deadline of an async request; past it the work ends as `expired`"),
+    _S("GATEWAY_CALLER_PROFILES", "caller_profiles", "", parse_caller_map,
+       "callers to profiles: `team-a=gold,app:<client-id>=silver,role:Batch.Submit=batch,group:<object-id>=gold`"),
+    _S("GATEWAY_DEFAULT_PROFILE", "default_profile", "", _profile_name,
+       "profile of callers no mapping names; unset: such callers have no limits"),
     _S("GATEWAY_EXPOSE_DURABLE_URLS", "expose_durable_urls", "false", _flag,
        "also answer 202s with the Durable management URLs (system key!): single-tenant deployments only"),
     _S("GATEWAY_ASYNC_MAX_ATTEMPTS", "async_max_attempts", "20", _COUNT, "backend attempts of one async request"),

@@ -211,8 +211,9 @@ def test_every_setting_is_declared_once_with_a_one_line_doc():
     assert list(SETTINGS) == names and list(SETTING_DOCS) == names
     undocumented = [e.name for e in ENTRIES if not e.doc.strip() or "\n" in e.doc]
     assert undocumented == []
-    # Each Settings field but the backends is filled by exactly one declared setting, and nothing else is.
-    assert {f.name for f in dataclasses.fields(Settings)} - {"backends"} == set(fields)
+    # Each Settings field but the two families (GATEWAY_BACKEND_<n>, GATEWAY_PROFILE_<NAME>) is filled by exactly
+    # one declared setting, and nothing else is.
+    assert {f.name for f in dataclasses.fields(Settings)} - {"backends", "profiles"} == set(fields)
 
 
 def test_dataclass_defaults_are_the_parsed_setting_defaults():
@@ -225,7 +226,7 @@ def test_dataclass_defaults_are_the_parsed_setting_defaults():
         assert (default, type(default)) == (parsed, type(parsed)), entry.name
     # The same from the outside: an environment with only a backend gives the dataclass defaults.
     s = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example"})
-    assert s == Settings(backends=s.backends, api_keys=MappingProxyType({}))
+    assert s == Settings(backends=s.backends, api_keys=MappingProxyType({}), profiles=MappingProxyType({}))
 
 
 def test_settings_parse_into_their_fields():
@@ -257,3 +258,68 @@ def test_settings_repr_shows_no_secret():
     )
     assert s.state_storage.endswith("STORAGEKEY")
     assert [k for k in ("BACKENDKEY", "CALLERKEY", "STORAGEKEY", "BUSKEY") if k in repr(s)] == []
+
+
+# --- profiles and caller mapping -------------------------------------------------------------------------------
+
+PROFILE_ENV = {
+    "GATEWAY_BACKEND_1": "host=https://a.example",
+    "GATEWAY_PROFILE_GOLD": "rpm=600;tpm=200000;models=gpt-4o,gpt-4o-mini;priority=1;tiers=ptu,paygo;per=caller,model",
+    "GATEWAY_PROFILE_BATCH": "tpm=50000;async=always;priority=9;tiers=paygo;ttl=3600;reserve=512;headers=X-Job-Id",
+    "GATEWAY_CALLER_PROFILES": "team-a=gold,app:11111111-2222=batch,role:Batch.Submit=batch,group:g-1=gold",
+    "GATEWAY_DEFAULT_PROFILE": "batch",
+}
+
+
+def test_profiles_are_parsed_from_their_settings():
+    s = load_settings(PROFILE_ENV)
+    gold, batch = s.profiles["gold"], s.profiles["batch"]
+    assert (gold.rpm, gold.tpm, gold.models, gold.priority, gold.per_model) == (
+        600, 200000, frozenset({"gpt-4o", "gpt-4o-mini"}), 1, True,
+    )  # fmt: skip
+    assert (batch.async_mode, batch.tiers, batch.ttl_s, batch.reserve, batch.headers) == (
+        "always", frozenset({"paygo"}), 3600.0, 512, ("x-job-id",),
+    )  # fmt: skip
+    assert gold.allows_model("gpt-4o") and not gold.allows_model("o3")
+
+
+def test_callers_are_mapped_by_name_app_role_group_then_default():
+    s = load_settings(PROFILE_ENV)
+    assert s.profile_for("team-a").name == "gold"
+    assert s.profile_for("app:11111111-2222").name == "batch"
+    assert s.profile_for("user:x", roles=["Batch.Submit"]).name == "batch"
+    assert s.profile_for("user:x", groups=["g-1"]).name == "gold"
+    assert s.profile_for("someone").name == "batch"  # GATEWAY_DEFAULT_PROFILE
+    unlimited = load_settings({k: v for k, v in PROFILE_ENV.items() if k != "GATEWAY_DEFAULT_PROFILE"})
+    assert unlimited.profile_for("someone").limited is False
+
+
+def test_async_callers_is_a_deprecated_alias_of_async_always():
+    s = load_settings({**PROFILE_ENV, "GATEWAY_ASYNC_CALLERS": "team-a"})
+    assert s.profile_for("team-a").async_mode == "always" and s.profile_for("team-a").rpm == 600
+
+
+def test_profiles_from_the_config_file(tmp_path):
+    path = tmp_path / "gateway.json"
+    path.write_text('{"profiles": {"Silver": {"RPM": 60, "models": ["gpt-4o"]}}}')
+    s = load_settings({"GATEWAY_BACKEND_1": "host=https://a.example", "GATEWAY_CONFIG_FILE": str(path)})
+    assert s.profiles["silver"].rpm == 60 and s.profiles["silver"].models == frozenset({"gpt-4o"})
+
+
+@pytest.mark.parametrize(
+    ("extra", "setting"),
+    [
+        ({"GATEWAY_PROFILE_GOLD": "rpm=many"}, "GATEWAY_PROFILE_GOLD"),
+        ({"GATEWAY_PROFILE_GOLD": "colour=gold"}, "GATEWAY_PROFILE_GOLD"),
+        ({"GATEWAY_PROFILE_GOLD": "async=sometimes"}, "GATEWAY_PROFILE_GOLD"),
+        ({"GATEWAY_PROFILE_GOLD": "priority=0"}, "GATEWAY_PROFILE_GOLD"),
+        ({"GATEWAY_PROFILE_GOLD": "tiers=gold"}, "GATEWAY_PROFILE_GOLD"),
+        ({"GATEWAY_CALLER_PROFILES": "team-a=platinum"}, "GATEWAY_CALLER_PROFILES"),
+        ({"GATEWAY_CALLER_PROFILES": "team-a"}, "GATEWAY_CALLER_PROFILES"),
+        ({"GATEWAY_DEFAULT_PROFILE": "platinum"}, "GATEWAY_DEFAULT_PROFILE"),
+    ],
+)
+def test_profile_mistakes_are_start_up_errors_naming_the_setting(extra: dict, setting: str):
+    with pytest.raises(ConfigError) as error:
+        load_settings({**PROFILE_ENV, **extra})
+    assert error.value.setting == setting
