@@ -19,6 +19,7 @@ from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
 from .config import Settings, load_settings
 from .credentials import BackendAuth, TokenCredential, storage_credential
+from .governance import Governance
 from .pipeline import Pipeline
 from .pool import BackendPool
 from .results import ResultStore
@@ -39,6 +40,7 @@ class Services:
     pool: BackendPool
     attempts: Attempts
     callers: Callers
+    governance: Governance
     usage: UsageRecorder
     pipeline: Pipeline
     results: ResultStore | None  # the async path's blobs (None: no async path, e.g. in unit tests)
@@ -76,9 +78,13 @@ def build_services(
     auth = BackendAuth(upstream.get_json, credential)
     attempts = Attempts(pool, transport or upstream, auth, settings)
     callers = Callers(settings)
+    governance = Governance(settings, store)
+    pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
     usage = UsageRecorder(settings.usage_file)
-    pipeline = Pipeline(settings, attempts, callers, usage)
-    return Services(settings, pool, attempts, callers, usage, pipeline, results, completions, upstream, auth)
+    pipeline = Pipeline(settings, attempts, callers, governance, usage)
+    return Services(
+        settings, pool, attempts, callers, governance, usage, pipeline, results, completions, upstream, auth
+    )
 
 
 def build_gateway(env: Mapping[str, str] | None = None) -> Services:

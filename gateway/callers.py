@@ -1,8 +1,9 @@
-"""Who is calling: the gateway key a client presented, as a caller identity (never the key itself).
+"""Who is calling: the credential a client presented, as a caller identity (never the credential itself).
 
-Keys come as `api-key` or `Authorization: Bearer`. Every configured key is compared in constant time, so
+Gateway keys come as `api-key` or `Authorization: Bearer`. Every configured key is compared in constant time, so
 timing reveals neither a key nor its position. The caller is the key's name from `GATEWAY_API_KEYS`, or a
-fingerprint of an unnamed key; it names the owner of async results, files and batches, and usage records.
+fingerprint of an unnamed key; it names the owner of async results, files and batches, and usage records, and
+picks the caller's profile.
 """
 
 from __future__ import annotations
@@ -10,13 +11,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from . import errors
 from .config import Settings
 
-__all__ = ["ANONYMOUS", "Callers"]
+__all__ = ["ANONYMOUS", "Caller", "Callers"]
 
-ANONYMOUS = "anonymous"
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: `name` is what records, ownership and profile mapping use."""
+
+    name: str
+    kind: str  # "key" | "app" | "user" | "anonymous"
+    roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+
+ANONYMOUS = Caller("anonymous", "anonymous")
 
 
 class Callers:
@@ -24,12 +37,12 @@ class Callers:
         self._disabled = settings.auth_disabled
         self._keys = [k.encode() for k in settings.api_keys]
         # Computed once: a sha256 per request cost ~1.5 % of the CPU.
-        self._names = {
-            k.encode(): name or "key:" + hashlib.sha256(k.encode()).hexdigest()[:12]
+        self._callers = {
+            k.encode(): Caller(name or "key:" + hashlib.sha256(k.encode()).hexdigest()[:12], "key")
             for k, name in settings.api_keys.items()
         }
 
-    def authenticate(self, headers: Mapping[str, str]) -> str:
+    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """The caller behind the request's credential; 401 when there is none or it is wrong."""
         if self._disabled:
             return ANONYMOUS
@@ -43,4 +56,4 @@ class Callers:
             matched |= hmac.compare_digest(candidate, key)
         if not (matched and candidate):
             raise errors.unauthorized()
-        return self._names[candidate]
+        return self._callers[candidate]

@@ -42,6 +42,7 @@ class CompletionMessage:
     deployment: str | None = None
     backend: str | None = None
     caller: str | None = None
+    profile: str | None = None
     attempts: int = 0
     http_status: int | None = None
     usage: dict[str, Any] | None = None

@@ -170,12 +170,17 @@ class Settings:
     servicebus_namespace: str = _D["servicebus_namespace"]
     servicebus_client_id: str = _D["servicebus_client_id"]
 
-    def profile_for(self, caller: str, roles: Iterable[str] = (), groups: Iterable[str] = ()) -> Profile:
-        """The configured profile of a caller (operators may override profiles at run time: see governance)."""
+    def profile_for(
+        self,
+        caller: str,
+        roles: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        profiles: Mapping[str, Profile] | None = None,
+    ) -> Profile:
+        """A caller's profile among `profiles` (the configured ones by default; governance passes them with the
+        operators' overrides): mapped, else the default, else no limits."""
         name = self.caller_profiles.profile_name(caller, roles, groups) or self.default_profile
-        profile = self.profiles.get(name) if name else None
-        if profile is None:
-            profile = NO_LIMITS
+        profile = (self.profiles if profiles is None else profiles).get(name, NO_LIMITS) if name else NO_LIMITS
         if caller in self.async_callers and profile.async_mode != "always":  # the deprecated alias
             profile = replace(profile, async_mode="always")
         return profile

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -73,15 +74,38 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     async def change_backend(req: Request) -> Response:
         """reset (close the breakers everywhere), disable or enable a backend for every instance."""
         name, action = req.url.path.rstrip("/").split("/")[-2:]
-        try:
-            return JSONResponse(await operations.change_backend(pool, name, action))
-        except errors.GatewayError as exc:
-            return to_response(error_outbound(exc))
+        return await _operate(operations.change_backend(pool, name, action))
 
     @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
     async def stats(req: Request) -> JSONResponse:
         """Counters of this instance: requests handled and storage operations made."""
         return JSONResponse(operations.stats(pool, pipeline.requests))
+
+    @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)
+    async def list_callers(req: Request) -> JSONResponse:
+        """Known callers: profile, suspension, limits (and usage in the current window once limits apply)."""
+        await pool.refresh_if_due()
+        return JSONResponse({"callers": operations.callers_view(services)})
+
+    @bp.route(route="gateway/callers/{name}/{action}", methods=["POST"], auth_level=FUNCTION)
+    async def change_caller(req: Request) -> Response:
+        """suspend or resume a caller on every instance (within one state refresh)."""
+        name, action = req.url.path.rstrip("/").split("/")[-2:]
+        return await _operate(operations.change_caller(services.governance, unquote(name), action))
+
+    @bp.route(route="gateway/profiles", methods=["GET"], auth_level=FUNCTION)
+    async def list_profiles(req: Request) -> JSONResponse:
+        """Every profile as it applies now (configuration plus operators' overrides)."""
+        await pool.refresh_if_due()
+        return JSONResponse({"profiles": services.governance.profiles()})
+
+    @bp.route(route="gateway/profiles/{name}", methods=["PUT", "DELETE"], auth_level=FUNCTION)
+    async def change_profile(req: Request) -> Response:
+        """PUT: override a profile's keys (JSON object) on every instance. DELETE: back to configuration."""
+        name = req.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if req.method == "DELETE":
+            return await _operate(services.governance.reset_profile(name))
+        return await _operate(operations.override_profile(services.governance, name, await req.body()))
 
     @bp.timer_trigger(arg_name="timer", schedule=services.settings.probe_schedule, run_on_startup=False)
     async def probe_backends(timer: func.TimerRequest) -> None:
@@ -89,6 +113,14 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
         await operations.probe(services.attempts)
 
     return bp
+
+
+async def _operate(action: Awaitable[dict[str, Any]]) -> Response:
+    """An operator action's answer: its JSON, or the OpenAI-shaped error it raised."""
+    try:
+        return JSONResponse(await action)
+    except errors.GatewayError as exc:
+        return to_response(error_outbound(exc))
 
 
 async def inbound(req: Request, *, body: bool = True) -> Inbound:

@@ -6,14 +6,28 @@ Named `operations`, not `operator`, so it never shadows the standard library mod
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .attempt import Attempts
+from .governance import Governance
 from .health import probe_all
 from .pool import BackendPool
 
-__all__ = ["ACTIONS", "backends_view", "change_backend", "probe", "stats"]
+if TYPE_CHECKING:
+    from .bootstrap import Services
+
+__all__ = [
+    "ACTIONS",
+    "backends_view",
+    "callers_view",
+    "change_backend",
+    "change_caller",
+    "override_profile",
+    "probe",
+    "stats",
+]
 
 ACTIONS = ("reset", "disable", "enable")
 
@@ -37,6 +51,24 @@ async def change_backend(pool: BackendPool, name: str, action: str) -> dict[str,
     else:
         raise errors.not_found(f"Unknown action '{action}' ({', '.join(ACTIONS)}).", code="route_not_found")
     return {"backend": name, "breaker": pool.status(name), "action": action}
+
+
+def callers_view(services: Services) -> list[dict[str, Any]]:
+    return services.governance.callers()
+
+
+async def change_caller(governance: Governance, name: str, action: str) -> dict[str, Any]:
+    if action not in ("suspend", "resume"):
+        raise errors.not_found(f"Unknown action '{action[:32]}' (suspend, resume).", code="route_not_found")
+    return await governance.set_suspended(name, action == "suspend", "suspended by an operator")
+
+
+async def override_profile(governance: Governance, name: str, body: bytes) -> dict[str, Any]:
+    try:
+        fields = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise errors.bad_request("The body must be a JSON object of profile keys.", code="invalid_json") from None
+    return await governance.override_profile(name, fields)
 
 
 def stats(pool: BackendPool, requests: int) -> dict[str, Any]:

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 from . import errors, translate
 from .attempt import Attempt, Attempts, usage_record
-from .callers import Callers
+from .callers import Caller, Callers
 from .config import Settings
+from .governance import Governance
 from .headers import forwarded_headers, relayed_headers
 from .pool import Target
+from .profiles import NO_LIMITS, Profile
 from .streaming import SseUsageTap
 from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
@@ -73,9 +75,20 @@ class Deferred:
     request_id: str
     caller: str
     reason: str
+    profile: str = ""
 
 
 Defer = Callable[[Deferred], Awaitable[Outbound]]
+
+
+@dataclass(slots=True)
+class _Call:
+    """Who is asking, under which profile, since when: what every record of the request carries."""
+
+    request_id: str
+    caller: Caller
+    profile: Profile
+    started: float
 
 
 @dataclass(slots=True)
@@ -91,11 +104,14 @@ class _Tries:
 class Pipeline:
     """The request path only; the services it uses are built once per process by `gateway.bootstrap`."""
 
-    def __init__(self, settings: Settings, attempts: Attempts, callers: Callers, usage: UsageRecorder) -> None:
+    def __init__(
+        self, settings: Settings, attempts: Attempts, callers: Callers, governance: Governance, usage: UsageRecorder
+    ) -> None:
         self.settings = settings
         self.attempts = attempts
         self.pool = attempts.pool
         self.callers = callers
+        self.governance = governance
         self.usage = usage
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
@@ -127,7 +143,7 @@ class Pipeline:
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
-        caller = self.callers.authenticate(inbound.headers)
+        caller = await self.callers.authenticate(inbound.headers)
         limit = self.settings.max_body_bytes
         if len(inbound.body) > limit:
             raise errors.too_large(limit)
@@ -140,7 +156,16 @@ class Pipeline:
             self.settings.api_version,
         )
         if route.api_style == "models":
-            return Outbound(200, {"content-type": "application/json", "x-request-id": request_id}, self._models_body)
+            profile = self.governance.admit(caller, None)
+            return Outbound(
+                200, {"content-type": "application/json", "x-request-id": request_id}, self._models(profile)
+            )
+        call = _Call(request_id, caller, NO_LIMITS, started)
+        try:
+            call.profile = self.governance.admit(caller, route.model)
+        except errors.GatewayError as refusal:  # suspended, or a model outside its allow-list: recorded as refused
+            self._finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
+            raise
         targets = self.pool.candidates(route.model)
         if not targets:
             if route.api_style == "azure":
@@ -151,35 +176,44 @@ class Pipeline:
                 f"The model '{route.model}' does not exist or is not served by this gateway.",
                 code="model_not_found",
             )
-        if defer is not None and (reason := self.defer_reason(inbound, route, targets, caller)):
-            return await defer(Deferred(inbound, route, request_id, caller, reason))
+        if defer is not None and (reason := self.defer_reason(inbound, route, targets, call.profile)):
+            return await defer(Deferred(inbound, route, request_id, caller.name, reason, call.profile.name))
         try:
-            return await self._forward(inbound, route, targets, request_id, caller, started)
+            return await self._forward(inbound, route, targets, call)
         except errors.CoolingDown:
             # Only a client that said it can take a 202 gets one; everyone else gets 429 with Retry-After.
-            if defer is None or not Preference.of(inbound.headers).respond_async:
+            if defer is None or call.profile.async_mode == "deny" or not Preference.of(inbound.headers).respond_async:
                 raise
             reason = "every backend is cooling down past the client's wait"
-            return await defer(Deferred(inbound, route, request_id, caller, reason))
+            return await defer(Deferred(inbound, route, request_id, caller.name, reason, call.profile.name))
+
+    def _models(self, profile: Profile) -> bytes:
+        """The models list, as this caller's profile allows."""
+        if profile.models is None:
+            return self._models_body
+        allowed = [m for m in self.settings.models() if profile.allows_model(m)]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "azure-ai-gateway"} for m in allowed]
+        return json.dumps({"object": "list", "data": data}).encode()
 
     def defer_reason(
-        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], caller: str = ""
+        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], profile: Profile = NO_LIMITS
     ) -> str:
         """Why this request should run asynchronously ("" = it should not).
 
         Only clients that can take a 202 are deferred: those that sent `Prefer: respond-async` (with `wait=N`,
         only when the request is not expected to finish within N seconds), and those an operator configured
-        as async by model or caller. A plain request is never answered 202, however long it may take.
+        as async by model or by profile (`async=always`). A plain request is never answered 202, however long it
+        may take; a profile with `async=deny` is never deferred (its Prefer is ignored, as RFC 7240 allows).
         """
-        if inbound.method != "POST":
+        if inbound.method != "POST" or profile.async_mode == "deny":
             return ""
         preference = Preference.of(inbound.headers)
         if preference.respond_async and preference.wait_s is None:
             return "the client sent Prefer: respond-async"
         if route.model in self.settings.async_models:
             return "the model is configured to run asynchronously (GATEWAY_ASYNC_MODELS)"
-        if caller in self.settings.async_callers:
-            return "the caller is configured to run asynchronously (GATEWAY_ASYNC_CALLERS)"
+        if profile.async_mode == "always":
+            return f"the caller's profile '{profile.name}' runs asynchronously (async=always)"
         if preference.respond_async and preference.wait_s is not None:
             expected = self.expected_seconds(route, targets)
             if expected > preference.wait_s:
@@ -198,13 +232,7 @@ class Pipeline:
         return tokens / rate
 
     async def _forward(
-        self,
-        inbound: Inbound,
-        route: translate.Route,
-        targets: tuple[Target, ...],
-        request_id: str,
-        caller: str,
-        started: float,
+        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], call: _Call
     ) -> Outbound:
         """Tries targets as the pool chooses them, moving on after a retryable answer or a transport failure.
 
@@ -212,9 +240,9 @@ class Pipeline:
         budget. When every backend is cooling down the request waits (jittered) for the first to free up, if
         that fits the sync budget and GATEWAY_MAX_WAIT_S; otherwise it is answered 429 with Retry-After.
         """
-        deadline = started + self.settings.sync_budget_s
+        deadline = call.started + self.settings.sync_budget_s
         await self.pool.refresh_if_due()
-        headers = forwarded_headers(inbound.headers, request_id)
+        headers = forwarded_headers(inbound.headers, call.request_id)
         tries = _Tries()
         tried: set[str] = set()
         while tries.count < self.settings.max_attempts:
@@ -237,8 +265,8 @@ class Pipeline:
                 total_s=None if route.streaming else remaining,
             )
             if attempt.response is not None:
-                record = usage_record(route, target, request_id, attempt.response.status, tries.count, caller)
-                return await self._relay(attempt, route, record, started)
+                record = self._record(route, target, call, attempt.response.status, tries.count)
+                return await self._relay(attempt, route, record, call.started)
             tries.last = attempt
             if attempt.failure in ("timeout", "connect"):
                 tries.all_throttled = False
@@ -249,8 +277,8 @@ class Pipeline:
         error = self._exhausted(tries)
         if tries.last is not None:  # it reached a backend: throttled and failed traffic is recorded too
             last = tries.last
-            record = usage_record(route, last.target, request_id, error.status, tries.count, caller, last.failure)
-            self._finish(record, started)
+            record = self._record(route, last.target, call, error.status, tries.count, last.failure)
+            self._finish(record, call.started)
         raise error
 
     async def _wait_for_backend(
@@ -349,6 +377,14 @@ class Pipeline:
             record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
         self._finish(record, started)
         return True
+
+    @staticmethod
+    def _record(
+        route: translate.Route, target: Target | None, call: _Call, status: int, attempts: int, error: str | None = None
+    ) -> UsageRecord:
+        record = usage_record(route, target, call.request_id, status, attempts, call.caller.name, error)
+        record.profile = call.profile.name or None
+        return record
 
     def _finish(self, record: UsageRecord, started: float) -> None:
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)

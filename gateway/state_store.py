@@ -1,7 +1,8 @@
-"""Breaker and health state shared by every instance, in one Azure Table.
+"""Breaker, health and governance state shared by every instance, in one Azure Table.
 
-Rows: PartitionKey `breaker` (one per backend: open-until, tripped, disabled, trial claim) and `health` (probe
-results). Reads are one query for the whole table; writes are conditional on the ETag read just before
+Rows: PartitionKey `breaker` (one per backend and per deployment: open-until, tripped, disabled, trial claim),
+`health` (probe results), `caller` (an operator's suspension) and `profile` (an operator's profile override).
+Reads are one query for the whole table; breaker writes are conditional on the ETag read just before
 (`MatchConditions.IfNotModified`), and a conflict re-reads and merges, so two instances opening the same
 breaker end with the later open-until. Every call is counted: the benchmark reports storage operations per
 request, and the happy path must cost none.
@@ -10,6 +11,7 @@ request, and the happy path must cost none.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -27,11 +29,11 @@ from azure.data.tables import UpdateMode
 
 from .breakers import SharedBreaker
 
-__all__ = ["BREAKER", "HEALTH", "Health", "StateStore"]
+__all__ = ["BREAKER", "CALLER", "HEALTH", "PROFILE", "Health", "Snapshot", "StateStore"]
 
 log = logging.getLogger("gateway.state")
 
-BREAKER, HEALTH = "breaker", "health"
+BREAKER, HEALTH, CALLER, PROFILE = "breaker", "health", "caller", "profile"
 _CONFLICT_RETRIES = 10
 
 
@@ -45,6 +47,16 @@ class Health:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole shared state, as one query read it."""
+
+    breakers: dict[str, SharedBreaker]
+    health: dict[str, Health]
+    suspended: dict[str, str]  # caller -> reason
+    profiles: dict[str, dict[str, Any]]  # profile name -> the operator's override (JSON object)
+
+
 class StateStore:
     def __init__(self, table_client_factory: Callable[[], Any], instance_id: str) -> None:
         self._factory = table_client_factory
@@ -53,11 +65,13 @@ class StateStore:
         self.instance_id = instance_id
         self.operations = 0  # every storage call made, for the stats view and the benchmark
 
-    async def load(self) -> tuple[dict[str, SharedBreaker], dict[str, Health]]:
-        """The whole table in one query: breakers and health by backend name."""
+    async def load(self) -> Snapshot:
+        """The whole table in one query: breakers by scope, health by backend, suspensions, profile overrides."""
         table = await self._ready()
         breakers: dict[str, SharedBreaker] = {}
         health: dict[str, Health] = {}
+        suspended: dict[str, str] = {}
+        profiles: dict[str, dict[str, Any]] = {}
         self.operations += 1
         try:
             entities = [entity async for entity in table.list_entities()]
@@ -75,7 +89,32 @@ class StateStore:
                     float(entity.get("ProbedAt", 0)),
                     entity.get("Error", ""),
                 )
-        return breakers, health
+            elif entity["PartitionKey"] == CALLER and entity.get("Suspended"):
+                suspended[entity["RowKey"]] = str(entity.get("Reason", ""))
+            elif entity["PartitionKey"] == PROFILE:
+                try:
+                    override = json.loads(entity.get("Override", "{}"))
+                except ValueError:
+                    log.error("Ignoring the unreadable override of profile %s", entity["RowKey"])
+                    continue
+                if isinstance(override, dict):
+                    profiles[entity["RowKey"]] = override
+        return Snapshot(breakers, health, suspended, profiles)
+
+    async def put_row(self, partition: str, key: str, properties: dict[str, Any]) -> None:
+        """An operator's row (suspension, profile override), replaced whole."""
+        table = await self._ready()
+        self.operations += 1
+        row = {"PartitionKey": partition, "RowKey": key, **properties, "UpdatedBy": self.instance_id}
+        await table.upsert_entity(row, mode=UpdateMode.REPLACE)
+
+    async def delete_row(self, partition: str, key: str) -> None:
+        table = await self._ready()
+        self.operations += 1
+        try:
+            await table.delete_entity(partition, key)
+        except ResourceNotFoundError:
+            pass
 
     async def update_breaker(
         self, name: str, change: Callable[[SharedBreaker], SharedBreaker | None]

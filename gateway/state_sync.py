@@ -23,7 +23,7 @@ from azure.core.exceptions import AzureError
 
 from .breakers import CLOSED, HALF_OPEN, SharedBreaker
 from .pool_state import PoolState, Target, _Scope
-from .state_store import Health, StateStore
+from .state_store import Health, Snapshot, StateStore
 
 __all__ = ["STORAGE_ERRORS", "SharedState"]
 
@@ -49,6 +49,7 @@ class SharedState:
         self._pending: dict[str, SharedBreaker] = {}  # transitions storage has not taken yet, by scope key
         self._inflight: dict[str, int] = {}  # breaker writes under way, by scope key
         self._tasks: set[asyncio.Task[None]] = set()
+        self.listeners: list[Callable[[Snapshot], None]] = []  # others that share this one query
 
     # ------------------------------------------------------------------ reading
 
@@ -76,7 +77,7 @@ class SharedState:
         """One query for the whole table; then the transitions storage missed while it was away."""
         assert self.store is not None
         try:
-            breakers, health = await self.store.load()
+            snapshot = await self.store.load()
         except Exception as exc:
             self._failed(exc, "refresh")
             self.loaded_at = time.monotonic()  # retry after one interval, not on every request
@@ -84,6 +85,7 @@ class SharedState:
         if not self.storage_ok:
             log.warning("State storage is reachable again; resynchronising %d pending change(s)", len(self._pending))
             self.storage_ok = True
+        breakers, health = snapshot.breakers, snapshot.health
         for key in breakers:
             self._state.scope(key)  # deployments another instance learnt about
         pending, self._pending = self._pending, {}
@@ -102,6 +104,8 @@ class SharedState:
                 backend.health = probe
                 if probe.latency_ms is not None and backend.backend.mode == "apim":
                     backend.observe_latency(probe.latency_ms)
+        for listener in self.listeners:
+            listener(snapshot)  # governance: suspensions and profile overrides
         self.loaded_at = time.monotonic()
 
     # ------------------------------------------------------------------ the half-open trial

@@ -157,6 +157,7 @@ class UsageRecord:
     usage: Usage | None
     caller: str | None = None  # client key name / identity; never the secret itself
     error: str | None = None  # why no backend answer was relayed: throttled, failed, timeout, connect, ...
+    profile: str | None = None  # the caller's profile
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
 
     def as_dict(self) -> dict[str, Any]:
@@ -171,6 +172,7 @@ class UsageRecord:
             "deployment": self.deployment,
             "backend": self.backend,
             "caller": self.caller,
+            "profile": self.profile,
             "status": self.status,
             "error": self.error,
             "streaming": self.streaming,

@@ -98,7 +98,7 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
     attempts.finished(attempt, usage)
     await services.results.put_result(request["id"], body, content_type, status)
     record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"])
-    record.streaming, record.usage = streamed, usage
+    record.streaming, record.usage, record.profile = streamed, usage, request.get("profile")
     record.duration_ms = round((time.monotonic() - started) * 1000, 3)
     services.usage.record(record)
     inline = None
@@ -143,6 +143,7 @@ def completion_message(request: dict[str, Any], outcome: dict[str, Any]) -> Comp
         deployment=outcome.get("deployment"),
         backend=outcome.get("backend"),
         caller=request.get("caller"),
+        profile=request.get("profile"),
         attempts=int(outcome.get("attempts", 0)),
         http_status=outcome.get("http_status"),
         usage=outcome.get("usage"),
@@ -158,7 +159,9 @@ def _record_unanswered(services: Services, request: dict[str, Any], outcome: dic
     status = {"expired": 504, "cancelled": 499}.get(outcome["status"], 503)
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
-    services.usage.record(usage_record(route, None, request["request_id"], status, attempts, request["caller"], code))
+    record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
+    record.profile = request.get("profile")
+    services.usage.record(record)
 
 
 def _stream_error(exc: AssembleError) -> dict[str, Any]:

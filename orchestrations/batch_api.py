@@ -16,6 +16,7 @@ from typing import Any
 from gateway import errors
 from gateway.batch_files import BATCH_ENDPOINTS, batch_object, file_object, parse_jsonl, validate_batch_jsonl
 from gateway.bootstrap import Services
+from gateway.callers import Caller
 from gateway.pipeline import Inbound, Outbound, error_outbound
 from gateway.translate import multipart_form
 
@@ -31,7 +32,9 @@ _PATH = re.compile(
 async def handle(client: Any, services: Services, inbound: Inbound) -> Outbound:
     """Routes one Files/Batches request; every failure is an OpenAI-style error."""
     try:
-        caller = services.callers.authenticate(inbound.headers)
+        identity = await services.callers.authenticate(inbound.headers)
+        profile = services.governance.admit(identity, None)
+        caller = identity.name
         match = _PATH.match(inbound.path)
         if match is None:
             raise errors.not_found(f"No route for {inbound.method} {inbound.path}.", code="route_not_found")
@@ -43,7 +46,12 @@ async def handle(client: Any, services: Services, inbound: Inbound) -> Outbound:
                 return await get_file(services, caller, item, content=action == "content")
         else:
             if item is None and method == "POST":
-                return await create_batch(client, services, inbound, caller)
+                if profile.async_mode == "deny":
+                    raise errors.GatewayError(
+                        403, "Batches run asynchronously, which this caller's profile does not allow.",
+                        type="permission_error", code="async_not_allowed",
+                    )  # fmt: skip
+                return await create_batch(client, services, inbound, identity)
             if item is None and method == "GET":
                 return await list_batches(client, caller)
             if item is not None and method == "GET" and action is None:
@@ -85,7 +93,8 @@ async def get_file(services: Services, caller: str, file_id: str, *, content: bo
     return _json(200, json.loads(blob.metadata["meta"]))
 
 
-async def create_batch(client: Any, services: Services, inbound: Inbound, caller: str) -> Outbound:
+async def create_batch(client: Any, services: Services, inbound: Inbound, identity: Caller) -> Outbound:
+    caller = identity.name
     settings = services.settings
     try:
         request = json.loads(inbound.body or b"{}")
@@ -105,6 +114,7 @@ async def create_batch(client: Any, services: Services, inbound: Inbound, caller
         raise errors.not_found(f"No file with id '{file_id}'.", code="file_not_found")
     lines = parse_jsonl(blob.body)
     model = lines[0]["body"]["model"]
+    profile = services.governance.admit(identity, model)  # the model must be in the caller's allow-list
     if not services.pool.candidates(model, batch=True):
         raise errors.bad_request(
             f"No backend runs batches for model '{model}' (backend setting batch=).",
@@ -116,6 +126,7 @@ async def create_batch(client: Any, services: Services, inbound: Inbound, caller
         "id": batch_id,
         "request_id": inbound.headers.get("x-request-id") or batch_id,
         "caller": caller,
+        "profile": profile.name or None,
         "input_file_id": file_id,
         "endpoint": endpoint,
         "completion_window": window,

@@ -89,6 +89,7 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "id": instance_id,
         "request_id": deferred.request_id,
         "caller": deferred.caller,
+        "profile": deferred.profile or None,
         "model": route.model,
         "api_style": route.api_style,
         "operation": route.operation,
@@ -192,10 +193,11 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
 
 async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:
     """The instance's status and input, if it exists and belongs to this caller; else 404 (existence not revealed)."""
-    caller = services.callers.authenticate(inbound.headers)
+    caller = await services.callers.authenticate(inbound.headers)
+    services.governance.admit(caller, None)  # a suspended caller reads nothing either
     status = await client.get_status(instance_id, show_input=True)
     request = _as_dict(status.input_) if status.runtime_status is not None else None
-    if not request or request.get("caller") != caller:
+    if not request or request.get("caller") != caller.name:
         raise errors.not_found(f"No result with id '{instance_id}'.", code="result_not_found")
     return status, request
 

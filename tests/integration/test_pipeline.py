@@ -427,5 +427,5 @@ async def test_named_keys_identify_callers_and_async_callers_are_deferred(backen
     assert records[-1].caller == "interactive"
     assert (await gateway.pipeline.handle(post("/v1/chat/completions", CHAT, key="bt-key"), defer)).status == 202
     [request] = deferred
-    assert request.caller == "batch-team" and "GATEWAY_ASYNC_CALLERS" in request.reason
+    assert request.caller == "batch-team" and "async=always" in request.reason  # GATEWAY_ASYNC_CALLERS: an alias
     assert len(weu.requests) == 1  # the deferred one was not sent synchronously

@@ -71,8 +71,7 @@ def chat() -> Inbound:
 
 
 async def stored_breakers(gateway: Services) -> dict:
-    breakers, _ = await gateway.pool.store.load()
-    return breakers
+    return (await gateway.pool.store.load()).breakers
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def decide(body: dict, prefer: str = "", **extra: str) -> tuple[str, float]:
     for tokens in (100, 200, 300):  # observed answers: a p95 of 300 tokens
         services.pool.observe_generation(targets[0], tokens, tokens / 50)
     pipeline = services.pipeline
-    return pipeline.defer_reason(inbound, route, targets, "team"), pipeline.expected_seconds(route, targets)
+    profile = services.settings.profile_for("team")
+    return pipeline.defer_reason(inbound, route, targets, profile), pipeline.expected_seconds(route, targets)
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -66,4 +67,8 @@ def test_wait_defers_only_what_is_expected_to_take_longer():
 def test_respond_async_without_wait_and_operator_choices_always_defer():
     assert "Prefer" in decide(CHAT, "respond-async")[0]
     assert "GATEWAY_ASYNC_MODELS" in decide(CHAT, GATEWAY_ASYNC_MODELS="gpt-4o")[0]
-    assert "GATEWAY_ASYNC_CALLERS" in decide(CHAT, GATEWAY_ASYNC_CALLERS="team")[0]
+    assert "async=always" in decide(CHAT, GATEWAY_ASYNC_CALLERS="team")[0]  # the deprecated alias
+    always = {"GATEWAY_PROFILE_BG": "async=always", "GATEWAY_CALLER_PROFILES": "team=bg"}
+    assert "'bg'" in decide(CHAT, **always)[0]
+    deny = {"GATEWAY_PROFILE_FG": "async=deny", "GATEWAY_CALLER_PROFILES": "team=fg"}
+    assert decide(CHAT, "respond-async", **deny)[0] == ""  # the preference is ignored for this profile
