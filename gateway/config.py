@@ -194,7 +194,7 @@ def _check_entra(s: Settings) -> None:
     if s.entra_audiences and not s.entra_tenant_id:
         raise ConfigError("GATEWAY_ENTRA_TENANT_ID", "must be set when GATEWAY_ENTRA_AUDIENCE is")
     if s.entra_tenant_id and not s.entra_audiences:
-        raise ConfigError("GATEWAY_ENTRA_AUDIENCE", "must be set when GATEWAY_ENTRA_TENANT_ID is (app ID URI/client id)")
+        raise ConfigError("GATEWAY_ENTRA_AUDIENCE", "must be set when GATEWAY_ENTRA_TENANT_ID is")
     for name, value in (("GATEWAY_ENTRA_ISSUER", s.entra_issuer), ("GATEWAY_ENTRA_JWKS_URL", s.entra_jwks_url)):
         if value and not s.entra_tenant_id:
             raise ConfigError(name, "overrides a default of GATEWAY_ENTRA_TENANT_ID, which is not set")
