@@ -111,7 +111,7 @@ class EntraValidator:
     async def _validate(self, token: str) -> tuple[Identity, str]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError):  # ValueError: text that is not even UTF-8 (lone surrogates)
             raise errors.invalid_token("malformed (not a signed JWT)") from None
         if header.get("alg") != "RS256":
             raise errors.invalid_token("algorithm check failed (only RS256 is accepted)")
