@@ -198,6 +198,7 @@ async def test_not_before_with_sixty_seconds_of_skew(entra, validator, clock):
         ("...", "malformed"),
         ("x" * 5000, "malformed"),
         ("é.ü.€", "malformed"),
+        ("eyJ\ud800.e30.c2ln", "malformed"),  # not even encodable as UTF-8
         ("eyJhbGciOiJSUzI1NiJ9", "malformed"),
         ("eyJhbGciOiJSUzI1NiJ9.e30.", "no signing key id (kid)"),  # a well-formed header without a kid
         ("eyJhbGciOiJSUzI1NiIsImtpZCI6MX0.e30.", "malformed"),  # a kid that is no string
@@ -256,10 +257,7 @@ async def test_a_key_withdrawn_from_the_jwks_stops_vouching_for_its_cached_token
     assert "unknown signing key (kid)" in await refused(validator, token)
 
 
-async def test_a_jwks_outage_refuses_only_tokens_no_cached_key_fits_and_is_logged_once(
-    entra, upstream, clock, caplog
-):
-    validator = make_validator(upstream, clock, GATEWAY_ENTRA_ISSUER=entra.issuer)
+async def test_a_jwks_outage_refuses_only_tokens_no_cached_key_fits_and_is_logged_once(entra, validator, clock, caplog):
     entra.fail_jwks = True
     caplog.set_level(logging.INFO, logger="gateway.entra")
     for _ in range(3):
