@@ -124,6 +124,10 @@ class Settings:
     # key -> caller name ("" for an unnamed key: its caller id is then a fingerprint of the key)
     api_keys: Mapping[str, str] = field(repr=False)
     auth_disabled: bool = _D["auth_disabled"]
+    entra_tenant_id: str = _D["entra_tenant_id"]  # "" = Entra ID tokens are not accepted
+    entra_audiences: frozenset[str] = _D["entra_audiences"]
+    entra_issuer: str = _D["entra_issuer"]  # "" = the tenant's public-cloud v2 and v1 issuers
+    entra_jwks_url: str = _D["entra_jwks_url"]  # "" = the jwks_uri of the OpenID configuration
     api_version: str = _D["api_version"]
     connect_timeout_s: float = _D["connect_timeout_s"]
     read_timeout_s: float = _D["read_timeout_s"]
@@ -214,7 +218,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError("GATEWAY_CALLER_PROFILES", f"no profile named '{name}' (define GATEWAY_PROFILE_...)")
     if settings.default_profile and settings.default_profile not in profiles:
         raise ConfigError("GATEWAY_DEFAULT_PROFILE", "names a profile that is not defined")
+    _check_entra(settings)
     return settings
+
+
+def _check_entra(s: Settings) -> None:
+    """Entra ID settings come together: a tenant without an audience (or the reverse) would accept nothing."""
+    if s.entra_audiences and not s.entra_tenant_id:
+        raise ConfigError("GATEWAY_ENTRA_TENANT_ID", "must be set when GATEWAY_ENTRA_AUDIENCE is")
+    if s.entra_tenant_id and not s.entra_audiences:
+        raise ConfigError("GATEWAY_ENTRA_AUDIENCE", "must be set when GATEWAY_ENTRA_TENANT_ID is")
+    for name, value in (("GATEWAY_ENTRA_ISSUER", s.entra_issuer), ("GATEWAY_ENTRA_JWKS_URL", s.entra_jwks_url)):
+        if value and not s.entra_tenant_id:
+            raise ConfigError(name, "overrides a default of GATEWAY_ENTRA_TENANT_ID, which is not set")
 
 
 def _profiles(env: Mapping[str, str], file: Mapping[str, Any]) -> dict[str, Profile]:

@@ -16,6 +16,7 @@ __all__ = [
     "error_body",
     "error_object",
     "internal_error",
+    "invalid_token",
     "method_not_allowed",
     "not_found",
     "too_large",
@@ -84,6 +85,17 @@ def unauthorized() -> GatewayError:
         "Missing or invalid API key. Send it as the 'api-key' header or as 'Authorization: Bearer <key>'.",
         type="authentication_error",
         code="invalid_api_key",
+    )
+
+
+def invalid_token(reason: str) -> GatewayError:
+    """401 for a bearer token that failed a check: `reason` names the check and never quotes the token."""
+    return GatewayError(
+        401,
+        f"Invalid bearer token: {reason}.",
+        type="authentication_error",
+        code="invalid_token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},  # RFC 6750 §3
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .profiles import parse_caller_map
@@ -31,6 +32,8 @@ STRATEGIES = frozenset({"priority", "weighted", "round-robin", "random", "latenc
 HTTP_ANSWER_LIMIT_S = 230
 # A backend or caller name: shown in headers, logs and usage records.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # (stripped text, setting name) -> the field's value; raises ConfigError naming the setting, never echoing a secret.
 Parser = Callable[[str, str], Any]
@@ -126,6 +129,28 @@ def _auth_disabled(value: str, setting: str) -> bool:
     return auth == "none"
 
 
+def _entra_tenant(value: str, setting: str) -> str:
+    """A tenant id or verified domain; the multi-tenant aliases would accept tokens from any organisation."""
+    multi_tenant = value.lower() in ("common", "organizations", "consumers")
+    if value and (multi_tenant or not re.fullmatch(r"(?:[A-Za-z0-9][A-Za-z0-9-]*\.)*[A-Za-z0-9][A-Za-z0-9-]*", value)):
+        raise ConfigError(setting, "must be a tenant id (GUID) or domain, not common/organizations/consumers")
+    return value
+
+
+def _override_url(value: str, setting: str) -> str:
+    """An https URL (http only on loopback, for tests): keys fetched in clear text could be swapped in transit."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(setting, "must be an https URL") from None
+    if value and not (host and (parts.scheme == "https" or (parts.scheme == "http" and host in _LOOPBACK))):
+        raise ConfigError(setting, "must be an https URL (http only for 127.0.0.1 or localhost)")
+    if parts.query or parts.fragment:
+        raise ConfigError(setting, "must not carry a query or fragment")
+    return value
+
+
 def _api_version(value: str, setting: str) -> str:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", value):
         raise ConfigError(setting, "must look like 2024-10-21 or 2025-04-01-preview")
@@ -202,6 +227,17 @@ ENTRIES: tuple[Setting, ...] = (
     _S("GATEWAY_AUTH", "auth_disabled", "keys", _auth_disabled,
        "`keys`: with no keys configured **every request is refused (401)**. `none` turns inbound auth off"
        " explicitly (behind another authenticating layer only)."),
+    # Inbound Microsoft Entra ID bearer tokens (gateway/entra.py); on when the tenant and the audience are set.
+    _S("GATEWAY_ENTRA_TENANT_ID", "entra_tenant_id", "", _entra_tenant,
+       "tenant id (or domain) whose Microsoft Entra ID tokens are accepted as `Authorization: Bearer`; needs"
+       " `GATEWAY_ENTRA_AUDIENCE`. The caller is `app:<appid>` (an application) or `user:<oid>` (a user)"),
+    _S("GATEWAY_ENTRA_AUDIENCE", "entra_audiences", "", _names,
+       "accepted `aud` values, comma separated: the gateway's app ID URI and/or client id"),
+    _S("GATEWAY_ENTRA_ISSUER", "entra_issuer", "", _override_url,
+       "the only accepted `iss` (sovereign clouds); its OpenID configuration gives the keys. Default: the"
+       " public cloud's v2 and v1 issuers of the tenant"),
+    _S("GATEWAY_ENTRA_JWKS_URL", "entra_jwks_url", "", _override_url,
+       "signing keys URL, instead of the one the OpenID configuration names"),
     _S("GATEWAY_API_VERSION", "api_version", "2024-10-21", _api_version,
        "api-version for v1 requests and Azure requests that carry none"),
     _S("GATEWAY_CONNECT_TIMEOUT_S", "connect_timeout_s", "5", _SECONDS, "TCP/TLS connect timeout per attempt"),
