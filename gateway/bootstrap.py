@@ -19,6 +19,7 @@ from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
 from .config import Settings, load_settings
 from .credentials import BackendAuth, TokenCredential, storage_credential
+from .entra import EntraValidator
 from .governance import Governance
 from .pipeline import Pipeline
 from .pool import BackendPool
@@ -77,7 +78,8 @@ def build_services(
     upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
     auth = BackendAuth(upstream.get_json, credential)
     attempts = Attempts(pool, transport or upstream, auth, settings)
-    callers = Callers(settings)
+    entra = EntraValidator(settings, upstream.get_json) if settings.entra_tenant_id else None
+    callers = Callers(settings, entra)
     governance = Governance(settings, store)
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
     usage = UsageRecorder(settings.usage_file)

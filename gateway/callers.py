@@ -1,9 +1,10 @@
 """Who is calling: the credential a client presented, as a caller identity (never the credential itself).
 
 Gateway keys come as `api-key` or `Authorization: Bearer`. Every configured key is compared in constant time, so
-timing reveals neither a key nor its position. The caller is the key's name from `GATEWAY_API_KEYS`, or a
-fingerprint of an unnamed key; it names the owner of async results, files and batches, and usage records, and
-picks the caller's profile.
+timing reveals neither a key nor its position; the caller is the key's name from `GATEWAY_API_KEYS`, or a
+fingerprint of an unnamed key. With Entra ID configured, a bearer token that is no gateway key is validated as an
+Entra token: the caller is then `app:<client id>` or `user:<object id>`, with its roles and groups. The caller
+names the owner of async results, files and batches, and usage records, and picks the caller's profile.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .config import Settings
+from .entra import EntraValidator
 
 __all__ = ["ANONYMOUS", "Caller", "Callers"]
 
@@ -33,8 +35,9 @@ ANONYMOUS = Caller("anonymous", "anonymous")
 
 
 class Callers:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, entra: EntraValidator | None = None) -> None:
         self._disabled = settings.auth_disabled
+        self._entra = entra
         self._keys = [k.encode() for k in settings.api_keys]
         # Computed once: a sha256 per request cost ~1.5 % of the CPU.
         self._callers = {
@@ -46,14 +49,17 @@ class Callers:
         """The caller behind the request's credential; 401 when there is none or it is wrong."""
         if self._disabled:
             return ANONYMOUS
-        presented = headers.get("api-key") or ""
+        presented, bearer = headers.get("api-key") or "", False
         if not presented:
             scheme, _, token = headers.get("authorization", "").partition(" ")
-            presented = token.strip() if scheme.lower() == "bearer" else ""
+            presented, bearer = (token.strip(), True) if scheme.lower() == "bearer" else ("", False)
         candidate = presented.encode()
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
-        if not (matched and candidate):
-            raise errors.unauthorized()
-        return self._callers[candidate]
+        if matched and candidate:
+            return self._callers[candidate]
+        if bearer and self._entra is not None and presented.count(".") == 2:
+            identity = await self._entra.identity(presented)
+            return Caller(identity.caller, identity.kind, identity.roles, identity.groups)
+        raise errors.unauthorized()

@@ -144,6 +144,8 @@ class Pipeline:
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
         caller = await self.callers.authenticate(inbound.headers)
+        # Before admission: a refused caller's own requests must keep the shared state (its resumption) fresh.
+        await self.pool.refresh_if_due()
         limit = self.settings.max_body_bytes
         if len(inbound.body) > limit:
             raise errors.too_large(limit)
@@ -241,7 +243,6 @@ class Pipeline:
         that fits the sync budget and GATEWAY_MAX_WAIT_S; otherwise it is answered 429 with Retry-After.
         """
         deadline = call.started + self.settings.sync_budget_s
-        await self.pool.refresh_if_due()
         headers = forwarded_headers(inbound.headers, call.request_id)
         tries = _Tries()
         tried: set[str] = set()
