@@ -57,6 +57,12 @@ param backendKeys object = {}
 @description('Extra GATEWAY_* settings, e.g. {"GATEWAY_STRATEGY": "latency"}. Names are validated by the app at start-up.')
 param gatewaySettings object = {}
 
+@description('Microsoft Entra ID tenant whose tokens the gateway accepts as callers (GATEWAY_ENTRA_TENANT_ID). Empty: gateway keys only.')
+param entraTenantId string = ''
+
+@description('Accepted token audiences, comma separated: the gateway app registration\'s Application ID URI and/or client id (GATEWAY_ENTRA_AUDIENCE).')
+param entraAudience string = ''
+
 @description('Python version of the Flex Consumption runtime (the one pyproject.toml requires).')
 param pythonVersion string = '3.13'
 
@@ -341,6 +347,8 @@ module gateway 'modules/functionapp.bicep' = {
     purgeAfterDays: resultsRetentionDays
     backendSettings: backendSettings
     gatewaySettings: gatewaySettings
+    entraTenantId: entraTenantId
+    entraAudience: entraAudience
   }
   // The app starts as soon as it exists: its identity must already reach storage, Key Vault and the backends,
   // or the host's first start fails and Key Vault references stay unresolved until the next restart.

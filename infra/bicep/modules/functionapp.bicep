@@ -81,6 +81,12 @@ param backendSettings object
 @description('Extra GATEWAY_* tuning settings (e.g. GATEWAY_STRATEGY). The app rejects unknown names at start-up; the settings above win over these.')
 param gatewaySettings object = {}
 
+@description('Microsoft Entra ID tenant whose tokens are accepted (GATEWAY_ENTRA_TENANT_ID); empty: keys only.')
+param entraTenantId string = ''
+
+@description('Accepted token audiences, comma separated (GATEWAY_ENTRA_AUDIENCE).')
+param entraAudience string = ''
+
 // The settings the gateway and its platform read on Azure. Keep the names literal: the contract test reads them.
 var appSettings = {
   // Functions host and Durable Functions storage, through the identity (shared keys are disabled).
@@ -101,6 +107,9 @@ var appSettings = {
   COMPLETIONS_SERVICEBUS__fullyQualifiedNamespace: serviceBusFullyQualifiedNamespace
   COMPLETIONS_SERVICEBUS__clientId: identityClientId
   GATEWAY_PURGE_AFTER_DAYS: string(purgeAfterDays)
+  // Inbound Microsoft Entra ID tokens (callers app:<client id> / user:<object id>); empty: gateway keys only.
+  GATEWAY_ENTRA_TENANT_ID: entraTenantId
+  GATEWAY_ENTRA_AUDIENCE: entraAudience
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
