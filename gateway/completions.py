@@ -62,7 +62,7 @@ class CompletionMessage:
         """Application properties: what subscribers filter on without parsing the body."""
         usage = self.usage or {}
         props: dict[str, str | int] = {"status": self.status, "kind": self.kind}
-        for key in ("model", "deployment", "backend", "caller"):
+        for key in ("model", "deployment", "backend", "caller", "profile"):
             if value := getattr(self, key):
                 props[key] = value
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
