@@ -20,7 +20,8 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 
 from . import errors, operations
 from .bootstrap import Services
-from .pipeline import Deferred, Inbound, Outbound, error_outbound
+from .deferral import Deferred
+from .messages import Inbound, Outbound, error_outbound
 
 # (durable client, deferred request) -> the 202 answer
 StartAsync = Callable[[Any, Deferred], Awaitable[Outbound]]

@@ -18,7 +18,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 
 from . import errors
 from .http import ALL_METHODS, to_response
-from .pipeline import error_outbound
+from .messages import error_outbound
 
 __all__ = ["build_misconfigured_blueprint"]
 

@@ -15,70 +15,24 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import errors, translate
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Caller, Callers
 from .config import Settings
+from .deferral import Defer, Deferral, Deferred, Preference
 from .governance import Governance
-from .headers import forwarded_headers, relayed_headers
+from .headers import forwarded_headers
+from .messages import Inbound, Outbound, error_outbound
 from .pool import Target
 from .profiles import NO_LIMITS, Profile
-from .streaming import SseUsageTap
-from .tokens import count_tokens, estimate_prompt_tokens
-from .upstream import TransportError
-from .usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
+from .relay import Relay
+from .usage import UsageRecord, UsageRecorder
 
-__all__ = [
-    "Defer",
-    "Deferred",
-    "Inbound",
-    "Outbound",
-    "Pipeline",
-    "Preference",
-    "error_outbound",
-    "prefers_async",
-]
+__all__ = ["Pipeline"]
 
 log = logging.getLogger("gateway.pipeline")
-
-
-@dataclass(slots=True)
-class Inbound:
-    """A client request as the hosting layer received it (header names lower-case)."""
-
-    method: str
-    path: str
-    query: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-@dataclass(slots=True)
-class Outbound:
-    """The answer: `body` bytes, or `stream` to relay chunk by chunk."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-
-
-@dataclass(slots=True)
-class Deferred:
-    """A request handed to the async path, with everything needed to run it later."""
-
-    inbound: Inbound
-    route: translate.Route
-    request_id: str
-    caller: str
-    reason: str
-    profile: str = ""
-
-
-Defer = Callable[[Deferred], Awaitable[Outbound]]
 
 
 @dataclass(slots=True)
@@ -113,6 +67,8 @@ class Pipeline:
         self.callers = callers
         self.governance = governance
         self.usage = usage
+        self.deferral = Deferral(settings, attempts.pool)
+        self.relay = Relay(attempts, usage)
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
@@ -128,7 +84,7 @@ class Pipeline:
         """Answers one request; every gateway-made failure becomes an OpenAI-style error body.
 
         `defer`, when the hosting layer can start orchestrations, takes over requests that should run
-        asynchronously (see `defer_reason`) and answers them 202.
+        asynchronously (see `deferral`) and answers them 202.
         """
         request_id = inbound.headers.get("x-request-id") or os.urandom(16).hex()
         self.requests += 1
@@ -166,7 +122,7 @@ class Pipeline:
         try:
             call.profile = self.governance.admit(caller, route.model)
         except errors.GatewayError as refusal:  # suspended, or a model outside its allow-list: recorded as refused
-            self._finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
+            self.relay.finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
             raise
         targets = self.pool.candidates(route.model)
         if not targets:
@@ -178,7 +134,7 @@ class Pipeline:
                 f"The model '{route.model}' does not exist or is not served by this gateway.",
                 code="model_not_found",
             )
-        if defer is not None and (reason := self.defer_reason(inbound, route, targets, call.profile)):
+        if defer is not None and (reason := self.deferral.reason(inbound, route, targets, call.profile)):
             return await defer(Deferred(inbound, route, request_id, caller.name, reason, call.profile.name))
         try:
             return await self._forward(inbound, route, targets, call)
@@ -196,42 +152,6 @@ class Pipeline:
         allowed = [m for m in self.settings.models() if profile.allows_model(m)]
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "azure-ai-gateway"} for m in allowed]
         return json.dumps({"object": "list", "data": data}).encode()
-
-    def defer_reason(
-        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], profile: Profile = NO_LIMITS
-    ) -> str:
-        """Why this request should run asynchronously ("" = it should not).
-
-        Only clients that can take a 202 are deferred: those that sent `Prefer: respond-async` (with `wait=N`,
-        only when the request is not expected to finish within N seconds), and those an operator configured
-        as async by model or by profile (`async=always`). A plain request is never answered 202, however long it
-        may take; a profile with `async=deny` is never deferred (its Prefer is ignored, as RFC 7240 allows).
-        """
-        if inbound.method != "POST" or profile.async_mode == "deny":
-            return ""
-        preference = Preference.of(inbound.headers)
-        if preference.respond_async and preference.wait_s is None:
-            return "the client sent Prefer: respond-async"
-        if route.model in self.settings.async_models:
-            return "the model is configured to run asynchronously (GATEWAY_ASYNC_MODELS)"
-        if profile.async_mode == "always":
-            return f"the caller's profile '{profile.name}' runs asynchronously (async=always)"
-        if preference.respond_async and preference.wait_s is not None:
-            expected = self.expected_seconds(route, targets)
-            if expected > preference.wait_s:
-                return f"expected to take ~{expected:.0f} s, more than the client's wait={preference.wait_s:g}"
-        return ""
-
-    def expected_seconds(self, route: translate.Route, targets: tuple[Target, ...]) -> float:
-        """How long the answer is expected to take: the model's observed completion length (p95), capped by
-        `max_tokens`, at the observed generation speed. Without observations, `max_tokens` is the estimate."""
-        body = route.json or {}
-        cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        cap = cap if isinstance(cap, int) and cap > 0 else None
-        observed = self.pool.completion_tokens_p95(targets)
-        tokens = min(observed, cap) if observed is not None and cap is not None else observed or cap or 0
-        rate = self.pool.tokens_per_second(targets) or self.settings.tokens_per_second
-        return tokens / rate
 
     async def _forward(
         self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], call: _Call
@@ -267,7 +187,7 @@ class Pipeline:
             )
             if attempt.response is not None:
                 record = self._record(route, target, call, attempt.response.status, tries.count)
-                return await self._relay(attempt, route, record, call.started)
+                return await self.relay.relay(attempt, route, record, call.started)
             tries.last = attempt
             if attempt.failure in ("timeout", "connect"):
                 tries.all_throttled = False
@@ -279,7 +199,7 @@ class Pipeline:
         if tries.last is not None:  # it reached a backend: throttled and failed traffic is recorded too
             last = tries.last
             record = self._record(route, last.target, call, error.status, tries.count, last.failure)
-            self._finish(record, call.started)
+            self.relay.finish(record, call.started)
         raise error
 
     async def _wait_for_backend(
@@ -303,82 +223,6 @@ class Pipeline:
             tried.clear()  # the only backend may be tried again once it has freed up
         return True
 
-    async def _relay(self, attempt: Attempt, route: translate.Route, record: UsageRecord, started: float) -> Outbound:
-        response = attempt.response
-        assert response is not None
-        target = attempt.target
-        headers = relayed_headers(response.headers)
-        headers["x-request-id"] = record.request_id
-        headers["x-gateway-backend"] = target.backend.name
-        headers["x-gateway-attempts"] = str(record.attempts)
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
-            record.streaming = True
-            tap = SseUsageTap(strip_injected_usage=attempt.injected) if target.backend.parses_usage else None
-            return Outbound(response.status, headers, stream=self._relay_stream(attempt, tap, route, record, started))
-        if not content_type.startswith("application/json"):
-            # Audio, images as bytes, anything large: relay as it comes, nothing to count.
-            return Outbound(response.status, headers, stream=self._relay_stream(attempt, None, route, record, started))
-        try:
-            body = await self.attempts.read(attempt)
-        except TransportError as exc:
-            status = 504 if exc.kind == "timeout" else 502
-            record.status, record.error = status, exc.kind
-            self._finish(record, started)
-            raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
-        if target.backend.parses_usage:
-            record.usage = usage_from_json_body(body)
-            self.attempts.finished(attempt, record.usage)
-        self._finish(record, started)
-        return Outbound(response.status, headers, body)
-
-    async def _relay_stream(
-        self,
-        attempt: Attempt,
-        tap: SseUsageTap | None,
-        route: translate.Route,
-        record: UsageRecord,
-        started: float,
-    ) -> AsyncIterator[bytes]:
-        """Yields each upstream read as it arrives; records usage once, when the stream ends, however it ends.
-
-        The record is written as soon as `[DONE]` is seen, before that last chunk goes out, so whoever reads
-        usage after the client has its whole answer finds it there.
-        """
-        response = attempt.response
-        assert response is not None
-        complete = recorded = False
-        try:
-            async for data in response.chunks():
-                if tap is not None:
-                    data = tap.feed(data)
-                    if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started)
-                if data:
-                    yield data
-            if tap is not None and (rest := tap.flush()):
-                yield rest
-            complete = True
-        except TransportError as exc:
-            record.error = exc.kind
-            self.attempts.broke(attempt, exc)
-        finally:
-            if complete:
-                response.release()
-            else:
-                response.close()  # cut by the backend or the client went away: do not reuse this connection
-            if not recorded:
-                await self._finish_stream(record, tap, route, started)
-
-    async def _finish_stream(
-        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float
-    ) -> bool:
-        if tap is not None and record.status < 400:
-            # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
-            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
-        self._finish(record, started)
-        return True
-
     @staticmethod
     def _record(
         route: translate.Route, target: Target | None, call: _Call, status: int, attempts: int, error: str | None = None
@@ -386,10 +230,6 @@ class Pipeline:
         record = usage_record(route, target, call.request_id, status, attempts, call.caller.name, error)
         record.profile = call.profile.name or None
         return record
-
-    def _finish(self, record: UsageRecord, started: float) -> None:
-        record.duration_ms = round((time.monotonic() - started) * 1000, 3)
-        self.usage.record(record)
 
     def _exhausted(self, tries: _Tries) -> errors.GatewayError:
         """The error for a request no backend answered: 429/503 with Retry-After, or 502/504."""
@@ -408,49 +248,3 @@ class Pipeline:
         if tries.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
-
-
-def error_outbound(error: errors.GatewayError, request_id: str | None = None) -> Outbound:
-    """A gateway error as an answer: its status, its headers (Retry-After), the OpenAI error body."""
-    headers = {"content-type": "application/json", **error.headers}
-    if request_id:
-        headers["x-request-id"] = request_id
-    return Outbound(error.status, headers, error.body())
-
-
-@dataclass(frozen=True, slots=True)
-class Preference:
-    """What a client's `Prefer` header (RFC 7240) says about answering asynchronously."""
-
-    respond_async: bool = False
-    wait_s: float | None = None  # `wait=N`: how long the client is willing to wait for a synchronous answer
-
-    @classmethod
-    def of(cls, headers: Mapping[str, str]) -> Preference:
-        respond_async, wait = False, None
-        for preference in headers.get("prefer", "").split(","):
-            token, _, value = preference.split(";", 1)[0].strip().partition("=")
-            token = token.strip().lower()
-            if token == "respond-async":
-                respond_async = True
-            elif token == "wait":
-                try:
-                    wait = max(0.0, float(value.strip().strip('"')))
-                except ValueError:
-                    pass  # a malformed preference is ignored, as RFC 7240 asks
-        return cls(respond_async, wait)
-
-
-def prefers_async(prefer: str) -> bool:
-    """RFC 7240: `Prefer: respond-async` among possibly several comma-separated preferences."""
-    return Preference.of({"prefer": prefer}).respond_async
-
-
-def _estimate(route: translate.Route, deployment: str | None, tap: SseUsageTap) -> Usage | None:
-    """Counts tokens ourselves when a stream ended without usage, with the deployment's model's encoding (an
-    Azure-style body names no model); the record says it is an estimate."""
-    prompt = estimate_prompt_tokens(route.json, deployment)
-    completion = count_tokens(tap.completion_text(), deployment)
-    if not prompt and not completion:
-        return None
-    return Usage(prompt, completion, prompt + completion, estimated=True)

@@ -17,7 +17,7 @@ from gateway import errors
 from gateway.batch_files import BATCH_ENDPOINTS, batch_object, file_object, parse_jsonl, validate_batch_jsonl
 from gateway.bootstrap import Services
 from gateway.callers import Caller
-from gateway.pipeline import Inbound, Outbound, error_outbound
+from gateway.messages import Inbound, Outbound, error_outbound
 from gateway.translate import multipart_form
 
 from .workflows import BATCH_ORCHESTRATOR, RUNNING

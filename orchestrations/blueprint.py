@@ -12,9 +12,10 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
 from gateway.bootstrap import Services
+from gateway.deferral import Deferred
 from gateway.errors import GatewayError
 from gateway.http import ALL_METHODS, inbound, to_response
-from gateway.pipeline import Deferred, Outbound, error_outbound
+from gateway.messages import Outbound, error_outbound
 
 from . import activities, batch_activities, batch_api, starter, workflows
 

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 from gateway import errors
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
+from gateway.deferral import Deferred, prefers_async
 from gateway.headers import forwarded_headers
-from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
+from gateway.messages import Inbound, Outbound
 from gateway.state_sync import STORAGE_ERRORS
 
 from .activities import completion_message, ended, result_url, status_url

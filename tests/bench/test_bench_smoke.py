@@ -19,7 +19,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tupl
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
-        cwd=repo_root, capture_output=True, text=True, timeout=60,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads(out.read_text())

@@ -17,7 +17,8 @@ from azure.storage.queue.aio import QueueClient
 
 from gateway import errors, translate
 from gateway.bootstrap import Services, build_gateway, build_services
-from gateway.pipeline import Deferred, Inbound
+from gateway.deferral import Deferred
+from gateway.messages import Inbound
 from orchestrations import activities, starter
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 

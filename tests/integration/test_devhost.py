@@ -29,10 +29,14 @@ FUNCTION_KEY = "test-function-key"
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
     settings = tmp_path_factory.mktemp("devhost") / "local.settings.json"
-    settings.write_text(json.dumps({
-        "IsEncrypted": False,
-        "Values": {"SAMPLE_IN_BOTH": "from-file", "SAMPLE_ONLY_IN_FILE": "from-file"},
-    }))
+    settings.write_text(
+        json.dumps(
+            {
+                "IsEncrypted": False,
+                "Values": {"SAMPLE_IN_BOTH": "from-file", "SAMPLE_ONLY_IN_FILE": "from-file"},
+            }
+        )
+    )
     env = {"SAMPLE_IN_BOTH": "from-env", "DEVHOST_FUNCTION_KEY": FUNCTION_KEY}
     with DevHost(env, settings_file=settings, app=SAMPLE_APP) as devhost:
         yield devhost
@@ -49,8 +53,13 @@ async def client(host: DevHost) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_route_parameter_reaches_the_function(client: httpx.AsyncClient) -> None:
     body = (await client.get("/items/42", params={"q": "x"})).json()
-    assert body == {"function": "get_item", "method": "GET", "path": "/items/42",
-                    "path_params": {"item_id": "42"}, "query": {"q": "x"}}
+    assert body == {
+        "function": "get_item",
+        "method": "GET",
+        "path": "/items/42",
+        "path_params": {"item_id": "42"},
+        "query": {"q": "x"},
+    }
 
 
 async def test_literal_segment_beats_parameter(client: httpx.AsyncClient) -> None:

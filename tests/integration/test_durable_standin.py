@@ -63,8 +63,9 @@ async def start(http: httpx.AsyncClient, orchestrator: str, payload: Any = None)
     return urls
 
 
-async def poll(http: httpx.AsyncClient, url: str, until: Callable[[httpx.Response], bool],
-               timeout_s: float = 20.0) -> httpx.Response:
+async def poll(
+    http: httpx.AsyncClient, url: str, until: Callable[[httpx.Response], bool], timeout_s: float = 20.0
+) -> httpx.Response:
     """GET ``url`` until ``until(response)`` holds (what a client of the 202 pattern does), with a deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -72,8 +73,9 @@ async def poll(http: httpx.AsyncClient, url: str, until: Callable[[httpx.Respons
         if until(response):
             return response
         if time.monotonic() > deadline:
-            raise AssertionError(f"{url}: condition not met within {timeout_s} s; last answer "
-                                 f"{response.status_code} {response.text}")
+            raise AssertionError(
+                f"{url}: condition not met within {timeout_s} s; last answer {response.status_code} {response.text}"
+            )
         await asyncio.sleep(0.02)
 
 
@@ -172,7 +174,8 @@ async def test_retried_activity_fails_twice_then_succeeds(http: httpx.AsyncClien
     assert status["output"] == {"key": key, "attempts": 3}
     failures = events(status, "TaskFailed")
     assert [f["Reason"] for f in failures] == [
-        f"Activity function 'flaky' failed: RuntimeError: flaky failure {n}" for n in (1, 2)]
+        f"Activity function 'flaky' failed: RuntimeError: flaky failure {n}" for n in (1, 2)
+    ]
     assert len(events(status, "TimerFired")) == 2  # one retry interval after each failed attempt
     assert [e["Result"] for e in events(status, "TaskCompleted")] == [{"key": key, "attempts": 3}]
     assert (await http.get(f"/side_effects/flaky:{key}")).json()["count"] == 3
@@ -184,7 +187,8 @@ async def test_retries_exhausted_fail_the_orchestration(http: httpx.AsyncClient)
     status = (await wait_finished(http, urls)).json()
     assert status["runtimeStatus"] == "Failed"
     assert status["output"].startswith(
-        "Orchestrator function 'retry_flaky' failed: Activity function 'flaky' failed: RuntimeError: flaky failure 3")
+        "Orchestrator function 'retry_flaky' failed: Activity function 'flaky' failed: RuntimeError: flaky failure 3"
+    )
     assert (await http.get(f"/side_effects/flaky:{key}")).json()["count"] == 3  # maxNumberOfAttempts
 
 
@@ -196,7 +200,8 @@ async def test_failing_activity_without_retry_fails_the_orchestration(http: http
     assert status["runtimeStatus"] == "Failed"
     assert status["output"].startswith(
         "Orchestrator function 'call_failing' failed: Activity function 'always_fails' failed: "
-        "ValueError: cannot handle 'boom'")
+        "ValueError: cannot handle 'boom'"
+    )
     strict = await http.get(urls["statusQueryGetUri"] + "&returnInternalServerErrorOnFailure=true")
     assert strict.status_code == 500
     assert strict.json()["runtimeStatus"] == "Failed"
@@ -314,19 +319,37 @@ def test_banner_says_durable_runs_on_the_standin(host: DevHost) -> None:
 async def test_client_binding_has_the_shape_the_extension_injects() -> None:
     engine = DurableEngine({}, {})
     standin = DurableStandIn(engine, system_key="k")
-    scope = {"type": "http", "method": "POST", "scheme": "http", "server": ("127.0.0.1", 7071), "path": "/start",
-             "root_path": "", "query_string": b"", "headers": [(b"host", b"127.0.0.1:7071")]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "server": ("127.0.0.1", 7071),
+        "path": "/start",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:7071")],
+    }
     binding = json.loads(await standin.client_binding({"type": "durableClient", "name": "client"}, Request(scope)))
-    assert set(binding) == {"taskHubName", "connectionName", "creationUrls", "managementUrls", "baseUrl",
-                            "requiredQueryStringParameters", "rpcBaseUrl", "httpBaseUrl",
-                            "maxGrpcMessageSizeInBytes", "grpcHttpClientTimeout"}
+    assert set(binding) == {
+        "taskHubName",
+        "connectionName",
+        "creationUrls",
+        "managementUrls",
+        "baseUrl",
+        "requiredQueryStringParameters",
+        "rpcBaseUrl",
+        "httpBaseUrl",
+        "maxGrpcMessageSizeInBytes",
+        "grpcHttpClientTimeout",
+    }
     assert binding["taskHubName"] == "TestHubName"
     assert binding["rpcBaseUrl"] == "http://127.0.0.1:7071/durabletask/"
     assert binding["baseUrl"] == "http://127.0.0.1:7071/runtime/webhooks/durabletask"
     assert binding["managementUrls"]["id"] == "INSTANCEID"
     assert binding["managementUrls"]["statusQueryGetUri"] == (
         "http://127.0.0.1:7071/runtime/webhooks/durabletask/instances/INSTANCEID"
-        "?taskHub=TestHubName&connection=Storage&code=k")
+        "?taskHub=TestHubName&connection=Storage&code=k"
+    )
     assert set(binding["creationUrls"]) == {"createNewInstancePostUri", "createAndWaitOnNewInstancePostUri"}
 
 
@@ -427,11 +450,16 @@ def test_replay_of_a_plain_generator_function_and_an_event_list() -> None:
 
     history = HistoryBuilder("approval", start=START)
     assert run_orchestrator(orchestrator, history, input="x")["actions"] == [
-        {"actionType": 6, "externalEventName": "approval", "reason": "ExternalEvent"}]
+        {"actionType": 6, "externalEventName": "approval", "reason": "ExternalEvent"}
+    ]
     history.new_episode(START + timedelta(minutes=1))
     history.event_raised("approval", True)
     assert [e["EventType"] for e in history.events] == [
-        EventType.ORCHESTRATOR_STARTED, EventType.EXECUTION_STARTED, EventType.ORCHESTRATOR_COMPLETED,
-        EventType.ORCHESTRATOR_STARTED, EventType.EVENT_RAISED]
+        EventType.ORCHESTRATOR_STARTED,
+        EventType.EXECUTION_STARTED,
+        EventType.ORCHESTRATOR_COMPLETED,
+        EventType.ORCHESTRATOR_STARTED,
+        EventType.EVENT_RAISED,
+    ]
     state = run_orchestrator(orchestrator, list(history.events), input="x")
     assert (state["isDone"], state["output"]) == (True, {"approved": True, "input": "x"})

@@ -49,7 +49,9 @@ def write_app(folder: Path, body: str) -> Path:
 
 
 def test_catches_what_get_functions_misses(tmp_path: Path) -> None:
-    app_file = write_app(tmp_path, """
+    app_file = write_app(
+        tmp_path,
+        """
         import azure.functions as func
 
         app = func.FunctionApp()
@@ -60,13 +62,16 @@ def test_catches_what_get_functions_misses(tmp_path: Path) -> None:
 
         assert [f.get_function_name() for f in app.get_functions()] == ["hello"]  # the SDK is happy
         app.functions_bindings = None  # allow the worker's own get_functions() call
-    """)
+    """,
+    )
     with pytest.raises(IndexingError, match=r"declared in Python but not in the function definition.*undeclared"):
         index_app(app_file)
 
 
 def test_catches_a_classic_request_type_next_to_the_streaming_extension(tmp_path: Path) -> None:
-    app_file = write_app(tmp_path, """
+    app_file = write_app(
+        tmp_path,
+        """
         import azure.functions as func
         from azurefunctions.extensions.http.fastapi import Request  # switches HTTP functions to FastAPI types
 
@@ -75,7 +80,8 @@ def test_catches_a_classic_request_type_next_to_the_streaming_extension(tmp_path
         @app.route(route="hello")
         def hello(req: func.HttpRequest) -> func.HttpResponse:
             return func.HttpResponse("hello")
-    """)
+    """,
+    )
     with pytest.raises(IndexingError, match=r"do not match .* annotation HttpRequest"):
         index_app(app_file)
 

@@ -21,7 +21,8 @@ from gateway import translate
 from gateway.bootstrap import Services, build_services
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
-from gateway.pipeline import Deferred, Inbound
+from gateway.deferral import Deferred
+from gateway.messages import Inbound
 from gateway.pool import BackendPool
 from gateway.results import ResultStore
 from gateway.storage import storage_account

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.bootstrap import Services, build_services
 from gateway.config import load_settings
-from gateway.pipeline import Inbound, Outbound
+from gateway.messages import Inbound, Outbound
 from gateway.usage import UsageRecord
 from tests.support.fake_identity import FakeIdentityEndpoint
 from tests.support.fake_openai import FakeAzureOpenAI, Fault

@@ -18,7 +18,7 @@ from gateway import errors, operations
 from gateway.bootstrap import Services, build_services
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
-from gateway.pipeline import Inbound
+from gateway.messages import Inbound
 from gateway.state_store import StateStore
 from gateway.storage import storage_account
 from tests.support.azurite import Azurite

@@ -130,8 +130,9 @@ class HistoryBuilder:
         start: datetime | None = None,
     ) -> None:
         self.name = name
-        self.input_json: str | None = input_json if input_json is not None else (
-            None if input is None else _encode(input))
+        self.input_json: str | None = (
+            input_json if input_json is not None else (None if input is None else _encode(input))
+        )
         self.instance_id = instance_id or uuid.uuid4().hex
         self.version = version
         self.now: datetime = (start or datetime.now(UTC)).astimezone(UTC)
@@ -151,8 +152,13 @@ class HistoryBuilder:
     # ----------------------------------------------------------------------------------------- events
 
     def _append(self, event_type: EventType, event_id: int = -1, **fields: Any) -> dict[str, Any]:
-        event = {"EventType": int(event_type), "EventId": event_id, "IsPlayed": False,
-                 "Timestamp": format_timestamp(self.now), **fields}
+        event = {
+            "EventType": int(event_type),
+            "EventId": event_id,
+            "IsPlayed": False,
+            "Timestamp": format_timestamp(self.now),
+            **fields,
+        }
         self.events.append(event)
         return event
 
@@ -180,14 +186,16 @@ class HistoryBuilder:
         self.mark_played()
         return self.orchestrator_started(at)
 
-    def task_scheduled(self, event_id: int, name: str, input: Any = None, *,
-                       input_json: str | None = None) -> dict[str, Any]:
+    def task_scheduled(
+        self, event_id: int, name: str, input: Any = None, *, input_json: str | None = None
+    ) -> dict[str, Any]:
         """``TaskScheduled``: the decision to run activity ``name`` with sequence number ``event_id``."""
         text = input_json if input_json is not None else _encode(input)
         return self._append(EventType.TASK_SCHEDULED, event_id, Name=name, Version="", Input=text)
 
-    def task_completed(self, scheduled_id: int, result: Any = None, *,
-                       result_json: str | None = None) -> dict[str, Any]:
+    def task_completed(
+        self, scheduled_id: int, result: Any = None, *, result_json: str | None = None
+    ) -> dict[str, Any]:
         """``TaskCompleted`` for the task scheduled as ``scheduled_id``; ``result`` is JSON-encoded."""
         text = result_json if result_json is not None else _encode(result)
         return self._append(EventType.TASK_COMPLETED, TaskScheduledId=scheduled_id, Result=text)
@@ -219,15 +227,17 @@ class HistoryBuilder:
 
     # -------------------------------------------------------------------------------------- shortcuts
 
-    def completed_activity(self, event_id: int, name: str, result: Any = None, *, input: Any = None,
-                           seconds: float = 0.0) -> None:
+    def completed_activity(
+        self, event_id: int, name: str, result: Any = None, *, input: Any = None, seconds: float = 0.0
+    ) -> None:
         """Schedule activity ``event_id`` in the current episode; it completes in the next one."""
         self.task_scheduled(event_id, name, input)
         self.new_episode(self.now + timedelta(seconds=seconds))
         self.task_completed(event_id, result)
 
-    def failed_activity(self, event_id: int, name: str, reason: str, details: str = "", *, input: Any = None,
-                        seconds: float = 0.0) -> None:
+    def failed_activity(
+        self, event_id: int, name: str, reason: str, details: str = "", *, input: Any = None, seconds: float = 0.0
+    ) -> None:
         """Schedule activity ``event_id`` in the current episode; it fails in the next one."""
         self.task_scheduled(event_id, name, input)
         self.new_episode(self.now + timedelta(seconds=seconds))
@@ -243,8 +253,12 @@ class HistoryBuilder:
 
     def to_context(self, *, upper_schema_version: int = DEFAULT_UPPER_SCHEMA_VERSION) -> dict[str, Any]:
         """The orchestration trigger's context (what the host sends to the worker) as a dict."""
-        return build_context(self.events, input_json=self.input_json, instance_id=self.instance_id,
-                             upper_schema_version=upper_schema_version)
+        return build_context(
+            self.events,
+            input_json=self.input_json,
+            instance_id=self.instance_id,
+            upper_schema_version=upper_schema_version,
+        )
 
     def to_json(self, *, upper_schema_version: int = DEFAULT_UPPER_SCHEMA_VERSION) -> str:
         """:meth:`to_context` as JSON text: the argument of the orchestrator's user function."""
@@ -367,8 +381,12 @@ def run_orchestrator(
         events = history
     if input_json is None and input is not None:
         input_json = _encode(input)
-    context = build_context(events, input_json=input_json, instance_id=instance_id or uuid.uuid4().hex,
-                            upper_schema_version=upper_schema_version)
+    context = build_context(
+        events,
+        input_json=input_json,
+        instance_id=instance_id or uuid.uuid4().hex,
+        upper_schema_version=upper_schema_version,
+    )
     try:
         answer = handle(json.dumps(context))
     except Exception as exc:

@@ -111,8 +111,13 @@ GRPC_HTTP_CLIENT_TIMEOUT = "00:01:40"  # the extension's default (100 s), as .NE
 
 # DurableTask action types (azure.durable_functions.models.actions.ActionType)
 _CALL_ACTIVITY, _CALL_ACTIVITY_WITH_RETRY, _CONTINUE_AS_NEW, _CREATE_TIMER, _WAIT_FOR_EVENT = 0, 1, 4, 5, 6
-_UNSUPPORTED_ACTIONS = {2: "CallSubOrchestrator", 3: "CallSubOrchestratorWithRetry", 7: "CallEntity",
-                        8: "CallHttp", 9: "SignalEntity"}
+_UNSUPPORTED_ACTIONS = {
+    2: "CallSubOrchestrator",
+    3: "CallSubOrchestratorWithRetry",
+    7: "CallEntity",
+    8: "CallHttp",
+    9: "SignalEntity",
+}
 
 
 def _log(message: str) -> None:
@@ -216,8 +221,9 @@ class RuntimeStatus(StrEnum):
     SUSPENDED = "Suspended"
 
 
-TERMINAL_STATUSES = frozenset({RuntimeStatus.COMPLETED, RuntimeStatus.FAILED, RuntimeStatus.TERMINATED,
-                               RuntimeStatus.CANCELED})
+TERMINAL_STATUSES = frozenset(
+    {RuntimeStatus.COMPLETED, RuntimeStatus.FAILED, RuntimeStatus.TERMINATED, RuntimeStatus.CANCELED}
+)
 
 
 class UnknownOrchestratorError(ValueError):
@@ -307,30 +313,39 @@ class DurableEngine:
 
     # ------------------------------------------------------------------------------------ client API
 
-    def start_new(self, name: str, input_text: str | None = None, instance_id: str | None = None
-                  ) -> OrchestrationInstance:
+    def start_new(
+        self, name: str, input_text: str | None = None, instance_id: str | None = None
+    ) -> OrchestrationInstance:
         """Create and start an instance. ``input_text`` is the start request's body (JSON text or None)."""
         if name not in self.orchestrators:
             raise UnknownOrchestratorError(
                 f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function. "
-                f"Known orchestrators: {', '.join(sorted(self.orchestrators)) or 'none'}.")
+                f"Known orchestrators: {', '.join(sorted(self.orchestrators)) or 'none'}."
+            )
         instance_id = instance_id or uuid.uuid4().hex
         existing = self.instances.get(instance_id)
         if existing is not None and not existing.is_terminal:
             raise InstanceExistsError(
-                f"An Orchestration instance with the status {existing.runtime_status} already exists.")
+                f"An Orchestration instance with the status {existing.runtime_status} already exists."
+            )
         if existing is not None:
             self._cancel_work(existing, everything=True)
         value = json.loads(input_text) if input_text is not None and input_text.strip() else None
         input_json = value if isinstance(value, str) or value is None else json.dumps(value)
         now = datetime.now(UTC)
         instance = OrchestrationInstance(
-            instance_id=instance_id, name=name, input=value, input_json=input_json, created_time=now,
-            last_updated_time=now, history=HistoryBuilder(name, input_json=input_json, instance_id=instance_id,
-                                                          start=now))
+            instance_id=instance_id,
+            name=name,
+            input=value,
+            input_json=input_json,
+            created_time=now,
+            last_updated_time=now,
+            history=HistoryBuilder(name, input_json=input_json, instance_id=instance_id, start=now),
+        )
         self.instances[instance_id] = instance
-        instance.runner = asyncio.get_running_loop().create_task(self._run(instance),
-                                                                 name=f"durable-standin:{instance_id}")
+        instance.runner = asyncio.get_running_loop().create_task(
+            self._run(instance), name=f"durable-standin:{instance_id}"
+        )
         return instance
 
     def get(self, instance_id: str) -> OrchestrationInstance | None:
@@ -343,8 +358,9 @@ class DurableEngine:
 
     def raise_event(self, instance_id: str, event_name: str, data_json: str | None) -> None:
         instance = self.instances[instance_id]
-        instance.inbox.put_nowait(_Message("event", instance.execution,
-                                           fields={"name": event_name, "input_json": data_json}))
+        instance.inbox.put_nowait(
+            _Message("event", instance.execution, fields={"name": event_name, "input_json": data_json})
+        )
 
     def purge(self, instance_id: str) -> bool:
         instance = self.instances.pop(instance_id, None)
@@ -383,8 +399,11 @@ class DurableEngine:
         except Exception as exc:  # a bug here or an answer the SDK should never give
             _log(f"instance {instance.instance_id} ({instance.name}) failed in the stand-in:")
             traceback.print_exc(file=sys.stderr)
-            self._finish(instance, RuntimeStatus.FAILED,
-                         f"Orchestrator function '{instance.name}' failed: {type(exc).__name__}: {exc}")
+            self._finish(
+                instance,
+                RuntimeStatus.FAILED,
+                f"Orchestrator function '{instance.name}' failed: {type(exc).__name__}: {exc}",
+            )
 
     async def _drive(self, instance: OrchestrationInstance) -> None:
         orchestrator = self.orchestrators[instance.name]
@@ -402,10 +421,11 @@ class DurableEngine:
             instance.last_updated_time = datetime.now(UTC)
             actions = state["actions"]
             if state["error"]:
-                self._finish(instance, RuntimeStatus.FAILED,
-                             f"Orchestrator function '{instance.name}' failed: {state['error']}")
+                self._finish(
+                    instance, RuntimeStatus.FAILED, f"Orchestrator function '{instance.name}' failed: {state['error']}"
+                )
                 return
-            new_actions = actions[instance.actions_seen:]
+            new_actions = actions[instance.actions_seen :]
             if state["isDone"]:
                 restart = next((a for a in new_actions if a.get("actionType") == _CONTINUE_AS_NEW), None)
                 if restart is None:
@@ -477,33 +497,37 @@ class DurableEngine:
             history.event_raised(message.fields["name"], input_json=message.fields["input_json"])
         return decisions
 
-    def _decide(self, instance: OrchestrationInstance, actions: list[dict[str, Any]],
-                new_actions: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    def _decide(
+        self, instance: OrchestrationInstance, actions: list[dict[str, Any]], new_actions: list[dict[str, Any]]
+    ) -> list[tuple[Any, ...]]:
         """Decisions for the actions the orchestrator added in this episode (sequence numbers in order)."""
         decisions: list[tuple[Any, ...]] = []
         for index, action in enumerate(new_actions, start=instance.actions_seen):
             kind = action.get("actionType")
             if kind == _CALL_ACTIVITY:
-                decisions.append(("activity", instance.allocate_event_id(), action["functionName"],
-                                  action.get("input") or "null"))
+                decisions.append(
+                    ("activity", instance.allocate_event_id(), action["functionName"], action.get("input") or "null")
+                )
             elif kind == _CALL_ACTIVITY_WITH_RETRY:
                 options = action.get("retryOptions") or {}
                 attempt_id = instance.allocate_event_id()
                 instance.retry_attempts[attempt_id] = _Retry(
-                    action["functionName"], action.get("input") or "null",
+                    action["functionName"],
+                    action.get("input") or "null",
                     timedelta(milliseconds=int(options.get("firstRetryIntervalInMilliseconds", 1000))),
-                    int(options.get("maxNumberOfAttempts", 1)))
+                    int(options.get("maxNumberOfAttempts", 1)),
+                )
                 decisions.append(("activity", attempt_id, action["functionName"], action.get("input") or "null"))
             elif kind == _CREATE_TIMER:
                 timer_id = instance.allocate_event_id()
                 instance.timer_actions[index] = timer_id
-                decisions.append(("timer", timer_id, parse_timestamp(action["fireAt"]),
-                                  bool(action.get("isCanceled"))))
+                decisions.append(("timer", timer_id, parse_timestamp(action["fireAt"]), bool(action.get("isCanceled"))))
             elif kind == _WAIT_FOR_EVENT:
                 pass  # no sequence number: the SDK keys the task by event name
             elif kind in _UNSUPPORTED_ACTIONS:
                 raise _UnsupportedAction(
-                    f"{_UNSUPPORTED_ACTIONS[kind]} is not supported by the development host's Durable stand-in")
+                    f"{_UNSUPPORTED_ACTIONS[kind]} is not supported by the development host's Durable stand-in"
+                )
             else:
                 raise _UnsupportedAction(f"unknown action {action!r}")
         # Timers the orchestrator cancelled since (timer.cancel() flags the action): stop waiting for them.
@@ -520,7 +544,8 @@ class DurableEngine:
             instance.history.task_scheduled(event_id, name, input_json=input_json)
             instance.work[event_id] = loop.create_task(
                 self._run_activity(instance, instance.execution, event_id, name, input_json),
-                name=f"durable-standin:{instance.instance_id}:{event_id}:{name}")
+                name=f"durable-standin:{instance.instance_id}:{event_id}:{name}",
+            )
         else:
             _, event_id, fire_at, *cancelled = decision
             instance.history.timer_created(event_id, fire_at)
@@ -530,15 +555,18 @@ class DurableEngine:
             instance.timers.add(event_id)
             instance.work[event_id] = loop.create_task(
                 self._run_timer(instance, instance.execution, event_id, fire_at, delay),
-                name=f"durable-standin:{instance.instance_id}:{event_id}:timer")
+                name=f"durable-standin:{instance.instance_id}:{event_id}:timer",
+            )
 
-    async def _run_timer(self, instance: OrchestrationInstance, execution: str, event_id: int,
-                         fire_at: datetime, delay: float) -> None:
+    async def _run_timer(
+        self, instance: OrchestrationInstance, execution: str, event_id: int, fire_at: datetime, delay: float
+    ) -> None:
         await asyncio.sleep(delay)
         instance.inbox.put_nowait(_Message("timer", execution, event_id, {"fire_at": fire_at}))
 
-    async def _run_activity(self, instance: OrchestrationInstance, execution: str, event_id: int, name: str,
-                            input_json: str) -> None:
+    async def _run_activity(
+        self, instance: OrchestrationInstance, execution: str, event_id: int, name: str, input_json: str
+    ) -> None:
         activity = self.activities.get(name)
         if activity is None:
             reason = f"The function '{name}' doesn't exist, is disabled, or is not an activity function."
@@ -547,15 +575,24 @@ class DurableEngine:
             crash = self._take_crash(name)
             message = await self._call_activity(activity, execution, event_id, input_json)
             if crash:
-                _log(f"activity {name!r} of instance {instance.instance_id} ran; its result is discarded "
-                     f"({CRASH_ACTIVITY_SETTING})")
-                message = _Message("failed", execution, event_id, {
-                    "reason": CRASH_REASON,
-                    "details": f"{CRASH_ACTIVITY_SETTING}: the result of this execution of '{name}' was lost"})
+                _log(
+                    f"activity {name!r} of instance {instance.instance_id} ran; its result is discarded "
+                    f"({CRASH_ACTIVITY_SETTING})"
+                )
+                message = _Message(
+                    "failed",
+                    execution,
+                    event_id,
+                    {
+                        "reason": CRASH_REASON,
+                        "details": f"{CRASH_ACTIVITY_SETTING}: the result of this execution of '{name}' was lost",
+                    },
+                )
         instance.inbox.put_nowait(message)
 
-    async def _call_activity(self, activity: ActivityFunction, execution: str, event_id: int,
-                             input_json: str) -> _Message:
+    async def _call_activity(
+        self, activity: ActivityFunction, execution: str, event_id: int, input_json: str
+    ) -> _Message:
         """Call an activity as the Python worker does for an activityTrigger (input/result via its converter)."""
         try:
             value = ActivityTriggerConverter.decode(meta.Datum(input_json, "json"), trigger_metadata=None)
@@ -572,9 +609,15 @@ class DurableEngine:
         except Exception as exc:
             details = "".join(traceback.format_exception(exc)).strip()
             _log(f"activity {activity.name!r} failed:\n{details}")
-            return _Message("failed", execution, event_id, {
-                "reason": f"Activity function '{activity.name}' failed: {type(exc).__name__}: {exc}",
-                "details": details})
+            return _Message(
+                "failed",
+                execution,
+                event_id,
+                {
+                    "reason": f"Activity function '{activity.name}' failed: {type(exc).__name__}: {exc}",
+                    "details": details,
+                },
+            )
         return _Message("completed", execution, event_id, {"result_json": result_json})
 
     def _take_crash(self, name: str) -> bool:
@@ -590,8 +633,9 @@ class DurableEngine:
         instance.execution = uuid.uuid4().hex
         instance.input = input_json
         instance.input_json = input_json
-        instance.history = HistoryBuilder(instance.name, input_json=input_json,
-                                          instance_id=instance.instance_id, start=now)
+        instance.history = HistoryBuilder(
+            instance.name, input_json=input_json, instance_id=instance.instance_id, start=now
+        )
         instance.next_event_id = instance.actions_seen = 0
         instance.timer_actions.clear()
         instance.retry_attempts.clear()
@@ -705,8 +749,13 @@ def history_events(instance: OrchestrationInstance, *, show_output: bool) -> lis
     return result
 
 
-def status_payload(instance: OrchestrationInstance, *, show_input: bool = True, show_history: bool = False,
-                   show_history_output: bool = False) -> dict[str, Any]:
+def status_payload(
+    instance: OrchestrationInstance,
+    *,
+    show_input: bool = True,
+    show_history: bool = False,
+    show_history_output: bool = False,
+) -> dict[str, Any]:
     """The status API's body for one instance (HttpApiHandler's StatusResponsePayload)."""
     payload: dict[str, Any] = {
         "name": instance.name,
@@ -746,24 +795,38 @@ class DurableStandIn:
     Hook it into the development host with :meth:`from_app`, :meth:`register` (binding provider) and
     :meth:`wrap` (routes + engine lifetime)."""
 
-    def __init__(self, engine: DurableEngine, *, system_key: str, task_hub: str = DEFAULT_TASK_HUB,
-                 connection: str = DEFAULT_CONNECTION, functions: DurableFunctions | None = None) -> None:
+    def __init__(
+        self,
+        engine: DurableEngine,
+        *,
+        system_key: str,
+        task_hub: str = DEFAULT_TASK_HUB,
+        connection: str = DEFAULT_CONNECTION,
+        functions: DurableFunctions | None = None,
+    ) -> None:
         self.engine = engine
         self.system_key = system_key
         self.task_hub = task_hub
         self.connection = connection
         self.functions = functions or DurableFunctions(dict(engine.orchestrators), dict(engine.activities))
-        self.router = Router(self._routes(RPC_PREFIX, public=False) + self._routes(WEBHOOK_PREFIX, public=True),
-                             redirect_slashes=False, default=self._not_found)
+        self.router = Router(
+            self._routes(RPC_PREFIX, public=False) + self._routes(WEBHOOK_PREFIX, public=True),
+            redirect_slashes=False,
+            default=self._not_found,
+        )
 
     @classmethod
-    def from_app(cls, app: Any, *, system_key: str, app_dir: Path | None = None,
-                 environ: Mapping[str, str] = os.environ) -> DurableStandIn:
+    def from_app(
+        cls, app: Any, *, system_key: str, app_dir: Path | None = None, environ: Mapping[str, str] = os.environ
+    ) -> DurableStandIn:
         """Discover the app's durable functions and read the stand-in's settings from ``environ``."""
         functions = discover_durable_functions(app)
-        engine = DurableEngine(functions.orchestrators, functions.activities,
-                               time_scale=parse_time_scale(environ.get(TIME_SCALE_SETTING)),
-                               crash_activity=parse_crash_setting(environ.get(CRASH_ACTIVITY_SETTING)))
+        engine = DurableEngine(
+            functions.orchestrators,
+            functions.activities,
+            time_scale=parse_time_scale(environ.get(TIME_SCALE_SETTING)),
+            crash_activity=parse_crash_setting(environ.get(CRASH_ACTIVITY_SETTING)),
+        )
         return cls(engine, system_key=system_key, task_hub=read_task_hub(app_dir, environ), functions=functions)
 
     # ------------------------------------------------------------------------------ devhost hooks
@@ -786,12 +849,12 @@ class DurableStandIn:
             f"{len(f.clients)}; task hub {self.task_hub}.",
         ]
         if self.engine.time_scale != 1.0:
-            lines.append(f" {TIME_SCALE_SETTING}={self.engine.time_scale:g}: durable timers wait that fraction "
-                         "of their time.")
+            lines.append(
+                f" {TIME_SCALE_SETTING}={self.engine.time_scale:g}: durable timers wait that fraction of their time."
+            )
         if self.engine.crash_activity:
             crashes = ", ".join(f"{k}:{v}" for k, v in self.engine.crash_activity.items())
-            lines.append(f" {CRASH_ACTIVITY_SETTING}={crashes}: those executions lose their result (fault "
-                         "injection).")
+            lines.append(f" {CRASH_ACTIVITY_SETTING}={crashes}: those executions lose their result (fault injection).")
         return "\n".join(lines)
 
     # ----------------------------------------------------------------------------- client binding
@@ -803,30 +866,41 @@ class DurableStandIn:
         connection = binding.get("connectionName") or self.connection
         webhooks = base + WEBHOOK_PREFIX
         code = f"code={quote(self.system_key, safe='')}"
-        return json.dumps({
-            "taskHubName": task_hub,
-            "connectionName": None,
-            "creationUrls": {
-                "createNewInstancePostUri": f"{webhooks}/orchestrators/{{functionName}}[/{{instanceId}}]?{code}",
-                "createAndWaitOnNewInstancePostUri": f"{webhooks}/orchestrators/{{functionName}}[/{{instanceId}}]"
-                                                     f"?timeout={{timeoutInSeconds}}&pollingInterval="
-                                                     f"{{intervalInSeconds}}&{code}",
-            },
-            "managementUrls": self.management_urls(base, "INSTANCEID", task_hub, connection, rewind=True),
-            "baseUrl": webhooks,
-            "requiredQueryStringParameters": code,
-            "rpcBaseUrl": base + RPC_PREFIX + "/",
-            "httpBaseUrl": None,
-            "maxGrpcMessageSizeInBytes": 0,
-            "grpcHttpClientTimeout": GRPC_HTTP_CLIENT_TIMEOUT,
-        })
+        return json.dumps(
+            {
+                "taskHubName": task_hub,
+                "connectionName": None,
+                "creationUrls": {
+                    "createNewInstancePostUri": f"{webhooks}/orchestrators/{{functionName}}[/{{instanceId}}]?{code}",
+                    "createAndWaitOnNewInstancePostUri": f"{webhooks}/orchestrators/{{functionName}}[/{{instanceId}}]"
+                    f"?timeout={{timeoutInSeconds}}&pollingInterval="
+                    f"{{intervalInSeconds}}&{code}",
+                },
+                "managementUrls": self.management_urls(base, "INSTANCEID", task_hub, connection, rewind=True),
+                "baseUrl": webhooks,
+                "requiredQueryStringParameters": code,
+                "rpcBaseUrl": base + RPC_PREFIX + "/",
+                "httpBaseUrl": None,
+                "maxGrpcMessageSizeInBytes": 0,
+                "grpcHttpClientTimeout": GRPC_HTTP_CLIENT_TIMEOUT,
+            }
+        )
 
     def _query_suffix(self, task_hub: str, connection: str) -> str:
-        return (f"taskHub={quote(task_hub, safe='')}&connection={quote(connection, safe='')}"
-                f"&code={quote(self.system_key, safe='')}")
+        return (
+            f"taskHub={quote(task_hub, safe='')}&connection={quote(connection, safe='')}"
+            f"&code={quote(self.system_key, safe='')}"
+        )
 
-    def management_urls(self, base_url: str, instance_id: str, task_hub: str | None = None,
-                        connection: str | None = None, *, rewind: bool = False) -> dict[str, str]:
+    def management_urls(
+        self,
+        base_url: str,
+        instance_id: str,
+        task_hub: str | None = None,
+        connection: str | None = None,
+        *,
+        rewind: bool = False,
+    ) -> dict[str, str]:
         """The management payload of an instance (HttpApiHandler.GetClientResponseLinks)."""
         query = self._query_suffix(task_hub or self.task_hub, connection or self.connection)
         prefix = f"{base_url.rstrip('/')}{WEBHOOK_PREFIX}/instances/{quote(instance_id, safe='')}"
@@ -853,19 +927,25 @@ class DurableStandIn:
                 if public and not self._authorized(request):
                     return Response(status_code=401)
                 return await handler(request)
+
             return guarded
 
         return [
             _StandInRoute(f"{prefix}/orchestrators/{{functionName}}", endpoint(self._start), methods=["POST"]),
-            _StandInRoute(f"{prefix}/orchestrators/{{functionName}}/{{instanceId}}", endpoint(self._start),
-                          methods=["POST"]),
+            _StandInRoute(
+                f"{prefix}/orchestrators/{{functionName}}/{{instanceId}}", endpoint(self._start), methods=["POST"]
+            ),
             _StandInRoute(f"{prefix}/instances", endpoint(self._instances), methods=["GET", "DELETE"]),
             _StandInRoute(f"{prefix}/instances/", endpoint(self._instances), methods=["GET", "DELETE"]),
             _StandInRoute(f"{prefix}/instances/{{instanceId}}", endpoint(self._instance), methods=["GET", "DELETE"]),
-            _StandInRoute(f"{prefix}/instances/{{instanceId}}/raiseEvent/{{eventName}}",
-                          endpoint(self._raise_event), methods=["POST"]),
-            _StandInRoute(f"{prefix}/instances/{{instanceId}}/{{operation}}", endpoint(self._operation),
-                          methods=["POST"]),
+            _StandInRoute(
+                f"{prefix}/instances/{{instanceId}}/raiseEvent/{{eventName}}",
+                endpoint(self._raise_event),
+                methods=["POST"],
+            ),
+            _StandInRoute(
+                f"{prefix}/instances/{{instanceId}}/{{operation}}", endpoint(self._operation), methods=["POST"]
+            ),
         ]
 
     @staticmethod
@@ -901,10 +981,13 @@ class DurableStandIn:
                 return JSONResponse(instance.output)
             if instance.is_terminal:
                 return self._status_response(request, instance)
-        urls = self.management_urls(str(request.base_url), instance.instance_id,
-                                    request.query_params.get("taskHub"), request.query_params.get("connection"))
-        return JSONResponse(urls, status_code=202,
-                            headers={"Location": urls["statusQueryGetUri"], "Retry-After": "10"})
+        urls = self.management_urls(
+            str(request.base_url),
+            instance.instance_id,
+            request.query_params.get("taskHub"),
+            request.query_params.get("connection"),
+        )
+        return JSONResponse(urls, status_code=202, headers={"Location": urls["statusQueryGetUri"], "Retry-After": "10"})
 
     async def _instances(self, request: Request) -> Response:
         if request.method == "DELETE":
@@ -917,8 +1000,9 @@ class DurableStandIn:
         created_from = _parse_query_time(request.query_params.get("createdTimeFrom"))
         created_to = _parse_query_time(request.query_params.get("createdTimeTo"))
         prefix = request.query_params.get("instanceIdPrefix") or ""
-        wanted = {s.strip().lower() for v in request.query_params.getlist("runtimeStatus") for s in v.split(",")
-                  if s.strip()}
+        wanted = {
+            s.strip().lower() for v in request.query_params.getlist("runtimeStatus") for s in v.split(",") if s.strip()
+        }
         selected = []
         for instance in self.engine.instances.values():
             if created_from and instance.created_time < created_from:
@@ -950,15 +1034,20 @@ class DurableStandIn:
             if not instance.is_terminal:
                 return JSONResponse(
                     f"Only orchestrations in a terminal state can be purged, but the orchestration with instance "
-                    f"ID {instance.instance_id} has status {instance.runtime_status}", status_code=412)
+                    f"ID {instance.instance_id} has status {instance.runtime_status}",
+                    status_code=412,
+                )
             self.engine.purge(instance.instance_id)
             return JSONResponse({"instancesDeleted": 1})
         return self._status_response(request, instance)
 
     def _status_response(self, request: Request, instance: OrchestrationInstance) -> Response:
-        body = status_payload(instance, show_input=_query_bool(request, "showInput", True),
-                              show_history=_query_bool(request, "showHistory", False),
-                              show_history_output=_query_bool(request, "showHistoryOutput", False))
+        body = status_payload(
+            instance,
+            show_input=_query_bool(request, "showInput", True),
+            show_history=_query_bool(request, "showHistory", False),
+            show_history_output=_query_bool(request, "showHistoryOutput", False),
+        )
         status = instance.runtime_status
         if status == RuntimeStatus.FAILED:
             code = 500 if _query_bool(request, "returnInternalServerErrorOnFailure", False) else 200
@@ -1034,4 +1123,3 @@ class _StandInASGI:
                 await self.standin.engine.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-

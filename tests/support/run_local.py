@@ -92,5 +92,6 @@ def main() -> int:
         for child in children:
             stop_process_group(child)
 
+
 if __name__ == "__main__":
     sys.exit(main())

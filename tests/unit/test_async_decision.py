@@ -9,7 +9,8 @@ import pytest
 from gateway import translate
 from gateway.bootstrap import build_services
 from gateway.config import load_settings
-from gateway.pipeline import Inbound, Preference
+from gateway.deferral import Preference
+from gateway.messages import Inbound
 
 SETTINGS = {
     "GATEWAY_BACKEND_1": "name=a;host=https://a.example;mode=direct;deployments=gpt-4o",
@@ -44,7 +45,9 @@ def decide(body: dict, prefer: str = "", **extra: str) -> tuple[str, float]:
         services.pool.observe_generation(targets[0], tokens, tokens / 50)
     pipeline = services.pipeline
     profile = services.settings.profile_for("team")
-    return pipeline.defer_reason(inbound, route, targets, profile), pipeline.expected_seconds(route, targets)
+    return pipeline.deferral.reason(inbound, route, targets, profile), pipeline.deferral.expected_seconds(
+        route, targets
+    )
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

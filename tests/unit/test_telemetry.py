@@ -8,9 +8,20 @@ from gateway.usage import Usage, UsageRecord
 
 
 def record(**overrides) -> UsageRecord:
-    values = dict(request_id="r1", api_style="v1", operation="chat/completions", model="gpt-4o-mini",
-                  deployment="gpt-4o-mini-weu", backend="weu", status=200, streaming=True, attempts=2,
-                  duration_ms=250.0, usage=Usage(11, 7, 18), caller="key:abc")
+    values = dict(
+        request_id="r1",
+        api_style="v1",
+        operation="chat/completions",
+        model="gpt-4o-mini",
+        deployment="gpt-4o-mini-weu",
+        backend="weu",
+        status=200,
+        streaming=True,
+        attempts=2,
+        duration_ms=250.0,
+        usage=Usage(11, 7, 18),
+        caller="key:abc",
+    )
     return UsageRecord(**{**values, **overrides})
 
 
@@ -29,11 +40,16 @@ def test_tokens_and_duration_are_recorded_with_genai_and_gateway_attributes():
     sink(record())
     sink(record(usage=Usage(5, 0, 5), operation="embeddings", streaming=False))
     points = collect(reader)
-    tokens = {(p.attributes["gen_ai.operation.name"], p.attributes["gen_ai.token.type"]): p.sum
-              for p in points["gen_ai.client.token.usage"]}
+    tokens = {
+        (p.attributes["gen_ai.operation.name"], p.attributes["gen_ai.token.type"]): p.sum
+        for p in points["gen_ai.client.token.usage"]
+    }
     assert tokens == {("chat", "input"): 11, ("chat", "output"): 7, ("embeddings", "input"): 5}
-    chat_input = next(p for p in points["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == "input"
-                      and p.attributes["gen_ai.operation.name"] == "chat")
+    chat_input = next(
+        p
+        for p in points["gen_ai.client.token.usage"]
+        if p.attributes["gen_ai.token.type"] == "input" and p.attributes["gen_ai.operation.name"] == "chat"
+    )
     assert chat_input.attributes["gateway.backend"] == "weu" and chat_input.attributes["gateway.caller"] == "key:abc"
     assert chat_input.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     assert chat_input.attributes["gateway.usage_estimated"] is False

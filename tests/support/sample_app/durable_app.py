@@ -38,8 +38,9 @@ def _bump(key: str) -> int:
 async def start_orchestration(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
     """Starts orchestrator ``name`` with the JSON body as input; answers 202 + the management payload."""
     body = await req.body()
-    instance_id = await client.start_new(req.path_params["name"], req.query_params.get("instanceId"),
-                                         json.loads(body) if body else None)
+    instance_id = await client.start_new(
+        req.path_params["name"], req.query_params.get("instanceId"), json.loads(body) if body else None
+    )
     payload = client.create_http_management_payload(instance_id)
     return JSONResponse(payload, status_code=202, headers={"Location": payload["statusQueryGetUri"]})
 

@@ -13,14 +13,16 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
 def describe(req: Request, function: str, **extra: object) -> JSONResponse:
-    return JSONResponse({
-        "function": function,
-        "method": req.method,
-        "path": req.url.path,
-        "path_params": dict(req.path_params),
-        "query": dict(req.query_params),
-        **extra,
-    })
+    return JSONResponse(
+        {
+            "function": function,
+            "method": req.method,
+            "path": req.url.path,
+            "path_params": dict(req.path_params),
+            "query": dict(req.query_params),
+            **extra,
+        }
+    )
 
 
 # Registered before the literal route below on purpose: the host must still prefer the literal.

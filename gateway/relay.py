@@ -1,0 +1,120 @@
+"""Relaying a backend's answer to the client, and the usage record it leaves.
+
+JSON answers are read whole (usage parsed from the tail); streams and binary answers are relayed chunk by chunk
+as they arrive, with the SSE usage tap watching a stream's bytes. The record is written once, however the answer
+ends; a read that breaks off counts against the backend through the one attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from . import errors, translate
+from .attempt import Attempt, Attempts
+from .headers import relayed_headers
+from .messages import Outbound
+from .streaming import SseUsageTap
+from .tokens import count_tokens, estimate_prompt_tokens
+from .upstream import TransportError
+from .usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
+
+__all__ = ["Relay"]
+
+
+class Relay:
+    def __init__(self, attempts: Attempts, usage: UsageRecorder) -> None:
+        self.attempts = attempts
+        self.usage = usage
+
+    async def relay(self, attempt: Attempt, route: translate.Route, record: UsageRecord, started: float) -> Outbound:
+        response = attempt.response
+        assert response is not None
+        target = attempt.target
+        headers = relayed_headers(response.headers)
+        headers["x-request-id"] = record.request_id
+        headers["x-gateway-backend"] = target.backend.name
+        headers["x-gateway-attempts"] = str(record.attempts)
+        content_type = response.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream"):
+            record.streaming = True
+            tap = SseUsageTap(strip_injected_usage=attempt.injected) if target.backend.parses_usage else None
+            return Outbound(response.status, headers, stream=self._relay_stream(attempt, tap, route, record, started))
+        if not content_type.startswith("application/json"):
+            # Audio, images as bytes, anything large: relay as it comes, nothing to count.
+            return Outbound(response.status, headers, stream=self._relay_stream(attempt, None, route, record, started))
+        try:
+            body = await self.attempts.read(attempt)
+        except TransportError as exc:
+            status = 504 if exc.kind == "timeout" else 502
+            record.status, record.error = status, exc.kind
+            self.finish(record, started)
+            raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
+        if target.backend.parses_usage:
+            record.usage = usage_from_json_body(body)
+            self.attempts.finished(attempt, record.usage)
+        self.finish(record, started)
+        return Outbound(response.status, headers, body)
+
+    async def _relay_stream(
+        self,
+        attempt: Attempt,
+        tap: SseUsageTap | None,
+        route: translate.Route,
+        record: UsageRecord,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        """Yields each upstream read as it arrives; records usage once, when the stream ends, however it ends.
+
+        The record is written as soon as `[DONE]` is seen, before that last chunk goes out, so whoever reads
+        usage after the client has its whole answer finds it there.
+        """
+        response = attempt.response
+        assert response is not None
+        complete = recorded = False
+        try:
+            async for data in response.chunks():
+                if tap is not None:
+                    data = tap.feed(data)
+                    if tap.done and not recorded:
+                        recorded = await self._finish_stream(record, tap, route, started)
+                if data:
+                    yield data
+            if tap is not None and (rest := tap.flush()):
+                yield rest
+            complete = True
+        except TransportError as exc:
+            record.error = exc.kind
+            self.attempts.broke(attempt, exc)
+        finally:
+            if complete:
+                response.release()
+            else:
+                response.close()  # cut by the backend or the client went away: do not reuse this connection
+            if not recorded:
+                await self._finish_stream(record, tap, route, started)
+
+    async def _finish_stream(
+        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float
+    ) -> bool:
+        if tap is not None and record.status < 400:
+            # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
+            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+        self.finish(record, started)
+        return True
+
+    def finish(self, record: UsageRecord, started: float) -> None:
+        """Stamps the duration and hands the record to the recorder's sinks."""
+        record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        self.usage.record(record)
+
+
+def _estimate(route: translate.Route, deployment: str | None, tap: SseUsageTap) -> Usage | None:
+    """Counts tokens ourselves when a stream ended without usage, with the deployment's model's encoding (an
+    Azure-style body names no model); the record says it is an estimate."""
+    prompt = estimate_prompt_tokens(route.json, deployment)
+    completion = count_tokens(tap.completion_text(), deployment)
+    if not prompt and not completion:
+        return None
+    return Usage(prompt, completion, prompt + completion, estimated=True)
