@@ -17,7 +17,8 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
 
-from . import errors, operations
+from . import errors, guard, operations
+from .bodies import check_declared_length, read_capped
 from .bootstrap import Services
 from .pipeline import Deferred, Inbound, Outbound, error_outbound
 
@@ -91,11 +92,24 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     return bp
 
 
-async def inbound(req: Request, *, body: bool = True) -> Inbound:
-    """The hosting-independent view of a request (header names lower-case, as Starlette gives them)."""
-    return Inbound(
-        req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body() if body else b""
-    )
+async def inbound(req: Request, *, limit: int | None = None) -> Inbound:
+    """The hosting-independent view of a request (header names lower-case, as Starlette gives them).
+
+    Headers and path are checked first (`gateway.guard`). With `limit` the body is read, refused with 413
+    when its Content-Length says it is too big (before reading) or once more than `limit` bytes arrived;
+    without, it is left for the route to stream (`req.stream()`). Raises GatewayError.
+    """
+    headers = req.headers.items()
+    guard.check_headers(headers)
+    path = req.scope.get("root_path", "") + req.scope["path"]  # decoded; req.url.path re-encodes '?', '#', '\'
+    raw_path = (req.scope.get("raw_path") or b"").decode("latin-1")
+    guard.check_path(path, raw_path)
+    data = b""
+    if limit is not None:
+        check_declared_length(req.headers, limit)
+        data = await read_capped(req.stream(), limit)
+    query = req.scope.get("query_string", b"").decode("latin-1")
+    return Inbound(req.method, path, query, dict(headers), data, raw_path)
 
 
 async def _serve(
@@ -107,7 +121,11 @@ async def _serve(
         async def defer(deferred: Deferred) -> Outbound:
             return await start_async(client, deferred)
 
-    return to_response(await services.pipeline.handle(await inbound(req), defer))
+    try:
+        request = await inbound(req, limit=services.settings.max_body_bytes)
+    except errors.GatewayError as exc:
+        return to_response(error_outbound(exc))
+    return to_response(await services.pipeline.handle(request, defer))
 
 
 def to_response(out: Outbound) -> Response:

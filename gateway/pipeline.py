@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import errors, translate
+from . import errors, guard, translate, validate
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Callers
 from .config import Settings
@@ -47,10 +47,11 @@ class Inbound:
     """A client request as the hosting layer received it (header names lower-case)."""
 
     method: str
-    path: str
+    path: str  # percent-decoded, as routes see it
     query: str
     headers: Mapping[str, str]
     body: bytes
+    raw_path: str = ""  # as it came on the request line, when the host says (checked too: %2F, %5C)
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class Pipeline:
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
+        guard.check_path(inbound.path, inbound.raw_path)
         caller = self.callers.authenticate(inbound.headers)
         limit = self.settings.max_body_bytes
         if len(inbound.body) > limit:
@@ -138,6 +140,8 @@ class Pipeline:
             inbound.body,
             self.settings.api_version,
         )
+        if route.json is not None:
+            validate.check_body(route.operation, route.json)
         if route.api_style == "models":
             return Outbound(200, {"content-type": "application/json", "x-request-id": request_id}, self._models_body)
         targets = self.pool.candidates(route.model)

@@ -11,6 +11,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from gateway import ids
 from gateway.bootstrap import Services
 from gateway.errors import GatewayError
 from gateway.http import ALL_METHODS, inbound, to_response
@@ -50,9 +51,9 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     @bp.durable_client_input(client_name="client")
     async def results(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """GET: the result of an async request (202 while running). DELETE: cancel it, or delete a finished one."""
-        request = await inbound(req, body=False)
-        instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
+            request = await inbound(req)
+            instance_id = ids.instance_id(request.path.rstrip("/").rsplit("/", 1)[-1])
             if req.method == "DELETE":
                 out = await starter.cancel(client, services, request, instance_id)
             else:
@@ -105,8 +106,12 @@ def _register_activity(bp: df.Blueprint, services: Services, name: str, implemen
 
 def _batch_route(services: Services, name: str):
     async def batches(req: Request, client: df.DurableOrchestrationClient) -> Response:
-        """Files and Batches on both API styles (see orchestrations/batch_api.py)."""
-        return to_response(await batch_api.handle(client, services, await inbound(req)))
+        """Files and Batches on both API styles (see orchestrations/batch_api.py); the body is streamed there."""
+        try:
+            request = await inbound(req)
+        except GatewayError as exc:
+            return to_response(error_outbound(exc))
+        return to_response(await batch_api.handle(client, services, request, req.stream()))
 
     return _renamed(batches, name)
 
