@@ -32,6 +32,9 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "read_timeout": 5,
 }
 
+# Downloads in 4 MiB ranges: the SDK's default first range (32 MiB) would be held in memory whole.
+BLOB_OPTIONS: dict[str, Any] = {"max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024}
+
 
 @dataclass(frozen=True, slots=True)
 class StorageAccount:
@@ -53,9 +56,10 @@ class StorageAccount:
     def blob_service(self, credential_factory: Any) -> Any:
         from azure.storage.blob.aio import BlobServiceClient
 
+        options = {**CLIENT_OPTIONS, **BLOB_OPTIONS}
         if self.connection_string:
-            return BlobServiceClient.from_connection_string(self.connection_string, **CLIENT_OPTIONS)
-        return BlobServiceClient(self.blob_uri, credential=credential_factory(self.client_id), **CLIENT_OPTIONS)
+            return BlobServiceClient.from_connection_string(self.connection_string, **options)
+        return BlobServiceClient(self.blob_uri, credential=credential_factory(self.client_id), **options)
 
     def queue_client(self, queue: str, credential_factory: Any, **options: Any) -> Any:
         from azure.storage.queue.aio import QueueClient

@@ -145,12 +145,14 @@ def test_cancel_cancels_the_backend_batch(fresh: Stack):
     ("content", "fragment"),
     [
         (
-            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}\n{oops\n',
+            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",'
+            b' "body": {"model": "m", "messages": []}}\n{oops\n',
             "Line 2 is not valid JSON",
         ),
         (requests_jsonl(1) + requests_jsonl(1), "Line 2: custom_id 'req-0' is used more than once"),
         (
-            b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {"model": "m"}}\n',
+            b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions",'
+            b' "body": {"model": "m", "messages": []}}\n',
             "Line 1: 'method' must be POST",
         ),
     ],
