@@ -14,10 +14,11 @@ from collections.abc import Iterable
 
 from . import errors
 
-__all__ = ["MAX_HEADERS_BYTES", "MAX_HEADER_BYTES", "check_headers", "check_path"]
+__all__ = ["MAX_HEADERS", "MAX_HEADERS_BYTES", "MAX_HEADER_BYTES", "check_headers", "check_path"]
 
 MAX_HEADER_BYTES = 8 * 1024  # one header, name and value (what common servers, and Azure's front end, accept)
 MAX_HEADERS_BYTES = 32 * 1024  # all of them
+MAX_HEADERS = 100  # how many (backends refuse more: aiohttp at 128, Azure's front end near there)
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c|25)", re.IGNORECASE)  # / \ and % itself (double encoding)
 _DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 _UNSAFE_CHAR = re.compile(r"[^\x21-\x7e]|\\")  # controls, space, DEL, non-ASCII, backslash
@@ -42,8 +43,11 @@ def check_path(path: str, raw_path: str = "") -> None:
 def check_headers(headers: Iterable[tuple[str, str]]) -> None:
     """400 `invalid_header` (naming it) or 431 `headers_too_large`; names arrive lower-case."""
     seen: set[str] = set()
-    total = 0
+    total = count = 0
     for name, value in headers:
+        count += 1
+        if count > MAX_HEADERS:
+            raise _too_large(f"The request has more than {MAX_HEADERS} headers.")
         size = len(name) + len(value) + 4
         total += size
         if size > MAX_HEADER_BYTES:

@@ -10,12 +10,13 @@ Data-plane routes accept every method and let the gateway answer a wrong one wit
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
+from starlette.requests import ClientDisconnect  # what FastAPI's Request raises; the extension is built on it
 
 from . import errors, guard, operations
 from .bodies import check_declared_length, read_capped
@@ -25,7 +26,7 @@ from .pipeline import Deferred, Inbound, Outbound, error_outbound
 # (durable client, deferred request) -> the 202 answer
 StartAsync = Callable[[Any, Deferred], Awaitable[Outbound]]
 
-__all__ = ["ALL_METHODS", "StartAsync", "build_blueprint", "inbound", "to_response"]
+__all__ = ["ALL_METHODS", "StartAsync", "body_stream", "build_blueprint", "inbound", "to_response"]
 
 ANONYMOUS = func.AuthLevel.ANONYMOUS
 FUNCTION = func.AuthLevel.FUNCTION
@@ -107,9 +108,18 @@ async def inbound(req: Request, *, limit: int | None = None) -> Inbound:
     data = b""
     if limit is not None:
         check_declared_length(req.headers, limit)
-        data = await read_capped(req.stream(), limit)
+        data = await read_capped(body_stream(req), limit)
     query = req.scope.get("query_string", b"").decode("latin-1")
     return Inbound(req.method, path, query, dict(headers), data, raw_path)
+
+
+async def body_stream(req: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that goes away mid-body is a 400 (nobody may see it), not a crash."""
+    try:
+        async for chunk in req.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise errors.bad_request("The request body ended before its announced end.", code="incomplete_body") from None
 
 
 async def _serve(

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,11 +36,13 @@ __all__ = [
     "Inbound",
     "Outbound",
     "Pipeline",
+    "client_request_id",
     "error_outbound",
     "prefers_async",
 ]
 
 log = logging.getLogger("gateway.pipeline")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @dataclass(slots=True)
@@ -114,7 +117,7 @@ class Pipeline:
         `defer`, when the hosting layer can start orchestrations, takes over requests that should run
         asynchronously (see `defer_reason`) and answers them 202.
         """
-        request_id = inbound.headers.get("x-request-id") or os.urandom(16).hex()
+        request_id = client_request_id(inbound.headers) or os.urandom(16).hex()
         self.requests += 1
         try:
             return await self._handle(inbound, request_id, defer)
@@ -367,6 +370,12 @@ def error_outbound(error: errors.GatewayError, request_id: str | None = None) ->
     if request_id:
         headers["x-request-id"] = request_id
     return Outbound(error.status, headers, error.body())
+
+
+def client_request_id(headers: Mapping[str, str]) -> str | None:
+    """The client's `x-request-id` when it is a plain token (it is echoed, forwarded and logged); else None."""
+    value = headers.get("x-request-id", "")
+    return value if _REQUEST_ID.fullmatch(value) else None
 
 
 def prefers_async(prefer: str) -> bool:

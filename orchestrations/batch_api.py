@@ -21,7 +21,7 @@ from gateway.batch_files import BATCH_ENDPOINTS, BatchFileChecker, batch_object,
 from gateway.bodies import check_declared_length, read_capped
 from gateway.bootstrap import Services
 from gateway.multipart import Data, End, MultipartReader, PartStart
-from gateway.pipeline import Inbound, Outbound, error_outbound
+from gateway.pipeline import Inbound, Outbound, client_request_id, error_outbound
 from gateway.translate import multipart_boundary
 
 from .workflows import BATCH_ORCHESTRATOR, RUNNING
@@ -172,7 +172,7 @@ async def create_batch(
     batch_id = ids.new_batch_id(caller, uuid.uuid4().hex)
     job = {
         "id": batch_id,
-        "request_id": (inbound.headers.get("x-request-id") or batch_id)[:128],
+        "request_id": client_request_id(inbound.headers) or batch_id,
         "caller": caller,
         "input_file_id": file_id,
         "endpoint": endpoint,

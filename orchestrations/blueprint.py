@@ -14,7 +14,7 @@ from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Respon
 from gateway import ids
 from gateway.bootstrap import Services
 from gateway.errors import GatewayError
-from gateway.http import ALL_METHODS, inbound, to_response
+from gateway.http import ALL_METHODS, body_stream, inbound, to_response
 from gateway.pipeline import Deferred, Outbound, error_outbound
 
 from . import activities, batch_activities, batch_api, starter, workflows
@@ -111,7 +111,7 @@ def _batch_route(services: Services, name: str):
             request = await inbound(req)
         except GatewayError as exc:
             return to_response(error_outbound(exc))
-        return to_response(await batch_api.handle(client, services, request, req.stream()))
+        return to_response(await batch_api.handle(client, services, request, body_stream(req)))
 
     return _renamed(batches, name)
 
