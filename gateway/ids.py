@@ -13,12 +13,13 @@ import re
 
 from . import errors
 
-__all__ = ["batch_id", "caller_tag", "file_id", "instance_id", "new_batch_id"]
+__all__ = ["batch_created_ms", "batch_id", "caller_tag", "file_id", "instance_id", "new_batch_id"]
 
 # uuid4().hex: the async path's instance ids (starter.accept).
 _INSTANCE = re.compile(r"[0-9a-f]{32}")
-# batch_ + caller tag + uuid4().hex (new_batch_id); older batches have no caller tag.
+# batch_ + caller tag + creation time + random (new_batch_id); older batches: batch_ + uuid4().hex.
 _BATCH = re.compile(r"batch_[0-9a-f]{32,48}")
+_TAGGED_BATCH = re.compile(r"batch_[0-9a-f]{12}(?P<ms>[0-9a-f]{12})[0-9a-f]{20}")
 # Uploads (file- + uuid4().hex), and the merged output and error files of a batch.
 _FILE = re.compile(r"file-[0-9a-f]{32}|batch_[0-9a-f]{32,48}-(?:output|errors)")
 _TAG_CHARS = 12
@@ -44,9 +45,16 @@ def caller_tag(caller: str) -> str:
     return hashlib.sha256(caller.encode()).hexdigest()[:_TAG_CHARS]
 
 
-def new_batch_id(caller: str, unique: str) -> str:
-    """`batch_<caller tag><uuid hex>`: listing a caller's batches is then a prefix query."""
-    return f"batch_{caller_tag(caller)}{unique}"
+def new_batch_id(caller: str, created_ms: int, unique: str) -> str:
+    """`batch_<caller tag><creation ms><20 random hex>`: a caller's batches are one id prefix (a filtered
+    query lists them), and sorting their ids sorts them by creation time (ids are the list cursor)."""
+    return f"batch_{caller_tag(caller)}{created_ms:012x}{unique[:20]}"
+
+
+def batch_created_ms(value: str) -> int | None:
+    """The creation time (epoch ms) written into a batch id by `new_batch_id`; None for older ids."""
+    match = _TAGGED_BATCH.fullmatch(value)
+    return int(match["ms"], 16) if match else None
 
 
 def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:

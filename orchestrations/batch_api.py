@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -169,7 +169,7 @@ async def create_batch(
             code="model_not_found",
             param="model",
         )
-    batch_id = ids.new_batch_id(caller, uuid.uuid4().hex)
+    batch_id = ids.new_batch_id(caller, time.time_ns() // 1_000_000, uuid.uuid4().hex)
     job = {
         "id": batch_id,
         "request_id": client_request_id(inbound.headers) or batch_id,
@@ -191,30 +191,28 @@ async def create_batch(
 
 
 async def list_batches(client: Any, caller: str, query: str) -> Outbound:
-    """The caller's batches, newest first, `limit` at a time after `after`: one filtered query on the caller's
-    id prefix (and, after `after`, on creation time), never a status call per instance."""
+    """The caller's batches, newest first, `limit` at a time after `after`: one query filtered on the caller's
+    id prefix (and, after `after`, on creation time), never a status call per instance. Batch ids sort by
+    creation time within a caller, so the cursor is the id itself."""
     params = dict(parse_qsl(query, keep_blank_values=True))
     limit = _limit(params.get("limit"))
+    after = params.get("after") or None
     created_to = None
-    after = params.get("after")
-    if after:
-        anchor = await client.get_status(ids.batch_id(after), show_input=True)
-        if _job(anchor, caller) is None or anchor.created_time is None:
-            raise errors.not_found("No batch with this id.", code="batch_not_found")
-        created_to = anchor.created_time + timedelta(seconds=1)  # the query's times are whole seconds
+    if after is not None:
+        ids.batch_id(after)
+        if (created_ms := ids.batch_created_ms(after)) is not None:
+            created_to = datetime.fromtimestamp(created_ms / 1000, UTC) + timedelta(seconds=1)  # times are whole s
     statuses = await client.get_status_by(
         created_time_to=created_to, instance_id_prefix="batch_" + ids.caller_tag(caller)
     )
-    rows = []
-    for status in statuses:
-        job = _job(status, caller)
-        if job is not None:
-            rows.append((job["created_at"], status.instance_id, job, status))
-    rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
-    if after:
-        keys = [row[1] for row in rows]
-        rows = rows[keys.index(after) + 1 :] if after in keys else []
-    page = [_view(job, status) for _, _, job, status in rows[:limit]]
+    rows = sorted(
+        ((status.instance_id, job, status) for status in statuses if (job := _job(status, caller)) is not None),
+        key=lambda row: row[0],
+        reverse=True,
+    )
+    if after is not None:
+        rows = [row for row in rows if row[0] < after]
+    page = [_view(job, status) for _, job, status in rows[:limit]]
     return _json(
         200,
         {

@@ -109,8 +109,10 @@ def test_a_strange_api_version_is_refused():
 
 def test_ids_have_the_shape_the_gateway_gave_them():
     tag = ids.caller_tag("team-a")
-    batch = ids.new_batch_id("team-a", "0" * 32)
+    batch = ids.new_batch_id("team-a", 1_764_000_000_123, "0" * 32)
     assert batch.startswith("batch_" + tag) and ids.batch_id(batch) == batch
+    assert ids.batch_created_ms(batch) == 1_764_000_000_123 and ids.batch_created_ms("batch_" + "0" * 32) is None
+    assert ids.new_batch_id("team-a", 2, "f" * 32) > ids.new_batch_id("team-a", 1, "f" * 32)
     assert ids.file_id(batch + "-output") and ids.file_id("file-" + "a" * 32)
     assert ids.instance_id("f" * 32)
     for bad, check in [
