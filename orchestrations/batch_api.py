@@ -8,6 +8,7 @@ built from that orchestration's state. Files and batches belong to the caller (g
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
+
+from azure.core.exceptions import AzureError
 
 from gateway import errors, guard, ids, validate
 from gateway.batch_files import BATCH_ENDPOINTS, BatchFileChecker, batch_object, file_object
@@ -28,6 +31,7 @@ from .workflows import BATCH_ORCHESTRATOR, RUNNING
 
 __all__ = ["handle"]
 
+log = logging.getLogger("orchestrations.batch_api")
 _PATH = re.compile(r"^/(?:v1|openai)/(?P<kind>files|batches)(?:/(?P<id>[^/]+))?(?:/(?P<action>content|cancel))?/?$")
 MAX_JSON_BODY = 64 * 1024  # a batch create body: ids, endpoint, window, metadata (16 pairs of 512 characters)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload
@@ -65,6 +69,12 @@ async def handle(
         raise errors.method_not_allowed(method[:16], "this route", _allowed(kind, item, action))
     except errors.GatewayError as exc:
         return error_outbound(exc)
+    except AzureError:
+        log.warning("Blob Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
+        return error_outbound(errors.unavailable(503, "The gateway's storage is unavailable; retry later.", 5))
+    except Exception:
+        log.exception("Unexpected failure in the Files/Batches API")  # the trace goes to logs, not the client
+        return error_outbound(errors.internal_error())
 
 
 async def upload_file(services: Services, inbound: Inbound, body: AsyncIterable[bytes], caller: str) -> Outbound:
