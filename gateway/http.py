@@ -93,20 +93,23 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     return bp
 
 
-async def inbound(req: Request, *, limit: int | None = None) -> Inbound:
+async def inbound(req: Request, *, limit: int | None = None, body: bool = False) -> Inbound:
     """The hosting-independent view of a request (header names lower-case, as Starlette gives them).
 
     Headers and path are checked first (`gateway.guard`). With `limit` the body is read, refused with 413
     when its Content-Length says it is too big (before reading) or once more than `limit` bytes arrived;
-    without, it is left for the route to stream (`req.stream()`). Raises GatewayError.
+    without, it is left for the route to stream (`body_stream(req)`). Raises GatewayError. (`body=False` is
+    accepted as before; reading a body always needs its limit.)
     """
+    if body and limit is None:
+        raise ValueError("inbound(req, body=True) needs limit=: a body is never read without a cap")
     headers = req.headers.items()
     guard.check_headers(headers)
-    path = req.scope.get("root_path", "") + req.scope["path"]  # decoded; req.url.path re-encodes '?', '#', '\'
+    path = req.scope["path"]  # decoded, as routes match it (req.url.path re-encodes '?', '#' and '\')
     raw_path = (req.scope.get("raw_path") or b"").decode("latin-1")
     guard.check_path(path, raw_path)
     data = b""
-    if limit is not None:
+    if limit is not None:  # the body is read only with a cap
         check_declared_length(req.headers, limit)
         data = await read_capped(body_stream(req), limit)
     query = req.scope.get("query_string", b"").decode("latin-1")
