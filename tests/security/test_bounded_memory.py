@@ -103,21 +103,18 @@ async def test_a_declared_length_over_the_limit_gets_413_before_any_body_is_sent
 
 
 async def test_a_chunked_body_is_cut_at_the_cap(host: DevHost):
-    sent = 0
-
-    async def endless() -> AsyncIterator[bytes]:
-        nonlocal sent
+    async def just_over_the_cap() -> AsyncIterator[bytes]:
         chunk = b"x" * 65536
-        for _ in range(4096):  # 256 MiB at most: far more than the cap and any socket buffer
-            sent += len(chunk)
+        for _ in range(MAX_BODY // len(chunk) + 1):
             yield f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        # The body is never ended (no last chunk): an answer can only come from a server that stopped at the cap.
+        # Nothing more is sent, so the server reads all there is and the 413 is not lost to a TCP reset.
 
     headers = [(b"api-key", GATEWAY_KEY.encode()), (b"Content-Type", b"application/json"),
                (b"Transfer-Encoding", b"chunked")]  # fmt: skip
     request = build_request(b"POST", b"/v1/chat/completions", headers)
-    answer = await send_raw(host.host, host.port, request, body_chunks=endless(), timeout_s=60)
+    answer = await send_raw(host.host, host.port, request, body_chunks=just_over_the_cap(), timeout_s=30)
     assert answer.status == 413 and json.loads(answer.body)["error"]["code"] == "request_too_large"
-    assert sent < 64 * MB, f"the client could send {sent // MB} MiB: the server kept reading past the cap"
 
 
 async def test_a_100_mb_upload_and_its_download_stay_under_50_mb_of_peak_memory(host: DevHost, capsys):
