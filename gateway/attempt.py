@@ -20,7 +20,7 @@ from .config import Settings
 from .credentials import BackendAuth
 from .pool import BackendPool, Target
 from .streaming import prepare_stream_request
-from .upstream import Transport, TransportError, UpstreamResponse
+from .upstream import Body, Transport, TransportError, UpstreamResponse
 from .usage import Usage, UsageRecord
 
 __all__ = ["RETRYABLE_STATUS", "Attempt", "Attempts", "retry_after_seconds", "usage_record"]
@@ -88,7 +88,7 @@ class Attempts:
         method: str,
         path: str,
         headers: Mapping[str, str],
-        body: bytes = b"",
+        body: Body = b"",
         *,
         total_s: float | None,
         probe: bool = False,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
-from .attempt import Attempts
+from .attempt import Attempt, Attempts
 from .pool import Target
 from .upstream import TransportError
 
@@ -31,9 +33,27 @@ class BackendBatches:
         self._attempts = attempts
         self._api_version = api_version
 
-    async def upload(self, target: Target, jsonl: bytes, filename: str) -> str:
-        body, content_type = _multipart({"purpose": b"batch"}, ("file", filename, "application/jsonl", jsonl))
-        data = await self._call(target, "POST", "/openai/files", body, content_type, what="file upload")
+    async def upload_stream(self, target: Target, jsonl: AsyncIterable[bytes], size: int, filename: str) -> str:
+        """Uploads JSONL of exactly `size` bytes as it is produced, with a Content-Length (never chunked)."""
+        boundary = uuid.uuid4().hex
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            async for chunk in jsonl:
+                yield chunk
+            yield tail
+
+        headers = {
+            "content-type": f"multipart/form-data; boundary={boundary}",
+            "content-length": str(len(head) + size + len(tail)),
+        }
+        data = await self._call(target, "POST", "/openai/files", body(), headers=headers, what="file upload")
         return str(json.loads(data)["id"])
 
     async def create(self, target: Target, file_id: str, endpoint: str, window: str) -> dict[str, Any]:
@@ -43,30 +63,75 @@ class BackendBatches:
         return _object(data)
 
     async def get(self, target: Target, batch_id: str) -> dict[str, Any]:
-        return _object(await self._call(target, "GET", f"/openai/batches/{batch_id}", what="batch status"))
+        return _object(await self._call(target, "GET", f"/openai/batches/{_segment(batch_id)}", what="batch status"))
 
     async def cancel(self, target: Target, batch_id: str) -> dict[str, Any]:
-        return _object(await self._call(target, "POST", f"/openai/batches/{batch_id}/cancel", what="batch cancel"))
+        path = f"/openai/batches/{_segment(batch_id)}/cancel"
+        return _object(await self._call(target, "POST", path, what="batch cancel"))
 
-    async def content(self, target: Target, file_id: str) -> bytes:
-        return await self._call(target, "GET", f"/openai/files/{file_id}/content", what="file download")
+    async def content(self, target: Target, file_id: str) -> AsyncIterator[bytes]:
+        """A backend file's bytes as they arrive; BackendBatchError if the download fails or breaks off."""
+        what = "file download"
+        attempt = await self._send(target, "GET", f"/openai/files/{_segment(file_id)}/content", b"", {}, what)
+        response = attempt.response
+        assert response is not None
+        if attempt.status is None or attempt.status >= 300:
+            response.release()
+            raise BackendBatchError(target.backend.name, f"{what} failed", attempt.status)
+        complete = False
+        try:
+            async for chunk in response.chunks():
+                yield chunk
+            complete = True
+        except TransportError as exc:
+            self._attempts.broke(attempt, exc)
+            raise BackendBatchError(target.backend.name, f"{what} failed: {exc.kind}") from None
+        finally:
+            if complete:
+                response.release()
+            else:
+                response.close()
 
     async def _call(
-        self, target: Target, method: str, path: str, body: bytes = b"", content_type: str = "", *, what: str
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        body: bytes | AsyncIterable[bytes] = b"",
+        content_type: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        what: str,
     ) -> bytes:
-        headers = {"content-type": content_type} if content_type else {}
-        name = target.backend.name
-        path = f"{path}?api-version={self._api_version}"
-        attempt = await self._attempts.send(target, method, path, headers, body, total_s=TIMEOUT_S)
-        if attempt.response is None:
-            raise BackendBatchError(name, f"{what} failed: {attempt.failure}", attempt.status)
+        headers = headers or ({"content-type": content_type} if content_type else {})
+        attempt = await self._send(target, method, path, body, headers, what)
         try:
             data = await self._attempts.read(attempt)
         except TransportError as exc:
-            raise BackendBatchError(name, f"{what} failed: {exc.kind}") from None
+            raise BackendBatchError(target.backend.name, f"{what} failed: {exc.kind}") from None
         if attempt.status is None or attempt.status >= 300:
-            raise BackendBatchError(name, f"{what} failed", attempt.status)
+            raise BackendBatchError(target.backend.name, f"{what} failed", attempt.status)
         return data
+
+    async def _send(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        body: bytes | AsyncIterable[bytes],
+        headers: dict[str, str],
+        what: str,
+    ) -> Attempt:
+        path = f"{path}?api-version={quote(self._api_version, safe='')}"
+        attempt = await self._attempts.send(target, method, path, headers, body, total_s=TIMEOUT_S)
+        if attempt.response is None:
+            raise BackendBatchError(target.backend.name, f"{what} failed: {attempt.failure}", attempt.status)
+        return attempt
+
+
+def _segment(backend_id: str) -> str:
+    """A backend's id as one path segment: it comes from the backend, so it is quoted, never trusted."""
+    return quote(str(backend_id), safe="")
 
 
 def _object(data: bytes) -> dict[str, Any]:
@@ -74,20 +139,3 @@ def _object(data: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("a backend answered a batch call with JSON that is not an object")
     return value
-
-
-def _multipart(fields: dict[str, bytes], file: tuple[str, str, str, bytes]) -> tuple[bytes, str]:
-    """A multipart/form-data body of simple fields and one file, with a boundary that cannot occur in it."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
-        for name, value in fields.items()
-    ]
-    name, filename, file_type, data = file
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-        f"Content-Type: {file_type}\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-    )
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

@@ -8,9 +8,12 @@ and a client would otherwise see two of each).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-__all__ = ["forwarded_headers", "relayed_headers"]
+__all__ = ["client_request_id", "forwarded_headers", "relayed_headers"]
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and headers the gateway sets itself; never copied across.
 _HOP_BY_HOP = frozenset(
@@ -53,3 +56,9 @@ def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, 
 def relayed_headers(backend: Mapping[str, str]) -> dict[str, str]:
     """The backend's answer headers a client may see (the gateway then adds its own)."""
     return {k: v for k, v in backend.items() if k.lower() not in _RESPONSE_DROP}
+
+
+def client_request_id(headers: Mapping[str, str]) -> str | None:
+    """The client's `x-request-id` when it is a plain token (it is echoed, forwarded and logged); else None."""
+    value = headers.get("x-request-id", "")
+    return value if _REQUEST_ID.fullmatch(value) else None

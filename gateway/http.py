@@ -10,15 +10,17 @@ Data-plane routes accept every method and let the gateway answer a wrong one wit
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
 import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
+from starlette.requests import ClientDisconnect  # what FastAPI's Request raises; the extension is built on it
 
-from . import errors, operations
+from . import errors, guard, operations
+from .bodies import check_declared_length, read_capped
 from .bootstrap import Services
 from .deferral import Deferred
 from .messages import Inbound, Outbound, error_outbound
@@ -26,7 +28,7 @@ from .messages import Inbound, Outbound, error_outbound
 # (durable client, deferred request) -> the 202 answer
 StartAsync = Callable[[Any, Deferred], Awaitable[Outbound]]
 
-__all__ = ["ALL_METHODS", "StartAsync", "build_blueprint", "inbound", "to_response"]
+__all__ = ["ALL_METHODS", "StartAsync", "body_stream", "build_blueprint", "inbound", "to_response"]
 
 ANONYMOUS = func.AuthLevel.ANONYMOUS
 FUNCTION = func.AuthLevel.FUNCTION
@@ -124,11 +126,36 @@ async def _operate(action: Awaitable[dict[str, Any]]) -> Response:
         return to_response(error_outbound(exc))
 
 
-async def inbound(req: Request, *, body: bool = True) -> Inbound:
-    """The hosting-independent view of a request (header names lower-case, as Starlette gives them)."""
-    return Inbound(
-        req.method, req.url.path, req.url.query, dict(req.headers.items()), await req.body() if body else b""
-    )
+async def inbound(req: Request, *, limit: int | None = None, body: bool = False) -> Inbound:
+    """The hosting-independent view of a request (header names lower-case, as Starlette gives them).
+
+    Headers and path are checked first (`gateway.guard`). With `limit` the body is read, refused with 413
+    when its Content-Length says it is too big (before reading) or once more than `limit` bytes arrived;
+    without, it is left for the route to stream (`body_stream(req)`). Raises GatewayError. (`body=False` is
+    accepted as before; reading a body always needs its limit.)
+    """
+    if body and limit is None:
+        raise ValueError("inbound(req, body=True) needs limit=: a body is never read without a cap")
+    headers = req.headers.items()
+    guard.check_headers(headers)
+    path = req.scope["path"]  # decoded, as routes match it (req.url.path re-encodes '?', '#' and '\')
+    raw_path = (req.scope.get("raw_path") or b"").decode("latin-1")
+    guard.check_path(path, raw_path)
+    data = b""
+    if limit is not None:  # the body is read only with a cap
+        check_declared_length(req.headers, limit)
+        data = await read_capped(body_stream(req), limit)
+    query = req.scope.get("query_string", b"").decode("latin-1")
+    return Inbound(req.method, path, query, dict(headers), data, raw_path)
+
+
+async def body_stream(req: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that goes away mid-body is a 400 (nobody may see it), not a crash."""
+    try:
+        async for chunk in req.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise errors.bad_request("The request body ended before its announced end.", code="incomplete_body") from None
 
 
 async def _serve(
@@ -140,7 +167,11 @@ async def _serve(
         async def defer(deferred: Deferred) -> Outbound:
             return await start_async(client, deferred)
 
-    return to_response(await services.pipeline.handle(await inbound(req), defer))
+    try:
+        request = await inbound(req, limit=services.settings.max_body_bytes)
+    except errors.GatewayError as exc:
+        return to_response(error_outbound(exc))
+    return to_response(await services.pipeline.handle(request, defer))
 
 
 def to_response(out: Outbound) -> Response:

@@ -19,10 +19,11 @@ class Inbound:
     """A client request as the hosting layer received it (header names lower-case)."""
 
     method: str
-    path: str
+    path: str  # percent-decoded, as routes see it
     query: str
     headers: Mapping[str, str]
     body: bytes
+    raw_path: str = ""  # as it came on the request line, when the host says (checked too: %2F, %5C)
 
 
 @dataclass(slots=True)

@@ -17,13 +17,13 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from . import errors, translate
+from . import errors, guard, translate, validate
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Caller, Callers
 from .config import Settings
 from .deferral import Defer, Deferral, Deferred, Preference
 from .governance import Governance
-from .headers import forwarded_headers
+from .headers import client_request_id, forwarded_headers
 from .messages import Inbound, Outbound, error_outbound
 from .pool import Target
 from .profiles import NO_LIMITS, Profile
@@ -86,7 +86,7 @@ class Pipeline:
         `defer`, when the hosting layer can start orchestrations, takes over requests that should run
         asynchronously (see `deferral`) and answers them 202.
         """
-        request_id = inbound.headers.get("x-request-id") or os.urandom(16).hex()
+        request_id = client_request_id(inbound.headers) or os.urandom(16).hex()
         self.requests += 1
         try:
             return await self._handle(inbound, request_id, defer)
@@ -99,6 +99,7 @@ class Pipeline:
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
+        guard.check_path(inbound.path, inbound.raw_path)
         caller = await self.callers.authenticate(inbound.headers)
         # Before admission: a refused caller's own requests must keep the shared state (its resumption) fresh.
         await self.pool.refresh_if_due()
@@ -113,6 +114,8 @@ class Pipeline:
             inbound.body,
             self.settings.api_version,
         )
+        if route.json is not None:
+            validate.check_body(route.operation, route.json)
         if route.api_style == "models":
             profile = self.governance.admit(caller, None)
             return Outbound(

@@ -4,13 +4,15 @@ Orchestration inputs and outputs stay small (a reference, not the body): Durable
 every step, and big payloads in it cost time and storage on each replay. Layout in one container:
 `requests/{id}` the body the client sent, `results/{id}` the backend's answer (with its content type and
 HTTP status in metadata), `completions/{id}.json` the completion message once it has been published; the
-Batch API adds `files/{id}` (uploaded and produced files) and `batches/{id}/...` (merged results so far).
+Batch API adds `files/{id}` (uploaded and produced files) and `batches/{id}/...` (each round's answers).
+Files can be large, so they are written in blocks as they arrive (`BlockWriter`) and read as a stream.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from .storage import StorageAccount
 
-__all__ = ["ResultStore", "StoredBlob"]
+__all__ = ["BLOCK_BYTES", "BlobStream", "BlockWriter", "ResultStore", "StoredBlob"]
+
+BLOCK_BYTES = 4 * 1024 * 1024  # one staged block; what a writer holds at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,57 @@ class StoredBlob:
     body: bytes
     content_type: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStream:
+    """A blob being downloaded: its properties now, its bytes chunk by chunk."""
+
+    size: int
+    content_type: str
+    metadata: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+class BlockWriter:
+    """Stages a blob's blocks as data arrives; nothing exists under the name until `commit`.
+
+    Holds at most one block in memory. Staged blocks that are never committed (a refused upload) are
+    discarded by the service.
+    """
+
+    def __init__(self, blob: Any, block_bytes: int = BLOCK_BYTES) -> None:
+        self._blob = blob
+        self._block_bytes = block_bytes
+        self._buffer = bytearray()
+        self._blocks: list[str] = []
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        while len(self._buffer) >= self._block_bytes:
+            await self._stage(bytes(self._buffer[: self._block_bytes]))
+            del self._buffer[: self._block_bytes]
+
+    async def commit(self, content_type: str, metadata: dict[str, str]) -> int:
+        """Stages what is left and makes the blob exist (replacing an older one); returns its size."""
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        if self._buffer:
+            await self._stage(bytes(self._buffer))
+            self._buffer.clear()
+        await self._blob.commit_block_list(
+            [BlobBlock(block_id) for block_id in self._blocks],
+            content_settings=ContentSettings(content_type=content_type),
+            metadata=metadata,
+        )
+        return self.size
+
+    async def _stage(self, data: bytes) -> None:
+        block_id = base64.b64encode(f"{len(self._blocks):010d}".encode()).decode()
+        await self._blob.stage_block(block_id, data, length=len(data))
+        self._blocks.append(block_id)
 
 
 class ResultStore:
@@ -101,6 +156,40 @@ class ResultStore:
             return None
         props = downloader.properties
         return StoredBlob(body, props.content_settings.content_type or "application/octet-stream", dict(props.metadata))
+
+    async def writer(self, name: str) -> BlockWriter:
+        """A block writer for a (large) blob, committed by the caller once every byte was accepted."""
+        container = await self._ready_container()
+        return BlockWriter(container.get_blob_client(name))
+
+    async def open_blob(self, name: str) -> BlobStream | None:
+        """A blob to read chunk by chunk (BLOCK_BYTES at most at a time); None when there is none."""
+        container = await self._ready_container()
+        try:
+            downloader = await container.download_blob(name)
+        except ResourceNotFoundError:
+            return None
+        props = downloader.properties
+        return BlobStream(
+            props.size,
+            props.content_settings.content_type or "application/octet-stream",
+            dict(props.metadata),
+            downloader.chunks(),
+        )
+
+    async def blob_metadata(self, name: str) -> dict[str, str] | None:
+        """A blob's metadata without its body; None when there is none."""
+        container = await self._ready_container()
+        try:
+            props = await container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return dict(props.metadata)
+
+    async def names(self, prefix: str) -> list[str]:
+        """The names of the blobs under a prefix, in name order."""
+        container = await self._ready_container()
+        return [name async for name in container.list_blob_names(name_starts_with=prefix)]
 
     async def _ready_container(self) -> Any:
         if self._container is None:

@@ -35,6 +35,8 @@ CLIENT_OPTIONS: dict[str, Any] = {
 # Blob and queue clients build the storage SDK's own ExponentialRetry from these (its default first backoff is
 # 15 s, and it ignores retry_backoff_factor): without them a storage outage held an async submission ~20 s.
 STORAGE_RETRY: dict[str, Any] = {"initial_backoff": 1, "increment_base": 2, "random_jitter_range": 1}
+# Downloads in 4 MiB ranges: the SDK's default first range (32 MiB) would be held in memory whole.
+BLOB_OPTIONS: dict[str, Any] = {"max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ class StorageAccount:
     def blob_service(self, credential_factory: Any) -> Any:
         from azure.storage.blob.aio import BlobServiceClient
 
-        options = {**CLIENT_OPTIONS, **STORAGE_RETRY}
+        options = {**CLIENT_OPTIONS, **STORAGE_RETRY, **BLOB_OPTIONS}
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **options)
         return BlobServiceClient(cast("str", self.blob_uri), credential=credential_factory(self.client_id), **options)

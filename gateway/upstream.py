@@ -12,12 +12,15 @@ transport in unit tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import aiohttp
 
-__all__ = ["Transport", "TransportError", "Upstream", "UpstreamResponse"]
+__all__ = ["Body", "Transport", "TransportError", "Upstream", "UpstreamResponse"]
+
+# A request body: bytes, or chunks produced as they are sent (a batch file; the caller sets Content-Length).
+type Body = bytes | AsyncIterable[bytes]
 
 
 class TransportError(Exception):
@@ -48,7 +51,7 @@ class UpstreamResponse(Protocol):
 
 class Transport(Protocol):
     async def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, total_s: float | None
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, total_s: float | None
     ) -> UpstreamResponse: ...
 
 
@@ -111,7 +114,7 @@ class Upstream:
         return self._session
 
     async def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, *, total_s: float | None
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, total_s: float | None
     ) -> UpstreamResponse:
         """Sends one request and returns once the response headers are in; the caller reads, releases or closes."""
         timeout = aiohttp.ClientTimeout(

@@ -1,28 +1,34 @@
 """Activities of a managed batch: submit the unfinished lines to a backend, poll, collect, cancel, finish.
 
-Results are merged in Blob Storage as they arrive (`batches/{id}/results.jsonl` and `errors.jsonl`), so a
+Each round's answers are kept in Blob Storage as they arrive (`orchestrations/batch_store.py`), so a
 resubmission sends only the lines no backend has answered yet, and the final files are the merge of every
 round. Lines a backend rejected (a 4xx in its error file) are final; lines missing after an expired or failed
 round are resubmitted (so are error-file lines without a response, such as `batch_expired`: they never ran);
-lines still missing at the end are reported in the error file, honestly.
+lines still missing at the end are reported in the error file, honestly. Files are streamed through, never
+held whole: memory grows with the number of custom ids, not with the size of the files.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.backend_batches import BackendBatchError, BackendBatches
-from gateway.batch_files import file_object, parse_jsonl, rewrite_for_backend
+from gateway.batch_files import file_object, rewrite_line
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.pool import Target
 
-__all__ = ["batch_cancel_backend", "batch_collect", "batch_finish", "batch_poll", "batch_submit", "input_lines"]
+from . import batch_store
+from .batch_store import Tally
+
+__all__ = ["batch_cancel_backend", "batch_collect", "batch_finish", "batch_poll", "batch_submit"]
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 UNAVAILABLE_RETRY_S = 30.0
+UPLOAD_CHUNK = 256 * 1024  # lines are sent to a backend in pieces of about this size
 
 
 def _client(services: Services) -> BackendBatches:
@@ -37,30 +43,37 @@ def _target(services: Services, payload: dict[str, Any]) -> Target:
     return target
 
 
-def _jsonl(lines: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+async def _remaining(services: Services, job: dict[str, Any], answered: set[str]) -> AsyncIterator[dict[str, Any]]:
+    """The input lines no round has answered yet, read from the stored file as a stream."""
+    async for _, line in batch_store.lines(services, f"files/{job['input_file_id']}"):
+        if line.get("custom_id") not in answered:
+            yield line
 
 
-async def input_lines(services: Services, file_id: str) -> list[dict[str, Any]]:
-    blob = await services.results.get_blob(f"files/{file_id}")
-    return parse_jsonl(blob.body) if blob else []
-
-
-async def _merged(services: Services, batch_id: str, kind: str) -> list[dict[str, Any]]:
-    blob = await services.results.get_blob(f"batches/{batch_id}/{kind}.jsonl")
-    return parse_jsonl(blob.body) if blob else []
+async def _rewritten(lines: AsyncIterator[dict[str, Any]], deployment: str) -> AsyncIterator[bytes]:
+    pending = bytearray()
+    async for line in lines:
+        pending += rewrite_line(line, deployment) + b"\n"
+        if len(pending) >= UPLOAD_CHUNK:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
 
 
 async def batch_submit(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
-    """Uploads the lines no round has answered yet to a backend serving the model's batches, creates the batch."""
+    """Uploads the lines no round has answered yet to a backend serving the model's batches, creates the batch.
+
+    The input is read twice (count and size, then the upload), so the upload has a Content-Length without
+    the file ever being held: a rewritten line is its size with an empty model plus the deployment's JSON.
+    """
     job, avoid = payload["job"], set(payload.get("avoid", ()))
-    answered = {
-        line["custom_id"] for kind in ("results", "errors") for line in await _merged(services, job["id"], kind)
-    }
-    remaining = [
-        line for line in await input_lines(services, job["input_file_id"]) if line["custom_id"] not in answered
-    ]
-    if not remaining:
+    answered = (await batch_store.tally(services, job["id"])).answered
+    count = size_without_model = 0
+    async for line in _remaining(services, job, answered):
+        count += 1
+        size_without_model += len(rewrite_line(line, "")) + 1
+    if not count:
         return {"status": "nothing_left"}
     attempts, now = services.attempts, time.time()
     await services.pool.refresh_if_due()
@@ -70,10 +83,11 @@ async def batch_submit(services: Services, payload: dict[str, Any]) -> dict[str,
     )
     if target is None:
         return {"status": "unavailable", "backend": None, "retry_at": now + UNAVAILABLE_RETRY_S}
-    jsonl = rewrite_for_backend(remaining, target.deployment)
+    size = size_without_model + count * (len(json.dumps(target.deployment)) - 2)
+    jsonl = _rewritten(_remaining(services, job, answered), target.deployment)
     client = _client(services)
     try:
-        file_id = await client.upload(target, jsonl, f"{job['id']}-round{payload['round']}.jsonl")
+        file_id = await client.upload_stream(target, jsonl, size, f"{job['id']}-round{payload['round']}.jsonl")
         created = await client.create(target, file_id, _azure_endpoint(job["endpoint"]), job["completion_window"])
     except BackendBatchError as exc:
         return {
@@ -88,7 +102,7 @@ async def batch_submit(services: Services, payload: dict[str, Any]) -> dict[str,
         "deployment": target.deployment,
         "backend_batch_id": created["id"],
         "backend_file_id": file_id,
-        "lines": len(remaining),
+        "lines": count,
     }
 
 
@@ -119,38 +133,26 @@ async def batch_cancel_backend(services: Services, payload: dict[str, Any]) -> d
 
 
 async def batch_collect(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
-    """Downloads this round's output and error files and merges them into the batch's results so far."""
+    """Streams this round's output and error files into the batch's blobs, then counts every round's answers."""
     job, poll = payload["job"], payload["poll"]
     client = _client(services)
-    merged = {
-        kind: {line["custom_id"]: line for line in await _merged(services, job["id"], kind)}
-        for kind in ("results", "errors")
-    }
     for kind, file_key in (("results", "output_file_id"), ("errors", "error_file_id")):
         if not poll.get(file_key):
             continue
+        # An error line without a response (batch_expired, batch_cancelled, ...) was never run: not final.
+        keep = _any if kind == "results" else _answered
+        name = batch_store.round_blob(job["id"], payload["backend_batch_id"], kind)
         try:
-            data = await client.content(_target(services, payload), poll[file_key])
+            chunks = client.content(_target(services, payload), poll[file_key])
+            await batch_store.store_round(services, name, chunks, keep)
         except BackendBatchError:
             continue  # its lines stay unanswered and go to the next round
-        for line in parse_jsonl(data):
-            # An error line without a response (batch_expired, batch_cancelled, ...) was never run: not final.
-            if "custom_id" in line and (kind == "results" or line.get("response")):
-                merged[kind][line["custom_id"]] = line
-    for custom_id in merged["results"]:
-        merged["errors"].pop(custom_id, None)  # a later success replaces an earlier failure
-    for kind, lines in merged.items():
-        await services.results.put_blob(
-            f"batches/{job['id']}/{kind}.jsonl", _jsonl(list(lines.values())), "application/jsonl", {}
-        )
-    total = job["lines"]
-    succeeded = sum(1 for line in merged["results"].values() if _status(line) < 400)
-    failed = len(merged["results"]) - succeeded + len(merged["errors"])
+    counted = await batch_store.tally(services, job["id"])
     return {
-        "succeeded": succeeded,
-        "failed": failed,
-        "remaining": total - succeeded - failed,
-        "usage": _usage(merged["results"].values()),
+        "succeeded": counted.succeeded,
+        "failed": counted.failed,
+        "remaining": job["lines"] - counted.succeeded - counted.failed,
+        "usage": counted.usage,
     }
 
 
@@ -158,45 +160,24 @@ async def batch_finish(services: Services, payload: dict[str, Any]) -> dict[str,
     """Writes the merged output and error files, publishes the completion once, returns the final view."""
     job, end = payload["job"], payload["end"]
     now = int(time.time())
-    inputs = await input_lines(services, job["input_file_id"])
-    results = await _merged(services, job["id"], "results")
-    errors = await _merged(services, job["id"], "errors")
-    answered = {line["custom_id"] for line in results + errors}
     status = end["status"]
-    code = {"completed": "batch_failed", "cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
-        status, "batch_failed"
-    )
-    for line in inputs:
-        if line["custom_id"] not in answered:  # never answered by any backend: say so per line
-            errors.append(
-                {
-                    "id": None,
-                    "custom_id": line["custom_id"],
-                    "response": None,
-                    "error": {"code": code, "message": f"The request was not completed ({status})."},
-                }
-            )
-    if status == "completed" and len(answered) < len(inputs):
+    counted = await batch_store.tally(services, job["id"])
+    output_id = await _store_output(services, job, counted)
+    error_id, inputs, unanswered = await _store_errors(services, job, counted, status)
+    if status == "completed" and unanswered:
         status = "failed"  # never claim completion with lines missing
     view: dict[str, Any] = {
         "status": status,
-        "output_file_id": None,
-        "error_file_id": None,
+        "output_file_id": output_id,
+        "error_file_id": error_id,
         "errors": end.get("errors"),
         "in_progress_at": end.get("in_progress_at"),
         "finalizing_at": end.get("finalizing_at"),
         "cancelling_at": end.get("cancelling_at"),
         f"{status}_at": now,
     }
-    if results:
-        view["output_file_id"] = await _store_file(
-            services, job, f"{job['id']}-output", _jsonl(results), "batch_output"
-        )
-    if errors:
-        view["error_file_id"] = await _store_file(services, job, f"{job['id']}-errors", _jsonl(errors), "batch_output")
-    succeeded = sum(1 for line in results if _status(line) < 400)
-    view["request_counts"] = {"total": len(inputs), "completed": succeeded, "failed": len(inputs) - succeeded}
-    view["usage"] = _usage(results)
+    view["request_counts"] = {"total": inputs, "completed": counted.succeeded, "failed": inputs - counted.succeeded}
+    view["usage"] = counted.usage
     message = CompletionMessage(
         id=job["id"],
         request_id=job["request_id"],
@@ -220,27 +201,66 @@ async def batch_finish(services: Services, payload: dict[str, Any]) -> dict[str,
     return view
 
 
-async def _store_file(services: Services, job: dict[str, Any], file_id: str, data: bytes, purpose: str) -> str:
-    meta = file_object(file_id, len(data), int(time.time()), f"{file_id}.jsonl", purpose)
-    await services.results.put_blob(
-        f"files/{file_id}", data, "application/jsonl", {"caller": job["caller"], "meta": json.dumps(meta)}
-    )
+async def _store_output(services: Services, job: dict[str, Any], counted: Tally) -> str | None:
+    """The merged output file (each custom id once), streamed round after round; None when nothing succeeded."""
+    if not counted.results:
+        return None
+    file_id = f"{job['id']}-output"
+    writer = await services.results.writer(f"files/{file_id}")
+    written: set[str] = set()
+    async for raw, line in batch_store.answers(services, job["id"], "results"):
+        custom_id = line.get("custom_id")
+        if isinstance(custom_id, str) and custom_id not in written:
+            written.add(custom_id)
+            await writer.write(raw + b"\n")
+    await _commit_file(writer, job, file_id)
     return file_id
 
 
-def _status(line: dict[str, Any]) -> int:
-    response = line.get("response") or {}
-    return int(response.get("status_code") or 500)
+async def _store_errors(
+    services: Services, job: dict[str, Any], counted: Tally, status: str
+) -> tuple[str | None, int, int]:
+    """The error file: final errors of every round, then one line per input line nobody answered.
+
+    Returns its id (None when empty), the number of input lines and how many of them went unanswered.
+    """
+    code = {"completed": "batch_failed", "cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
+        status, "batch_failed"
+    )
+    file_id = f"{job['id']}-errors"
+    writer = await services.results.writer(f"files/{file_id}")
+    written: set[str] = set()
+    async for raw, line in batch_store.answers(services, job["id"], "errors"):
+        custom_id = line.get("custom_id")
+        if custom_id in counted.errors and custom_id not in written:
+            written.add(custom_id)
+            await writer.write(raw + b"\n")
+    inputs = unanswered = 0
+    answered = counted.answered
+    async for _, line in batch_store.lines(services, f"files/{job['input_file_id']}"):
+        inputs += 1
+        if line.get("custom_id") not in answered:  # never answered by any backend: say so per line
+            unanswered += 1
+            error = {"code": code, "message": f"The request was not completed ({status})."}
+            record = {"id": None, "custom_id": line.get("custom_id"), "response": None, "error": error}
+            await writer.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    if not writer.size:
+        return None, inputs, unanswered
+    await _commit_file(writer, job, file_id)
+    return file_id, inputs, unanswered
 
 
-def _usage(lines: Any) -> dict[str, int]:
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for line in lines:
-        usage = ((line.get("response") or {}).get("body") or {}).get("usage") or {}
-        for key in total:
-            if isinstance(usage.get(key), int):
-                total[key] += usage[key]
-    return total
+async def _commit_file(writer: Any, job: dict[str, Any], file_id: str) -> None:
+    meta = file_object(file_id, writer.size, int(time.time()), f"{file_id}.jsonl", "batch_output")
+    await writer.commit("application/jsonl", {"caller": job["caller"], "meta": json.dumps(meta)})
+
+
+def _any(line: dict[str, Any]) -> bool:
+    return True
+
+
+def _answered(line: dict[str, Any]) -> bool:
+    return bool(line.get("response"))
 
 
 def _azure_endpoint(endpoint: str) -> str:

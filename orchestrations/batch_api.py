@@ -8,42 +8,58 @@ built from that orchestration's state. Files and batches belong to the caller (g
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
-from gateway import errors
-from gateway.batch_files import BATCH_ENDPOINTS, batch_object, file_object, parse_jsonl, validate_batch_jsonl
+from azure.core.exceptions import AzureError
+
+from gateway import errors, guard, ids, validate
+from gateway.batch_files import BATCH_ENDPOINTS, BatchFileChecker, batch_object, file_object
+from gateway.bodies import check_declared_length, read_capped
 from gateway.bootstrap import Services
 from gateway.callers import Caller
+from gateway.headers import client_request_id
 from gateway.messages import Inbound, Outbound, error_outbound
-from gateway.translate import multipart_form
+from gateway.multipart import Data, End, MultipartReader, PartStart
+from gateway.translate import multipart_boundary
 
 from .workflows import BATCH_ORCHESTRATOR, RUNNING
 
 __all__ = ["handle"]
 
-_PATH = re.compile(
-    r"^/(?:v1|openai)/(?P<kind>files|batches)(?:/(?P<id>[A-Za-z0-9_.-]+))?(?:/(?P<action>content|cancel))?/?$"
-)
+log = logging.getLogger("orchestrations.batch_api")
+_PATH = re.compile(r"^/(?:v1|openai)/(?P<kind>files|batches)(?:/(?P<id>[^/]+))?(?:/(?P<action>content|cancel))?/?$")
+MAX_JSON_BODY = 64 * 1024  # a batch create body: ids, endpoint, window, metadata (16 pairs of 512 characters)
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload
+MAX_FIELD = 1024  # a text field of the upload form (purpose)
+DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
-async def handle(client: Any, services: Services, inbound: Inbound) -> Outbound:
-    """Routes one Files/Batches request; every failure is an OpenAI-style error."""
+async def handle(
+    client: Any, services: Services, inbound: Inbound, body: AsyncIterable[bytes] | None = None
+) -> Outbound:
+    """Routes one Files/Batches request; every failure is an OpenAI-style error. `body` is read only here,
+    as each route needs it (an upload is streamed to Blob Storage, never held whole)."""
     try:
+        guard.check_path(inbound.path, inbound.raw_path)
         identity = await services.callers.authenticate(inbound.headers)
         profile = services.governance.admit(identity, None)
         caller = identity.name
         match = _PATH.match(inbound.path)
         if match is None:
-            raise errors.not_found(f"No route for {inbound.method} {inbound.path}.", code="route_not_found")
+            raise errors.not_found("No such Files or Batches route.", code="route_not_found")
         kind, item, action, method = match["kind"], match["id"], match["action"], inbound.method
         if kind == "files":
             if item is None and method == "POST":
-                return await upload_file(services, inbound, caller)
+                return await upload_file(services, inbound, body or _empty(), caller)
             if item is not None and method == "GET":
-                return await get_file(services, caller, item, content=action == "content")
+                return await get_file(services, caller, ids.file_id(item), content=action == "content")
         else:
             if item is None and method == "POST":
                 if profile.async_mode == "deny":
@@ -51,69 +67,122 @@ async def handle(client: Any, services: Services, inbound: Inbound) -> Outbound:
                         403, "Batches run asynchronously, which this caller's profile does not allow.",
                         type="permission_error", code="async_not_allowed",
                     )  # fmt: skip
-                return await create_batch(client, services, inbound, identity)
+                request = await _json_body(inbound, body or _empty())
+                return await create_batch(client, services, inbound, request, identity)
             if item is None and method == "GET":
-                return await list_batches(client, caller)
+                return await list_batches(client, caller, inbound.query)
             if item is not None and method == "GET" and action is None:
-                return _json(200, await _batch_view(client, caller, item))
+                return _json(200, await _batch_view(client, caller, ids.batch_id(item)))
             if item is not None and method == "POST" and action == "cancel":
-                return await cancel_batch(client, services, caller, item)
-        raise errors.method_not_allowed(method, inbound.path, _allowed(kind, item, action))
+                return await cancel_batch(client, services, caller, ids.batch_id(item))
+        raise errors.method_not_allowed(method[:16], "this route", _allowed(kind, item, action))
     except errors.GatewayError as exc:
         return error_outbound(exc)
+    except AzureError:
+        log.warning("Blob Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
+        return error_outbound(errors.unavailable(503, "The gateway's storage is unavailable; retry later.", 5))
+    except Exception:
+        log.exception("Unexpected failure in the Files/Batches API")  # the trace goes to logs, not the client
+        return error_outbound(errors.internal_error())
 
 
-async def upload_file(services: Services, inbound: Inbound, caller: str) -> Outbound:
-    """POST files (multipart: purpose=batch, file): validated before it is kept, so bad lines fail now."""
+async def upload_file(services: Services, inbound: Inbound, body: AsyncIterable[bytes], caller: str) -> Outbound:
+    """POST files (multipart: purpose=batch, file): validated line by line as it streams to Blob Storage.
+
+    Nothing is kept unless the whole file is valid: the blob's blocks are committed only at the end.
+    """
     settings = services.settings
-    if len(inbound.body) > settings.batch_max_bytes + 64 * 1024:
-        raise errors.too_large(settings.batch_max_bytes)
-    form = multipart_form(inbound.headers.get("content-type", ""), inbound.body)
-    purpose = form.get("purpose", (None, b""))[1].decode("utf-8", "replace").strip()
-    if purpose != "batch":
-        raise errors.bad_request("Only purpose=batch files are accepted.", code="invalid_purpose", param="purpose")
-    if "file" not in form:
-        raise errors.bad_request("Send the JSONL as the 'file' part.", code="missing_file", param="file")
-    filename, data = form["file"]
-    validate_batch_jsonl(data, max_bytes=settings.batch_max_bytes, max_lines=settings.batch_max_lines)
-    file_id = "file-" + uuid.uuid4().hex
-    meta = file_object(file_id, len(data), int(time.time()), filename or "batch.jsonl", "batch")
-    await services.results.put_blob(
-        f"files/{file_id}", data, "application/jsonl", {"caller": caller, "meta": json.dumps(meta)}
+    limit = settings.batch_max_bytes + MULTIPART_OVERHEAD
+    check_declared_length(inbound.headers, limit)
+    reader = MultipartReader(multipart_boundary(inbound.headers.get("content-type", "")))
+    checker = BatchFileChecker(
+        max_bytes=settings.batch_max_bytes,
+        max_lines=settings.batch_max_lines,
+        max_line_bytes=settings.max_body_bytes,
     )
+    file_id = "file-" + uuid.uuid4().hex
+    writer = await services.results.writer(f"files/{file_id}")
+    fields: dict[str, bytearray] = {}
+    current: PartStart | None = None
+    filename: str | None = None
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        if received > limit:
+            raise errors.too_large(settings.batch_max_bytes)
+        for event in reader.feed(chunk):
+            if isinstance(event, PartStart):
+                current = event
+                if event.name == "file":
+                    if filename is not None:
+                        raise errors.bad_request("Send one 'file' part.", code="invalid_multipart", param="file")
+                    filename = event.filename or "batch.jsonl"
+                fields.setdefault(event.name, bytearray())
+            elif isinstance(event, Data) and current is not None:
+                if current.name == "file":
+                    checker.feed(event.data)
+                    await writer.write(event.data)
+                elif len(fields[current.name]) + len(event.data) > MAX_FIELD:
+                    raise errors.bad_request(
+                        f"The form field '{current.name[:64]}' is too long.", code="invalid_multipart"
+                    )
+                else:
+                    fields[current.name] += event.data
+            elif isinstance(event, End) and current is not None:
+                if current.name == "purpose":
+                    _check_purpose(fields["purpose"])
+                current = None
+    reader.close()
+    _check_purpose(fields.get("purpose", bytearray()))
+    if filename is None:
+        raise errors.bad_request("Send the JSONL as the 'file' part.", code="missing_file", param="file")
+    checker.finish()
+    meta = file_object(file_id, checker.size, int(time.time()), _safe_filename(filename), "batch")
+    metadata = {"caller": caller, "meta": json.dumps(meta), "model": checker.model or "", "lines": str(checker.lines)}
+    await writer.commit("application/jsonl", metadata)
     return _json(200, meta)
 
 
 async def get_file(services: Services, caller: str, file_id: str, *, content: bool) -> Outbound:
-    blob = await services.results.get_blob(f"files/{file_id}")
+    """The file object, or its bytes streamed from Blob Storage (never read whole)."""
+    if not content:
+        metadata = await services.results.blob_metadata(f"files/{file_id}")
+        if metadata is None or metadata.get("caller") != caller:
+            raise _no_file()
+        return _json(200, json.loads(metadata["meta"]))
+    blob = await services.results.open_blob(f"files/{file_id}")
     if blob is None or blob.metadata.get("caller") != caller:
-        raise errors.not_found(f"No file with id '{file_id}'.", code="file_not_found")
-    if content:
-        return Outbound(200, {"content-type": "application/jsonl"}, blob.body)
-    return _json(200, json.loads(blob.metadata["meta"]))
+        raise _no_file()
+    headers = {"content-type": "application/jsonl", "content-length": str(blob.size)}
+    return Outbound(200, headers, stream=blob.chunks)
 
 
-async def create_batch(client: Any, services: Services, inbound: Inbound, identity: Caller) -> Outbound:
+async def create_batch(
+    client: Any, services: Services, inbound: Inbound, request: dict[str, Any], identity: Caller
+) -> Outbound:
     caller = identity.name
     settings = services.settings
-    try:
-        request = json.loads(inbound.body or b"{}")
-    except ValueError:
-        raise errors.bad_request("The body must be JSON.", code="invalid_json") from None
-    if not isinstance(request, dict):
-        raise errors.bad_request("The body must be a JSON object.", code="invalid_json")
-    file_id, endpoint = request.get("input_file_id"), request.get("endpoint")
-    window = str(request.get("completion_window", "24h"))
+    validate.check_body("batches", request)
+    file_id, endpoint = request["input_file_id"], request["endpoint"]
+    window = request.get("completion_window") or "24h"
     if endpoint not in BATCH_ENDPOINTS:
-        raise errors.bad_request(f"'endpoint' must be one of {', '.join(sorted(BATCH_ENDPOINTS))}.", param="endpoint")
+        raise errors.bad_request(
+            f"'endpoint' must be one of {', '.join(sorted(BATCH_ENDPOINTS))}.", code="invalid_value", param="endpoint"
+        )
     hours = re.fullmatch(r"(\d{1,3})h", window)
     if hours is None or not 1 <= int(hours[1]) <= 168:
-        raise errors.bad_request("'completion_window' must be like 24h.", param="completion_window")
-    blob = await services.results.get_blob(f"files/{file_id}") if isinstance(file_id, str) else None
-    if blob is None or blob.metadata.get("caller") != caller:
-        raise errors.not_found(f"No file with id '{file_id}'.", code="file_not_found")
-    lines = parse_jsonl(blob.body)
-    model = lines[0]["body"]["model"]
+        raise errors.bad_request(
+            "'completion_window' must be like 24h.", code="invalid_value", param="completion_window"
+        )
+    try:
+        ids.file_id(file_id)
+    except errors.GatewayError:
+        raise _no_file() from None
+    # The upload recorded its model and line count: the file is never read here.
+    metadata = await services.results.blob_metadata(f"files/{file_id}")
+    if metadata is None or metadata.get("caller") != caller or not metadata.get("model"):
+        raise _no_file()
+    model = metadata["model"]
     profile = services.governance.admit(identity, model)  # the model must be in the caller's allow-list
     if not services.pool.candidates(model, batch=True):
         raise errors.bad_request(
@@ -121,10 +190,10 @@ async def create_batch(client: Any, services: Services, inbound: Inbound, identi
             code="model_not_found",
             param="model",
         )
-    batch_id = "batch_" + uuid.uuid4().hex
+    batch_id = ids.new_batch_id(caller, time.time_ns() // 1_000_000, uuid.uuid4().hex)
     job = {
         "id": batch_id,
-        "request_id": inbound.headers.get("x-request-id") or batch_id,
+        "request_id": client_request_id(inbound.headers) or batch_id,
         "caller": caller,
         "profile": profile.name or None,
         "input_file_id": file_id,
@@ -133,7 +202,7 @@ async def create_batch(client: Any, services: Services, inbound: Inbound, identi
         "window_s": int(hours[1]) * 3600,
         "metadata": request.get("metadata"),
         "model": model,
-        "lines": len(lines),
+        "lines": int(metadata.get("lines") or 0),
         "created_at": int(time.time()),
         "max_rounds": 1 + settings.batch_max_resubmits,
         "poll_min_s": settings.batch_poll_min_s,
@@ -143,23 +212,37 @@ async def create_batch(client: Any, services: Services, inbound: Inbound, identi
     return _json(200, batch_object(job, {"status": "validating"}))
 
 
-async def list_batches(client: Any, caller: str) -> Outbound:
-    batches = []
-    for status in await client.get_status_all():
-        if status.name == BATCH_ORCHESTRATOR:
-            try:
-                batches.append(await _batch_view(client, caller, status.instance_id))
-            except errors.GatewayError:
-                continue  # someone else's
-    batches.sort(key=lambda b: b["created_at"], reverse=True)
+async def list_batches(client: Any, caller: str, query: str) -> Outbound:
+    """The caller's batches, newest first, `limit` at a time after `after`: one query filtered on the caller's
+    id prefix (and, after `after`, on creation time), never a status call per instance. Batch ids sort by
+    creation time within a caller, so the cursor is the id itself."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    limit = _limit(params.get("limit"))
+    after = params.get("after") or None
+    created_to = None
+    if after is not None:
+        ids.batch_id(after)
+        if (created_ms := ids.batch_created_ms(after)) is not None:
+            created_to = datetime.fromtimestamp(created_ms / 1000, UTC) + timedelta(seconds=1)  # times are whole s
+    statuses = await client.get_status_by(
+        created_time_to=created_to, instance_id_prefix="batch_" + ids.caller_tag(caller)
+    )
+    rows = sorted(
+        ((status.instance_id, job, status) for status in statuses if (job := _job(status, caller)) is not None),
+        key=lambda row: row[0],
+        reverse=True,
+    )
+    if after is not None:
+        rows = [row for row in rows if row[0] < after]
+    page = [_view(job, status) for _, job, status in rows[:limit]]
     return _json(
         200,
         {
             "object": "list",
-            "data": batches,
-            "first_id": batches[0]["id"] if batches else None,
-            "last_id": batches[-1]["id"] if batches else None,
-            "has_more": False,
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(rows) > limit,
         },
     )
 
@@ -175,11 +258,26 @@ async def cancel_batch(client: Any, services: Services, caller: str, batch_id: s
 
 async def _batch_view(client: Any, caller: str, batch_id: str) -> dict[str, Any]:
     status = await client.get_status(batch_id, show_input=True)
+    job = _job(status, caller)
+    if job is None:
+        raise errors.not_found("No batch with this id.", code="batch_not_found")
+    return _view(job, status)
+
+
+def _job(status: Any, caller: str) -> dict[str, Any] | None:
+    """The batch's job (its orchestration input) when the instance exists and belongs to the caller."""
     job = status.input_
     if isinstance(job, str):
-        job = json.loads(job)
+        try:
+            job = json.loads(job)
+        except ValueError:
+            return None
     if status.runtime_status is None or not isinstance(job, dict) or job.get("caller") != caller:
-        raise errors.not_found(f"No batch with id '{batch_id}'.", code="batch_not_found")
+        return None
+    return job
+
+
+def _view(job: dict[str, Any], status: Any) -> dict[str, Any]:
     runtime = status.runtime_status.name
     if runtime in RUNNING:
         view = status.custom_status if isinstance(status.custom_status, dict) else {}
@@ -188,6 +286,54 @@ async def _batch_view(client: Any, caller: str, batch_id: str) -> dict[str, Any]
     else:
         view = {"status": "cancelled" if runtime == "Terminated" else "failed"}
     return batch_object(job, view)
+
+
+async def _json_body(inbound: Inbound, body: AsyncIterable[bytes]) -> dict[str, Any]:
+    """A small JSON object body: 413 over MAX_JSON_BODY, 400 for anything that is not a JSON object."""
+    check_declared_length(inbound.headers, MAX_JSON_BODY)
+    media = inbound.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in ("", "application/json"):
+        raise errors.bad_request(
+            "Unsupported content type: this operation takes application/json.", code="unsupported_content_type"
+        )
+    data = await read_capped(body, MAX_JSON_BODY)
+    try:
+        request = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise errors.bad_request("The body is not valid UTF-8.", code="invalid_encoding") from None
+    except (ValueError, RecursionError):
+        raise errors.bad_request("The body must be JSON.", code="invalid_json") from None
+    if not isinstance(request, dict):
+        raise errors.bad_request("The body must be a JSON object.", code="invalid_json")
+    return request
+
+
+def _check_purpose(value: bytearray) -> None:
+    if value.decode("utf-8", "replace").strip() != "batch":
+        raise errors.bad_request("Only purpose=batch files are accepted.", code="invalid_purpose", param="purpose")
+
+
+def _safe_filename(name: str) -> str:
+    """The client's file name as shown back: printable, no path, short (it goes into blob metadata)."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:200] or "batch.jsonl"
+
+
+def _limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise errors.bad_request(f"'limit' must be between 1 and {MAX_LIMIT}.", code="invalid_value", param="limit")
+    return int(value)
+
+
+def _no_file() -> errors.GatewayError:
+    return errors.not_found("No file with this id.", code="file_not_found")
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 def _allowed(kind: str, item: str | None, action: str | None) -> str:

@@ -11,10 +11,11 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
+from gateway import ids
 from gateway.bootstrap import Services
 from gateway.deferral import Deferred
 from gateway.errors import GatewayError
-from gateway.http import ALL_METHODS, inbound, to_response
+from gateway.http import ALL_METHODS, body_stream, inbound, to_response
 from gateway.messages import Outbound, error_outbound
 
 from . import activities, batch_activities, batch_api, starter, workflows
@@ -51,9 +52,9 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     @bp.durable_client_input(client_name="client")
     async def results(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """GET: the result of an async request (202 while running). DELETE: cancel it, or delete a finished one."""
-        request = await inbound(req, body=False)
-        instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
+            request = await inbound(req)
+            instance_id = ids.instance_id(request.path.rstrip("/").rsplit("/", 1)[-1])
             if req.method == "DELETE":
                 out = await starter.cancel(client, services, request, instance_id)
             else:
@@ -66,9 +67,10 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     @bp.durable_client_input(client_name="client")
     async def status(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """The Durable status of an async request, to its caller only: no system key ever leaves the gateway."""
-        instance_id = req.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
-            out = await starter.get_status(client, services, await inbound(req, body=False), instance_id)
+            request = await inbound(req)
+            instance_id = ids.instance_id(request.path.rstrip("/").rsplit("/", 1)[-1], what="status")
+            out = await starter.get_status(client, services, request, instance_id)
         except GatewayError as exc:
             out = error_outbound(exc)
         return to_response(out)
@@ -117,8 +119,12 @@ def _register_activity(bp: df.Blueprint, services: Services, name: str, implemen
 
 def _batch_route(services: Services, name: str):
     async def batches(req: Request, client: df.DurableOrchestrationClient) -> Response:
-        """Files and Batches on both API styles (see orchestrations/batch_api.py)."""
-        return to_response(await batch_api.handle(client, services, await inbound(req)))
+        """Files and Batches on both API styles (see orchestrations/batch_api.py); the body is streamed there."""
+        try:
+            request = await inbound(req)
+        except GatewayError as exc:
+            return to_response(error_outbound(exc))
+        return to_response(await batch_api.handle(client, services, request, body_stream(req)))
 
     return _renamed(batches, name)
 

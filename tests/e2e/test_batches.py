@@ -17,7 +17,7 @@ from azure.storage.queue import QueueClient
 from tests.support.devhost import DevHost
 from tests.support.fake_openai import BatchStep, FakeAzureOpenAI
 
-KEY = "batch-key"
+KEY, OTHER_KEY = "batch-key", "other-batch-key"
 
 
 def requests_jsonl(n: int = 3) -> bytes:
@@ -74,7 +74,7 @@ def stack(azurite) -> Iterator[Stack]:
             "GATEWAY_STATE_TABLE": "batch" + suffix,
             "GATEWAY_RESULTS_CONTAINER": "batch-" + suffix,
             "GATEWAY_COMPLETIONS_QUEUE": "done-" + suffix,
-            "GATEWAY_API_KEYS": KEY,
+            "GATEWAY_API_KEYS": f"{KEY},{OTHER_KEY}",
             "GATEWAY_BATCH_POLL_MIN_S": "0.05",
             "GATEWAY_BATCH_POLL_MAX_S": "0.1",
             "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;"
@@ -154,12 +154,14 @@ def test_cancel_cancels_the_backend_batch(fresh: Stack):
     ("content", "fragment"),
     [
         (
-            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}\n{oops\n',
+            b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",'
+            b' "body": {"model": "m", "messages": []}}\n{oops\n',
             "Line 2 is not valid JSON",
         ),
         (requests_jsonl(1) + requests_jsonl(1), "Line 2: custom_id 'req-0' is used more than once"),
         (
-            b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {"model": "m"}}\n',
+            b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions",'
+            b' "body": {"model": "m", "messages": []}}\n',
             "Line 1: 'method' must be POST",
         ),
     ],
@@ -179,3 +181,26 @@ def test_files_and_batches_belong_to_their_caller(fresh: Stack):
     with pytest.raises(openai.NotFoundError):
         fresh.v1.batches.retrieve("batch_doesnotexist")
     assert fresh.v1.files.retrieve(uploaded.id).filename == "requests.jsonl"
+
+
+def test_list_pages_the_callers_own_batches_newest_first(fresh: Stack):
+    """`limit`/`after` as OpenAI pages them (the SDK's auto-pagination follows `has_more`), one caller only."""
+    uploaded = fresh.v1.files.create(file=("requests.jsonl", requests_jsonl()), purpose="batch")
+    created = [
+        fresh.v1.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(3)
+    ]
+    try:
+        first = fresh.v1.batches.list(limit=2)
+        assert [b.id for b in first.data] == created[::-1][:2] and first.has_more
+        rest = fresh.v1.batches.list(limit=2, after=first.data[-1].id)
+        assert [b.id for b in rest.data][:1] == created[:1]
+        every = [b.id for b in fresh.v1.batches.list(limit=1)]  # follows `after` page by page
+        assert every[:3] == created[::-1] and len(every) == len(set(every))
+        other = openai.OpenAI(base_url=fresh.host.url + "/v1", api_key=OTHER_KEY, max_retries=0)
+        assert not set(created) & {b.id for b in other.batches.list()}
+        with pytest.raises(openai.BadRequestError):
+            fresh.v1.batches.list(limit=1000)
+    finally:
+        for batch_id in created:
+            fresh.v1.batches.cancel(batch_id)

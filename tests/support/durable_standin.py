@@ -879,7 +879,7 @@ class DurableStandIn:
                 "managementUrls": self.management_urls(base, "INSTANCEID", task_hub, connection, rewind=True),
                 "baseUrl": webhooks,
                 "requiredQueryStringParameters": code,
-                "rpcBaseUrl": base + RPC_PREFIX + "/",
+                "rpcBaseUrl": _local_base(request) + RPC_PREFIX + "/",
                 "httpBaseUrl": None,
                 "maxGrpcMessageSizeInBytes": 0,
                 "grpcHttpClientTimeout": GRPC_HTTP_CLIENT_TIMEOUT,
@@ -1086,6 +1086,15 @@ class DurableStandIn:
             return _error(400, "Invalid JSON content", str(exc))
         self.engine.raise_event(instance.instance_id, request.path_params["eventName"], json.dumps(data))
         return Response(status_code=202)
+
+
+def _local_base(request: Request) -> str:
+    """The host's own address, as the real extension's RPC endpoint is: never taken from the client's Host header."""
+    server = request.scope.get("server")
+    if not server:
+        return str(request.base_url).rstrip("/")
+    host, port = server
+    return f"http://{host}:{port}"
 
 
 def _float_query(request: Request, name: str) -> float | None:

@@ -149,6 +149,11 @@ class ChildProcess:
         self._log_path: Path | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The child's process id (its memory can be read from /proc/PID/status)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -31,10 +31,10 @@ def refused(data: bytes, **limits) -> str:
 
 
 def test_a_good_file_passes_and_blank_lines_are_ignored():
-    lines = validate_batch_jsonl(
+    checker = validate_batch_jsonl(
         jsonl(line("a"), "", line("b", url="/chat/completions")), max_bytes=10**6, max_lines=10
     )
-    assert [x["custom_id"] for x in lines] == ["a", "b"]
+    assert (checker.lines, checker.model) == (2, "gpt-4o-mini")
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_a_good_file_passes_and_blank_lines_are_ignored():
         (jsonl(line("a"), line("b", body={"model": "gpt-4o"})), "Line 2: every line must use the same model"),
         (jsonl(line(custom_id="")), "Line 1: 'custom_id' must be a non-empty string."),
         (b"\n\n", "The file holds no requests."),
-        ("é".encode("latin-1"), "The file is not UTF-8 text."),
+        ("é".encode("latin-1"), "Line 1 is not UTF-8 text."),
     ],
 )
 def test_malformed_files_are_refused_naming_the_first_bad_line(content, message):
