@@ -245,10 +245,16 @@ class Limiter:
         _add(state.history, bucket, amount)
         return Grant(state.key, state.kind, amount, now, lease.serial, True)
 
-    def _without_lease(self, state: _Key, amount: int, now: float) -> Grant | Refusal | None:
-        """The answer when asking storage is not worth it: storage down, or a recent refusal still holds."""
-        if not self.storage_ok and now < self._retry_at:
-            return self._local(state, amount, now)
+    def _without_lease(self, state: _Key, amount: int, now: float, probe: bool = False) -> Grant | Refusal | None:
+        """The answer when asking storage is not worth it: storage down, or a recent refusal still holds.
+
+        With `probe`, a request that finds storage due for another try claims that try for itself.
+        """
+        if not self.storage_ok:
+            if now < self._retry_at:
+                return self._local(state, amount, now)
+            if probe:
+                self._retry_at = now + STORAGE_RETRY_S  # one request tries storage again; the others stay local
         if now < state.refused_until and amount > state.refused_free:
             retry = retry_after(self._known(state, now), now, state.limit, amount)
             return Refusal(max(retry, state.refused_until - now), self._used(state, now), state.limit, True)
@@ -277,7 +283,7 @@ class Limiter:
             now = self._clock()
             if (grant := self._spend(state, amount, now)) is not None:
                 return grant
-            if (answer := self._without_lease(state, amount, now)) is not None:
+            if (answer := self._without_lease(state, amount, now, probe=True)) is not None:
                 return answer
             return await self._lease(state, amount)
         finally:

@@ -306,10 +306,11 @@ async def test_storage_down_falls_back_to_local_limits_flagged_and_said_once(lim
         [limiter] = limiters(storage.connection_string, clock, 1)
         assert (await limiter.acquire("k", "rpm", 50, 1)).shared
         storage.stop()
-        answers = []
+        before, answers = limiter.operations, []
         for tick in range(200):  # 20 s of clock: several storage retries, all failing
             clock.now = START + 3 + tick * TICK
             answers.append(await limiter.acquire("k", "rpm", 50, 1))
+        assert 4 <= limiter.operations - before <= 8  # storage tried again every 5 s, not on every request
         grants = [a for a in answers if isinstance(a, Grant)]
         refusals = [a for a in answers if isinstance(a, Refusal)]
         assert len(grants) == 49 and not any(g.shared for g in grants)  # the full limit, on this instance alone
