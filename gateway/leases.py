@@ -1,0 +1,247 @@
+"""The shared side of rate limits: one Table row per (limit kind, key) that every instance leases from.
+
+A row holds `Buckets`, a JSON map from a bucket number (a 1/`BUCKETS_PER_S` second) to an amount. An instance's
+live lease is counted in the bucket of its expiry; when the instance renews or returns it, that reservation is
+replaced by what it really admitted, each amount in the bucket of its admission time. A lease is granted only
+if the buckets still in the window plus the new amount fit the limit, so every 60 s window's admissions were
+all counted together at the last grant among them (see `docs/limits.md`). `Holders` maps each instance to its
+latest lease's expiry: how many instances share the budget, so slices can shrink with their number.
+
+Writes are conditional on the ETag of the row as this instance last wrote or read it (`IfNotModified`): an
+instance alone with a key writes without reading first; a conflict reads again and decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+__all__ = [
+    "BUCKETS_PER_S",
+    "WINDOW_S",
+    "LeaseContention",
+    "LeaseTable",
+    "Row",
+    "active_holders",
+    "bucket_of",
+    "counted",
+    "encode_key",
+    "merged",
+    "retry_after",
+]
+
+WINDOW_S = 60.0
+BUCKETS_PER_S = 2  # bucket width 0.5 s: a finished amount is counted at most 0.5 s longer than its 60 s
+PRUNE_MARGIN_S = 5.0  # instances' clocks differ a little: keep buckets a few seconds past the window
+ACTIVE_S = 10.0  # an instance whose latest lease expired longer ago than this no longer shares the budget
+_CONFLICT_RETRIES = 20
+_KEY_BYTES = 1024  # Table keys are at most 1 KiB (UTF-16)
+_FORBIDDEN = frozenset("/\\#?%")  # % too, so the encoding is reversible and two keys never meet
+
+
+class LeaseContention(Exception):
+    """Too many instances wrote the same row at once: not an outage, so never STORAGE_ERRORS."""
+
+
+@dataclass(slots=True)
+class Row:
+    """The stored state of one (kind, key): amounts by bucket, holders' latest expiries, the latest limit."""
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    holders: dict[str, float] = field(default_factory=dict)
+    limit: int = 0
+
+
+def encode_key(text: str) -> str:
+    """A Table-safe, collision-free key: caller and model names come from outside.
+
+    Characters Table keys forbid (/ \\ # ? and control characters) and % become %XX; an empty or over-long
+    key becomes %H and a hash (a form the escaping never produces).
+    """
+    out = "".join(
+        f"%{ord(ch):02X}" if ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F else ch for ch in text
+    )
+    if not out or len(out.encode("utf-16-le")) > _KEY_BYTES:
+        return "%H" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return out
+
+
+def bucket_of(t: float) -> int:
+    """The bucket an amount admitted (or a lease expiring) at `t` is counted in: rounded up, never early."""
+    return math.ceil(t * BUCKETS_PER_S)
+
+
+def _oldest_counted(now: float) -> float:
+    """Buckets numbered above this are in the window ending at `now` (any part of them is within 60 s)."""
+    return (now - WINDOW_S) * BUCKETS_PER_S
+
+
+def counted(buckets: Mapping[int, int], now: float) -> int:
+    """What counts against the limit at `now`: every bucket any part of which is within the last 60 s."""
+    edge = _oldest_counted(now)
+    return sum(amount for bucket, amount in buckets.items() if bucket > edge)
+
+
+def merged(buckets: Mapping[int, int], delta: Mapping[int, int], now: float) -> dict[int, int]:
+    """`buckets` plus `delta`, without buckets no instance can count any more; never below zero.
+
+    A negative total means the row was lost (a wiped account) after the amount it returns was added: dropped.
+    """
+    edge = (now - WINDOW_S - PRUNE_MARGIN_S) * BUCKETS_PER_S
+    out = {bucket: amount for bucket, amount in buckets.items() if bucket > edge}
+    for bucket, change in delta.items():
+        if bucket > edge and change:
+            total = out.get(bucket, 0) + change
+            if total > 0:
+                out[bucket] = total
+            else:
+                out.pop(bucket, None)
+    return out
+
+
+def retry_after(buckets: Mapping[int, int], now: float, limit: int, amount: int) -> float:
+    """Seconds until enough of the counted amount leaves the window for `amount` to fit (0 if it fits now).
+
+    Returns may free budget sooner; an amount larger than the limit never fits, and gets a whole window.
+    """
+    if amount > limit:
+        return WINDOW_S
+    edge = _oldest_counted(now)
+    live = sorted((bucket, value) for bucket, value in buckets.items() if bucket > edge)
+    excess = sum(value for _, value in live) + amount - limit
+    for bucket, value in live:
+        if excess <= 0:
+            break
+        excess -= value
+        if excess <= 0:
+            return max(0.0, bucket / BUCKETS_PER_S + WINDOW_S - now)
+    return 0.0
+
+
+def active_holders(holders: Mapping[str, float], now: float, me: str) -> int:
+    """How many instances share the budget now: this one and those whose lease expired within `ACTIVE_S`."""
+    return 1 + sum(1 for name, expires in holders.items() if name != me and expires > now - ACTIVE_S)
+
+
+class LeaseTable:
+    """The lease rows of one table; every storage call is counted in `operations`."""
+
+    def __init__(self, table_client_factory: Callable[[], Any], instance_id: str) -> None:
+        self._factory = table_client_factory
+        self._table: Any = None
+        self._table_ready = False
+        self.instance_id = instance_id
+        self.operations = 0
+        self._cache: dict[tuple[str, str], tuple[Row, str | None]] = {}  # as last written or read, with ETag
+
+    async def transact(self, kind: str, key: str, decide: Callable[[Row, bool], Row | None]) -> Row:
+        """Writes `decide(row, fresh)` conditionally on the row it saw; returns the row as stored.
+
+        `decide` sees the row as this instance last wrote it (`fresh` False) or as just read (`fresh` True),
+        and returns the new row, or None for nothing to write. None from a cached row reads again first, so a
+        decision to write nothing (a refusal) is never taken on stale data; a write needs no re-read, since
+        its ETag condition fails if anyone wrote in between. `decide` must not change the row it is given.
+        """
+        place = (encode_key(kind), encode_key(key))
+        table = await self._ready()
+        cached = self._cache.get(place)
+        for _ in range(_CONFLICT_RETRIES):
+            fresh = cached is None
+            if cached is None:
+                cached = await self._read(table, place)
+            row, etag = cached
+            new = decide(row, fresh)
+            if new is None:
+                if fresh:
+                    return row
+                cached = None
+                continue
+            entity = _entity(place, new, self.instance_id)
+            try:
+                self.operations += 1
+                if etag is None:
+                    metadata = await table.create_entity(entity)
+                else:
+                    metadata = await table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+            except (ResourceModifiedError, ResourceExistsError):
+                cached = None  # someone wrote in between: read theirs and decide again
+                await asyncio.sleep(random.uniform(0, 0.005))  # jitter against lock-step retries, not a wait
+                continue
+            except ResourceNotFoundError as exc:  # the row or the table was deleted (a wiped account)
+                if getattr(exc, "error_code", None) == "TableNotFound":
+                    self._table_ready = False
+                    table = await self._ready()
+                cached = None
+                continue
+            self._cache[place] = (new, metadata.get("etag"))
+            return new
+        self._cache.pop(place, None)
+        raise LeaseContention(f"{kind} {key!r}: too many concurrent lease updates")
+
+    async def read(self, kind: str, key: str) -> Row | None:
+        """The stored row (the operator view and tests); None if there is none."""
+        row, etag = await self._read(await self._ready(), (encode_key(kind), encode_key(key)))
+        return None if etag is None else row
+
+    def forget(self, kind: str, key: str) -> None:
+        self._cache.pop((encode_key(kind), encode_key(key)), None)
+
+    async def close(self) -> None:
+        if self._table is not None:
+            await self._table.close()
+            self._table = None
+            self._table_ready = False
+
+    async def _read(self, table: Any, place: tuple[str, str]) -> tuple[Row, str | None]:
+        self.operations += 1
+        try:
+            entity = await table.get_entity(*place)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "TableNotFound":
+                self._table_ready = False
+                await self._ready()
+            return Row(), None
+        row = Row(
+            {int(b): int(a) for b, a in json.loads(entity.get("Buckets") or "{}").items()},
+            {str(n): float(e) for n, e in json.loads(entity.get("Holders") or "{}").items()},
+            int(entity.get("Limit") or 0),
+        )
+        self._cache[place] = (row, entity.metadata["etag"])
+        return self._cache[place]
+
+    async def _ready(self) -> Any:
+        if self._table is None:
+            self._table = self._factory()
+        if not self._table_ready:
+            try:
+                self.operations += 1
+                await self._table.create_table()
+            except ResourceExistsError:
+                pass
+            self._table_ready = True
+        return self._table
+
+
+def _entity(place: tuple[str, str], row: Row, instance_id: str) -> dict[str, Any]:
+    return {
+        "PartitionKey": place[0],
+        "RowKey": place[1],
+        "Buckets": json.dumps({str(b): a for b, a in sorted(row.buckets.items())}, separators=(",", ":")),
+        "Holders": json.dumps(row.holders, separators=(",", ":")),
+        "Limit": row.limit,
+        "UpdatedBy": instance_id,
+        "UpdatedAt": time.time(),
+    }
