@@ -52,11 +52,18 @@ class Attempts:
         self.auth = auth
         self.settings = settings
 
-    async def next_target(self, model: str, exclude: set[str] | None = None, *, batch: bool = False) -> Target | None:
-        """The pool's choice, with the half-open trial claimed; a backend whose trial another instance holds
-        is added to `exclude` and the next choice is taken."""
+    async def next_target(
+        self,
+        model: str,
+        exclude: set[str] | None = None,
+        *,
+        batch: bool = False,
+        tiers: frozenset[str] | None = None,
+    ) -> Target | None:
+        """The pool's choice among the caller's tiers, with the half-open trial claimed; a backend whose trial
+        another instance holds is added to `exclude` and the next choice is taken."""
         exclude = set() if exclude is None else exclude
-        while (target := self.pool.choose(model, exclude, batch=batch)) is not None:
+        while (target := self.pool.choose(model, exclude, batch=batch, tiers=tiers)) is not None:
             if await self.pool.acquire(target):
                 return target
             exclude.add(target.backend.name)
@@ -102,7 +109,15 @@ class Attempts:
         headers = {**headers, **await self.auth.headers(backend)}
         sent_at = time.monotonic()
         try:
-            response = await self.transport.send(method, backend.host + path, headers, body, total_s=total_s)
+            response = await self.transport.send(
+                method,
+                backend.host + path,
+                headers,
+                body,
+                total_s=total_s,
+                connect_s=backend.connect_timeout_s,
+                read_s=backend.timeout_s,
+            )
         except TransportError as exc:
             log.warning("Backend %s: %s", backend.name, exc)
             if not probe:

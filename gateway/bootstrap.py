@@ -21,8 +21,10 @@ from .config import Settings, load_settings
 from .credentials import BackendAuth, TokenCredential, storage_credential
 from .entra import EntraValidator
 from .governance import Governance
+from .limiter import Limiter
 from .pipeline import Pipeline
 from .pool import BackendPool
+from .quotas import Quotas
 from .results import ResultStore
 from .state_store import StateStore
 from .storage import storage_account
@@ -30,7 +32,7 @@ from .telemetry import UsageMetrics, configure_exporter
 from .upstream import Transport, Upstream
 from .usage import UsageRecorder
 
-__all__ = ["Services", "build_gateway", "build_services", "instance_id"]
+__all__ = ["Services", "build_gateway", "build_services", "instance_id", "leases_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Services:
     attempts: Attempts
     callers: Callers
     governance: Governance
+    quotas: Quotas
     usage: UsageRecorder
     pipeline: Pipeline
     results: ResultStore | None  # the async path's blobs (None: no async path, e.g. in unit tests)
@@ -54,6 +57,8 @@ class Services:
             if part is not None:
                 await part.close()
         await self.pool.close()
+        if self.quotas.limiter is not None:
+            await self.quotas.limiter.close()  # gives back unspent slices
         await self.upstream.close()
         await self.auth.close()
 
@@ -71,6 +76,7 @@ def build_services(
     completions: CompletionPublisher | None = None,
     credential: TokenCredential | None = None,
     transport: Transport | None = None,
+    limiter: Limiter | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none)."""
@@ -83,10 +89,16 @@ def build_services(
     governance = Governance(settings, store)
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
     usage = UsageRecorder(settings.usage_file)
-    pipeline = Pipeline(settings, attempts, callers, governance, usage)
+    quotas = Quotas(limiter)
+    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage)
     return Services(
-        settings, pool, attempts, callers, governance, usage, pipeline, results, completions, upstream, auth
+        settings, pool, attempts, callers, governance, quotas, usage, pipeline, results, completions, upstream, auth
     )
+
+
+def leases_table(state_table: str) -> str:
+    """The table of the limits' leases, beside the state table (Table names are at most 63 characters)."""
+    return state_table[:57] + "leases"
 
 
 def build_gateway(env: Mapping[str, str] | None = None) -> Services:
@@ -95,10 +107,13 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     settings = load_settings(env)
     account = storage_account(env, settings.state_storage)
     table = settings.state_table
-    store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
+    instance = instance_id(env)
+    store = StateStore(lambda: account.table_client(table, storage_credential), instance)
+    leases = leases_table(table)
+    limiter = Limiter(lambda: account.table_client(leases, storage_credential), instance)
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    services = build_services(settings, store=store, results=results, completions=completions)
+    services = build_services(settings, store=store, results=results, completions=completions, limiter=limiter)
     configure_exporter(env)
     services.usage.add_sink(UsageMetrics())
     return services

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
+from .backend_config import Backend, backend_from_fields, parse_backend
 from .errors import ConfigError
 from .profiles import NO_LIMITS, PROFILE_PREFIX, CallerMap, Profile, parse_profile, profile_from_mapping
 from .settings_schema import DEFAULTS, ENTRIES, HTTP_ANSWER_LIMIT_S, SETTING_DOCS, SETTINGS, STRATEGIES
-from .settings_schema import NAME as _NAME
 
 __all__ = [
     "BACKEND_PREFIX",
@@ -37,81 +36,6 @@ __all__ = [
 ]
 
 BACKEND_PREFIX = "GATEWAY_BACKEND_"
-
-_BACKEND_KEYS = frozenset(
-    {
-        "host",
-        "mode",
-        "processor",
-        "usemi",
-        "api-key",
-        "probe",
-        "priority",
-        "weight",
-        "tier",
-        "deployments",
-        "batch",
-        "name",
-    }
-)
-_MODES = frozenset({"direct", "apim"})
-_PROCESSORS = frozenset({"openai", "none"})
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    """One Azure OpenAI / AI Foundry endpoint (or an APIM in front of one)."""
-
-    name: str
-    host: str
-    mode: str = "apim"
-    processor: str = "openai"
-    use_mi: bool = False
-    api_key: str | None = field(default=None, repr=False)
-    probe: str | None = None
-    priority: int = 1
-    weight: int = 1
-    tier: str | None = None
-    # model alias -> deployment name on this backend; empty means "any deployment, name unchanged".
-    deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    # model alias -> Global Batch deployment on this backend; a backend without one takes no batches.
-    batch_deployments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def parses_usage(self) -> bool:
-        return self.processor == "openai"
-
-    def deployment_for(self, name: str) -> str | None:
-        """The deployment this backend uses for a client-facing model/deployment name, or None."""
-        if not self.deployments:
-            return name
-        if name in self.deployments:
-            return self.deployments[name]
-        return name if name in self.deployments.values() else None
-
-    def batch_deployment_for(self, model: str) -> str | None:
-        """The Global Batch deployment this backend runs `model`'s batches on, or None."""
-        if model in self.batch_deployments:
-            return self.batch_deployments[model]
-        return model if model in self.batch_deployments.values() else None
-
-    def masked(self) -> dict[str, Any]:
-        """A view safe to show operators: the key is reduced to whether one is set."""
-        return {
-            "name": self.name,
-            "host": self.host,
-            "mode": self.mode,
-            "processor": self.processor,
-            "usemi": self.use_mi,
-            "api-key": "***" if self.api_key else None,
-            "probe": self.probe,
-            "priority": self.priority,
-            "weight": self.weight,
-            "tier": self.tier,
-            "deployments": dict(self.deployments),
-            "batch": dict(self.batch_deployments),
-        }
-
 
 _D = DEFAULTS  # each default is its SETTINGS text parsed; test_config checks every field is declared there
 
@@ -153,6 +77,9 @@ class Settings:
     async_callers: frozenset[str] = _D["async_callers"]
     async_ttl_s: float = _D["async_ttl_s"]
     expose_durable_urls: bool = _D["expose_durable_urls"]
+    required_headers: frozenset[str] = _D["required_headers"]
+    forward_headers: frozenset[str] = _D["forward_headers"]
+    aging_s: float = _D["aging_s"]
     # Profiles by name (GATEWAY_PROFILE_<NAME> and the config file's `profiles`), and who gets which.
     profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
     caller_profiles: CallerMap = _D["caller_profiles"]
@@ -263,7 +190,7 @@ def _backends(env: Mapping[str, str], file: Mapping[str, Any]) -> tuple[Backend,
     if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
         raise ConfigError("GATEWAY_CONFIG_FILE", "'backends' must be a list of objects")
     backends.extend(
-        _backend_from_fields(
+        backend_from_fields(
             {str(k).lower().replace("_", "-"): v for k, v in e.items()}, f"GATEWAY_CONFIG_FILE backends[{i}]"
         )
         for i, e in enumerate(entries)
@@ -278,77 +205,6 @@ def _backends(env: Mapping[str, str], file: Mapping[str, Any]) -> tuple[Backend,
             raise ConfigError(b.name, "two backends have this name; names must be unique")
         seen.add(b.name)
     return tuple(backends)
-
-
-def parse_backend(connection_string: str, *, setting: str) -> Backend:
-    """Parses `host=...;mode=...;...` (keys as in ARCHITECTURE §3). Values are never echoed in errors."""
-    fields: dict[str, str] = {}
-    for position, segment in enumerate(connection_string.split(";"), start=1):
-        if not segment.strip():
-            continue
-        key, sep, value = segment.partition("=")
-        if not sep:
-            raise ConfigError(setting, f"segment {position} is not key=value")
-        fields[key.strip().lower()] = value.strip()
-    return _backend_from_fields(fields, setting)
-
-
-def _backend_from_fields(fields: Mapping[str, Any], setting: str) -> Backend:
-    for key in fields:
-        if key not in _BACKEND_KEYS:
-            raise ConfigError(setting, f"unknown key '{key}' (known: {', '.join(sorted(_BACKEND_KEYS))})")
-    host = str(fields.get("host") or "").rstrip("/")
-    parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, "host must be an http(s) URL such as https://myres.openai.azure.com")
-    if parts.query or parts.fragment:
-        raise ConfigError(setting, "host must not carry a query or fragment")
-    name = str(fields.get("name") or parts.hostname.split(".")[0])
-    if not _NAME.match(name):
-        raise ConfigError(setting, "name must be 1-63 letters, digits, '.', '_' or '-'")
-    mode = str(fields.get("mode", "apim")).lower()
-    if mode not in _MODES:
-        raise ConfigError(setting, "mode must be 'direct' or 'apim'")
-    processor = str(fields.get("processor", "OpenAI")).lower()
-    if processor not in _PROCESSORS:
-        raise ConfigError(setting, "processor must be 'OpenAI' or 'none'")
-    probe = fields.get("probe") or None
-    if probe is not None and not str(probe).startswith("/"):
-        raise ConfigError(setting, "probe must be a path starting with '/'")
-    return Backend(
-        name=name,
-        host=host,
-        mode=mode,
-        processor=processor,
-        use_mi=_bool(fields.get("usemi", False), setting, "usemi"),
-        api_key=str(fields["api-key"]) if fields.get("api-key") else None,
-        probe=str(probe) if probe else None,
-        priority=_int_field(fields.get("priority", 1), setting, "priority", minimum=1),
-        weight=_int_field(fields.get("weight", 1), setting, "weight", minimum=0),
-        tier=str(fields["tier"]) if fields.get("tier") else None,
-        deployments=MappingProxyType(_deployments(fields.get("deployments"), setting)),
-        batch_deployments=MappingProxyType(_deployments(fields.get("batch"), setting, key="batch")),
-    )
-
-
-def _deployments(value: Any, setting: str, key: str = "deployments") -> dict[str, str]:
-    """`gpt-4o=gpt-4o-weu,gpt-4o-mini` (alias=deployment, or a name that is both), a list, or a mapping."""
-    if value in (None, ""):
-        return {}
-    if isinstance(value, Mapping):
-        items: Iterable[tuple[str, str]] = ((str(k), str(v)) for k, v in value.items())
-    else:
-        entries = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-        items = []
-        for entry in entries:
-            alias, _, deployment = entry.strip().partition("=")
-            items.append((alias.strip(), (deployment or alias).strip()))
-    result: dict[str, str] = {}
-    for alias, deployment in items:
-        if not alias or not deployment or "/" in alias + deployment:
-            raise ConfigError(setting, f"{key} must be a comma list of model or model=deployment names")
-        result[alias] = deployment
-    return result
 
 
 def _read_config_file(path: str) -> Mapping[str, Any]:
@@ -380,24 +236,3 @@ def _is_profile_setting(key: str) -> bool:
 
 def _is_backend_setting(key: str) -> bool:
     return key.startswith(BACKEND_PREFIX) and key[len(BACKEND_PREFIX) :].isdigit()
-
-
-def _int_field(value: Any, setting: str, key: str, *, minimum: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(setting, f"{key} must be a whole number") from None
-    if number < minimum:
-        raise ConfigError(setting, f"{key} must be at least {minimum}")
-    return number
-
-
-def _bool(value: Any, setting: str, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", ""):
-        return False
-    raise ConfigError(setting, f"{key} must be true or false")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import translate
 from .config import Settings
+from .lanes import DEFAULT_LANE, Lane
 from .messages import Inbound, Outbound
 from .pool import BackendPool, Target
 from .profiles import NO_LIMITS, Profile
@@ -30,6 +31,7 @@ class Deferred:
     caller: str
     reason: str
     profile: str = ""
+    lane: Lane = DEFAULT_LANE
 
 
 Defer = Callable[[Deferred], Awaitable[Outbound]]

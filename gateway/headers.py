@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["client_request_id", "forwarded_headers", "relayed_headers"]
+__all__ = ["STANDARD_FORWARDED", "client_request_id", "forwarded_headers", "missing_header", "relayed_headers"]
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -45,9 +45,21 @@ _REQUEST_DROP = _HOP_BY_HOP | _CLIENT_AUTH | _PLATFORM | {"accept-encoding", "x-
 _RESPONSE_DROP = _HOP_BY_HOP | {"set-cookie", "x-request-id", "date", "server"}
 
 
-def forwarded_headers(inbound: Mapping[str, str], request_id: str) -> dict[str, str]:
-    """The client's headers a backend may see: no credentials, no hop-by-hop, our request id, identity encoding."""
-    headers = {k: v for k, v in inbound.items() if k not in _REQUEST_DROP}
+# What a backend may see of the client's headers without an operator's say: what the APIs define (content
+# negotiation, Azure's client request id, OpenAI's beta opt-ins) and W3C trace context. GATEWAY_FORWARD_HEADERS
+# adds to it; everything else (SDK telemetry, cookies, whatever a client sends) stays at the gateway.
+STANDARD_FORWARDED = frozenset(
+    {"content-type", "accept", "accept-language", "user-agent", "x-ms-client-request-id", "x-ms-useragent",
+     "openai-beta", "traceparent", "tracestate"}
+)  # fmt: skip
+
+
+def forwarded_headers(
+    inbound: Mapping[str, str], request_id: str, allowed: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """The client's headers a backend may see: the standard ones and `allowed` (GATEWAY_FORWARD_HEADERS), never
+    credentials or hop-by-hop ones; our request id, identity encoding."""
+    headers = {k: v for k, v in inbound.items() if (k in STANDARD_FORWARDED or k in allowed) and k not in _REQUEST_DROP}
     headers["x-request-id"] = request_id
     headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
     return headers
@@ -62,3 +74,8 @@ def client_request_id(headers: Mapping[str, str]) -> str | None:
     """The client's `x-request-id` when it is a plain token (it is echoed, forwarded and logged); else None."""
     value = headers.get("x-request-id", "")
     return value if _REQUEST_ID.fullmatch(value) else None
+
+
+def missing_header(headers: Mapping[str, str], required: frozenset[str] | tuple[str, ...]) -> str | None:
+    """The first required header (GATEWAY_REQUIRED_HEADERS, the profile's `headers=`) the request lacks."""
+    return next((name for name in sorted(required) if not headers.get(name, "").strip()), None)

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import errors, guard, translate, validate
@@ -23,10 +24,12 @@ from .callers import Caller, Callers
 from .config import Settings
 from .deferral import Defer, Deferral, Deferred, Preference
 from .governance import Governance
-from .headers import client_request_id, forwarded_headers
+from .headers import client_request_id, forwarded_headers, missing_header
+from .lanes import DEFAULT_LANE, Lane, lane_for, request_expired
 from .messages import Inbound, Outbound, error_outbound
 from .pool import Target
 from .profiles import NO_LIMITS, Profile
+from .quotas import Admission, Quotas
 from .relay import Relay
 from .usage import UsageRecord, UsageRecorder
 
@@ -37,12 +40,14 @@ log = logging.getLogger("gateway.pipeline")
 
 @dataclass(slots=True)
 class _Call:
-    """Who is asking, under which profile, since when: what every record of the request carries."""
+    """Who is asking, under which profile and lane, since when: what every record of the request carries."""
 
     request_id: str
     caller: Caller
     profile: Profile
     started: float
+    lane: Lane = DEFAULT_LANE
+    admission: Admission = field(default_factory=Admission)
 
 
 @dataclass(slots=True)
@@ -59,16 +64,23 @@ class Pipeline:
     """The request path only; the services it uses are built once per process by `gateway.bootstrap`."""
 
     def __init__(
-        self, settings: Settings, attempts: Attempts, callers: Callers, governance: Governance, usage: UsageRecorder
+        self,
+        settings: Settings,
+        attempts: Attempts,
+        callers: Callers,
+        governance: Governance,
+        quotas: Quotas,
+        usage: UsageRecorder,
     ) -> None:
         self.settings = settings
         self.attempts = attempts
         self.pool = attempts.pool
         self.callers = callers
         self.governance = governance
+        self.quotas = quotas
         self.usage = usage
         self.deferral = Deferral(settings, attempts.pool)
-        self.relay = Relay(attempts, usage)
+        self.relay = Relay(attempts, usage, quotas)
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
@@ -124,7 +136,13 @@ class Pipeline:
         call = _Call(request_id, caller, NO_LIMITS, started)
         try:
             call.profile = self.governance.admit(caller, route.model)
-        except errors.GatewayError as refusal:  # suspended, or a model outside its allow-list: recorded as refused
+            if missing := missing_header(inbound.headers, self.settings.required_headers | set(call.profile.headers)):
+                raise errors.bad_request(
+                    f"The header '{missing}' is required.", code="missing_required_header", param=missing
+                )
+            call.lane = lane_for(call.profile, inbound.headers, time.time())
+            call.admission = await self.quotas.admit(caller, call.profile, route)
+        except errors.GatewayError as refusal:  # suspended, not allowed, over a limit: recorded as refused
             self.relay.finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
             raise
         targets = self.pool.candidates(route.model)
@@ -138,15 +156,26 @@ class Pipeline:
                 code="model_not_found",
             )
         if defer is not None and (reason := self.deferral.reason(inbound, route, targets, call.profile)):
-            return await defer(Deferred(inbound, route, request_id, caller.name, reason, call.profile.name))
-        try:
-            return await self._forward(inbound, route, targets, call)
-        except errors.CoolingDown:
-            # Only a client that said it can take a 202 gets one; everyone else gets 429 with Retry-After.
-            if defer is None or call.profile.async_mode == "deny" or not Preference.of(inbound.headers).respond_async:
-                raise
+            return await self._defer(defer, inbound, route, call, reason)
+        # Only a client that said it can take a 202 gets one when every backend cools down past what it may
+        # wait; everyone else gets 429 with Retry-After.
+        later = None
+        if defer is not None and call.profile.async_mode != "deny" and Preference.of(inbound.headers).respond_async:
             reason = "every backend is cooling down past the client's wait"
-            return await defer(Deferred(inbound, route, request_id, caller.name, reason, call.profile.name))
+
+            async def later() -> Outbound:
+                return await self._defer(defer, inbound, route, call, reason)
+
+        return await self._forward(inbound, route, targets, call, later)
+
+    async def _defer(
+        self, defer: Defer, inbound: Inbound, route: translate.Route, call: _Call, reason: str
+    ) -> Outbound:
+        """Hands the request to the async path with its lane; the caller's headers about its limits come along."""
+        deferred = Deferred(inbound, route, call.request_id, call.caller.name, reason, call.profile.name, call.lane)
+        out = await defer(deferred)
+        out.headers |= self.quotas.headers(call.admission)
+        return out
 
     def _models(self, profile: Profile) -> bytes:
         """The models list, as this caller's profile allows."""
@@ -157,7 +186,12 @@ class Pipeline:
         return json.dumps({"object": "list", "data": data}).encode()
 
     async def _forward(
-        self, inbound: Inbound, route: translate.Route, targets: tuple[Target, ...], call: _Call
+        self,
+        inbound: Inbound,
+        route: translate.Route,
+        targets: tuple[Target, ...],
+        call: _Call,
+        later: Callable[[], Awaitable[Outbound]] | None = None,
     ) -> Outbound:
         """Tries targets as the pool chooses them, moving on after a retryable answer or a transport failure.
 
@@ -165,59 +199,77 @@ class Pipeline:
         budget. When every backend is cooling down the request waits (jittered) for the first to free up, if
         that fits the sync budget and GATEWAY_MAX_WAIT_S; otherwise it is answered 429 with Retry-After.
         """
-        deadline = call.started + self.settings.sync_budget_s
-        headers = forwarded_headers(inbound.headers, call.request_id)
+        lane = call.lane
+        deadline = min(call.started + self.settings.sync_budget_s, time.monotonic() + lane.seconds_left(time.time()))
+        headers = forwarded_headers(inbound.headers, call.request_id, self.settings.forward_headers)
         tries = _Tries()
         tried: set[str] = set()
-        while tries.count < self.settings.max_attempts:
-            target = await self.attempts.next_target(route.model, tried)
-            if target is None:
-                if not await self._wait_for_backend(route.model, targets, tried, deadline):
+        answered: Attempt | None = None
+        try:
+            while tries.count < self.settings.max_attempts:
+                target = await self.attempts.next_target(route.model, tried, tiers=lane.tiers)
+                if target is None:
+                    if not await self._wait_for_backend(route.model, targets, tried, deadline, lane):
+                        break
+                    continue
+                tried.add(target.backend.name)
+                remaining = deadline - time.monotonic()
+                if lane.seconds_left(time.time()) <= 0:
+                    raise request_expired()  # never forwarded after its time to live
+                if remaining <= 0:
                     break
-                continue
-            tried.add(target.backend.name)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            tries.count += 1
-            attempt = await self.attempts.forward(
-                target,
-                inbound.method,
-                route,
-                inbound.body,
-                headers,
-                total_s=None if route.streaming else remaining,
-            )
-            if attempt.response is not None:
-                record = self._record(route, target, call, attempt.response.status, tries.count)
-                return await self.relay.relay(attempt, route, record, call.started)
-            tries.last = attempt
-            if attempt.failure in ("timeout", "connect"):
-                tries.all_throttled = False
-            else:
-                wait = attempt.retry_after_s
-                tries.retry_after_s.append(wait if wait is not None else self.settings.default_retry_after_s)
-                tries.all_throttled &= attempt.failure == "throttled"
-        error = self._exhausted(tries)
-        if tries.last is not None:  # it reached a backend: throttled and failed traffic is recorded too
-            last = tries.last
-            record = self._record(route, last.target, call, error.status, tries.count, last.failure)
-            self.relay.finish(record, call.started)
+                tries.count += 1
+                attempt = await self.attempts.forward(
+                    target,
+                    inbound.method,
+                    route,
+                    inbound.body,
+                    headers,
+                    total_s=None if route.streaming else remaining,
+                )
+                if attempt.response is not None:
+                    answered = attempt
+                    break
+                tries.last = attempt
+                if attempt.failure in ("timeout", "connect"):
+                    tries.all_throttled = False
+                else:
+                    wait = attempt.retry_after_s
+                    tries.retry_after_s.append(wait if wait is not None else self.settings.default_retry_after_s)
+                    tries.all_throttled &= attempt.failure == "throttled"
+        except errors.CoolingDown as cooling:
+            if later is not None:
+                return await later()  # the async path records it when it ends
+            error: errors.GatewayError = cooling
+        except errors.GatewayError as expired:  # its time to live passed (408)
+            error = expired
+        else:
+            if answered is not None:
+                record = self._record(route, answered.target, call, answered.status or 0, tries.count)
+                return await self.relay.relay(answered, route, record, call.started, call.admission)
+            error = self._exhausted(tries)
+        last = tries.last  # throttled, failed and expired traffic is recorded too
+        reason = last.failure if last is not None else error.code
+        record = self._record(route, last.target if last else None, call, error.status, tries.count, reason)
+        self.relay.finish(record, call.started, call.admission)
         raise error
 
     async def _wait_for_backend(
-        self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float
+        self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float, lane: Lane
     ) -> bool:
-        """Nothing is available now: waits for the first cooling backend if that fits, else answers 429.
+        """Nothing is available now: waits for the first cooling backend if that fits, else answers 429 (or 408
+        when the request's time to live would pass first).
 
         Returns False when there is nothing worth waiting for (every backend tried, disabled or down).
         """
         only_one = len(targets) == 1
-        free_at = self.pool.earliest_open_until(model, frozenset() if only_one else tried)
+        free_at = self.pool.earliest_open_until(model, frozenset() if only_one else tried, lane.tiers)
         if free_at is None:
             return False
         now = self.pool.clock()
         delay = max(0.0, free_at - now) + random.uniform(0, 0.1)  # jitter: instances do not return in lockstep
+        if delay > lane.seconds_left(time.time()):
+            raise request_expired()
         if delay > min(deadline - time.monotonic(), self.settings.max_wait_s):
             raise errors.cooling_down(math.ceil(free_at - now))
         log.info("Every backend for %s is cooling down; waiting %.2f s", model, delay)
@@ -232,6 +284,7 @@ class Pipeline:
     ) -> UsageRecord:
         record = usage_record(route, target, call.request_id, status, attempts, call.caller.name, error)
         record.profile = call.profile.name or None
+        record.priority = call.lane.priority
         return record
 
     def _exhausted(self, tries: _Tries) -> errors.GatewayError:

@@ -15,6 +15,7 @@ from . import errors, translate
 from .attempt import Attempt, Attempts
 from .headers import relayed_headers
 from .messages import Outbound
+from .quotas import NOT_LIMITED, Admission, Quotas
 from .streaming import SseUsageTap
 from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
@@ -24,11 +25,19 @@ __all__ = ["Relay"]
 
 
 class Relay:
-    def __init__(self, attempts: Attempts, usage: UsageRecorder) -> None:
+    def __init__(self, attempts: Attempts, usage: UsageRecorder, quotas: Quotas) -> None:
         self.attempts = attempts
         self.usage = usage
+        self.quotas = quotas
 
-    async def relay(self, attempt: Attempt, route: translate.Route, record: UsageRecord, started: float) -> Outbound:
+    async def relay(
+        self,
+        attempt: Attempt,
+        route: translate.Route,
+        record: UsageRecord,
+        started: float,
+        admission: Admission = NOT_LIMITED,
+    ) -> Outbound:
         response = attempt.response
         assert response is not None
         target = attempt.target
@@ -36,25 +45,28 @@ class Relay:
         headers["x-request-id"] = record.request_id
         headers["x-gateway-backend"] = target.backend.name
         headers["x-gateway-attempts"] = str(record.attempts)
+        self.quotas.strip_backend_limits(headers, admission)
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             record.streaming = True
             tap = SseUsageTap(strip_injected_usage=attempt.injected) if target.backend.parses_usage else None
-            return Outbound(response.status, headers, stream=self._relay_stream(attempt, tap, route, record, started))
+            stream = self._relay_stream(attempt, tap, route, record, started, admission)
+            return Outbound(response.status, headers, stream=stream)
         if not content_type.startswith("application/json"):
             # Audio, images as bytes, anything large: relay as it comes, nothing to count.
-            return Outbound(response.status, headers, stream=self._relay_stream(attempt, None, route, record, started))
+            stream = self._relay_stream(attempt, None, route, record, started, admission)
+            return Outbound(response.status, headers, stream=stream)
         try:
             body = await self.attempts.read(attempt)
         except TransportError as exc:
             status = 504 if exc.kind == "timeout" else 502
             record.status, record.error = status, exc.kind
-            self.finish(record, started)
+            self.finish(record, started, admission)
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
         if target.backend.parses_usage:
             record.usage = usage_from_json_body(body)
             self.attempts.finished(attempt, record.usage)
-        self.finish(record, started)
+        self.finish(record, started, admission)
         return Outbound(response.status, headers, body)
 
     async def _relay_stream(
@@ -64,6 +76,7 @@ class Relay:
         route: translate.Route,
         record: UsageRecord,
         started: float,
+        admission: Admission,
     ) -> AsyncIterator[bytes]:
         """Yields each upstream read as it arrives; records usage once, when the stream ends, however it ends.
 
@@ -78,7 +91,7 @@ class Relay:
                 if tap is not None:
                     data = tap.feed(data)
                     if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started)
+                        recorded = await self._finish_stream(record, tap, route, started, admission)
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -93,20 +106,21 @@ class Relay:
             else:
                 response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
-                await self._finish_stream(record, tap, route, started)
+                await self._finish_stream(record, tap, route, started, admission)
 
     async def _finish_stream(
-        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float
+        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float, admission: Admission
     ) -> bool:
         if tap is not None and record.status < 400:
             # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
             record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
-        self.finish(record, started)
+        self.finish(record, started, admission)
         return True
 
-    def finish(self, record: UsageRecord, started: float) -> None:
-        """Stamps the duration and hands the record to the recorder's sinks."""
+    def finish(self, record: UsageRecord, started: float, admission: Admission = NOT_LIMITED) -> None:
+        """Stamps the duration, settles the caller's token reservation, hands the record to the recorder's sinks."""
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        self.quotas.settle(admission, record.usage, answered=record.status < 400)
         self.usage.record(record)
 
 

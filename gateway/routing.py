@@ -1,9 +1,11 @@
 """Choosing: which target serves the next attempt (pure: state and clock in, a target out).
 
-Priority always wins: a lower tier is used only when every backend of the better one is open, cooling down,
-disabled, down (probe) or out of capacity. Within a tier a strategy chooses (`priority`, `weighted`,
-`round-robin`, `random`, `latency`, `capacity`). A target is available when both its backend and its
-deployment are: a 429 on `gpt-4o` keeps `gpt-4o` away from that backend, not `gpt-4o-mini`.
+PTU first, then priority: PayGo backends are used only when every PTU backend is saturated, and only for callers
+whose profile allows the `paygo` tier (a caller limited to `ptu` never reaches a PayGo backend). Within a tier, a
+lower priority is used only when every backend of the better one is open, cooling down, disabled, down (probe) or
+out of capacity; then a strategy chooses (`priority`, `weighted`, `round-robin`, `random`, `latency`,
+`capacity`). A target is available when both its backend and its deployment are: a 429 on `gpt-4o` keeps
+`gpt-4o` away from that backend, not `gpt-4o-mini`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Chooser:
         self._state = state
         self._rng = rng or random.Random()
         backends = state.settings.backends
-        self._ordered = sorted(backends, key=lambda b: (b.priority, -b.weight))  # stable: config order
+        # PTU before PayGo, then priority, then weight; stable: configuration order among equals.
+        self._ordered = sorted(backends, key=lambda b: (b.tier != "ptu", b.priority, -b.weight))
         self._cache: dict[tuple[str, bool], tuple[Target, ...]] = {}
         self._strategy_state: dict[Any, Any] = {}
 
@@ -53,29 +56,41 @@ class Chooser:
         return tokens > 0 and requests > 0
 
     def choose(
-        self, model: str, exclude: set[str] | frozenset[str] = frozenset(), *, batch: bool = False
+        self,
+        model: str,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        *,
+        batch: bool = False,
+        tiers: frozenset[str] | None = None,
     ) -> Target | None:
-        """The next target: the best tier with an available backend, then the model's strategy within it."""
+        """The next target among the caller's `tiers` (None: all): the best group (tier, priority) with an
+        available backend, then the model's strategy within it."""
         now = self._state.clock()
-        tier: list[Target] = []
+        group: list[Target] = []
         for target in self.candidates(model, batch=batch):
-            if tier and target.backend.priority != tier[0].backend.priority:
-                break  # the best tier with anything available wins
-            if target.backend.name not in exclude and self.available(target, now):
-                tier.append(target)
-        if not tier:
+            backend = target.backend
+            if tiers is not None and backend.tier not in tiers:
+                continue
+            if group and (backend.tier, backend.priority) != (group[0].backend.tier, group[0].backend.priority):
+                break  # the best group with anything available wins
+            if backend.name not in exclude and self.available(target, now):
+                group.append(target)
+        if not group:
             return None
-        if len(tier) == 1:
-            return tier[0]
+        if len(group) == 1:
+            return group[0]
         strategy = self._state.settings.strategy_for(model)
-        return self._pick(strategy, (model, batch, tier[0].backend.priority), tier, now)
+        first = group[0].backend
+        return self._pick(strategy, (model, batch, first.tier, first.priority), group, now)
 
-    def earliest_open_until(self, model: str, exclude: set[str] | frozenset[str] = frozenset()) -> float | None:
+    def earliest_open_until(
+        self, model: str, exclude: set[str] | frozenset[str] = frozenset(), tiers: frozenset[str] | None = None
+    ) -> float | None:
         """When the first merely cooling (open) target for `model` frees up; None if none is merely cooling."""
         now = self._state.clock()
         times = []
         for target in self.candidates(model):
-            if target.backend.name in exclude:
+            if target.backend.name in exclude or (tiers is not None and target.backend.tier not in tiers):
                 continue
             backend = self._state.backends[target.backend.name]
             scopes = (backend, self._state.deployment(target))
@@ -85,7 +100,7 @@ class Chooser:
             times.append(max(s.breaker.open_until for s, st in zip(scopes, statuses, strict=True) if st == OPEN))
         return min(times) if times else None
 
-    def _pick(self, strategy: str, key: tuple[str, bool, int], tier: list[Target], now: float) -> Target:
+    def _pick(self, strategy: str, key: tuple[str, bool, str, int], tier: list[Target], now: float) -> Target:
         if strategy == "weighted":
             return self._smooth_weighted(key, tier)
         if strategy == "round-robin":
@@ -104,7 +119,7 @@ class Chooser:
             return max(tier, key=lambda t: self._state.deployment(t).capacity(now, window))
         return tier[0]  # priority: the configuration's order (weight first) within the tier
 
-    def _smooth_weighted(self, key: tuple[str, bool, int], tier: list[Target]) -> Target:
+    def _smooth_weighted(self, key: tuple[str, bool, str, int], tier: list[Target]) -> Target:
         """nginx's smooth weighted round-robin: exact proportions, no bursts to one backend."""
         current: dict[str, int] = self._strategy_state.setdefault(("weighted", *key), {})
         weights = {t.backend.name: t.backend.weight for t in tier}

@@ -108,6 +108,14 @@ def _fraction(value: str, setting: str) -> float:
     return number
 
 
+def _header_names(value: str, setting: str) -> frozenset[str]:
+    names = frozenset(n.strip().lower() for n in value.split(",") if n.strip())
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}", name):
+            raise ConfigError(setting, "must be a comma list of header names")
+    return names
+
+
 def _profile_name(value: str, setting: str) -> str:
     name = value.lower()
     if name and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
@@ -280,6 +288,12 @@ ENTRIES: tuple[Setting, ...] = (
        "deprecated alias of a profile with `async=always`: callers whose requests always run asynchronously"),
     _S("GATEWAY_ASYNC_TTL_S", "async_ttl_s", "86400", _number(float, minimum=1),
        "deadline of an async request; past it the work ends as `expired`"),
+    _S("GATEWAY_REQUIRED_HEADERS", "required_headers", "", _header_names,
+       "headers every request must carry, comma separated (400 naming the missing one)"),
+    _S("GATEWAY_FORWARD_HEADERS", "forward_headers", "", _header_names,
+       "extra inbound headers forwarded to backends, comma separated; other non-standard headers are dropped"),
+    _S("GATEWAY_AGING_S", "aging_s", "5", _number(float, minimum=0.1),
+       "a request waiting for a backend slot moves up one priority level per this many seconds"),
     _S("GATEWAY_CALLER_PROFILES", "caller_profiles", "", parse_caller_map,
        "callers to profiles: `team-a=gold,app:<client-id>=silver,role:Batch.Submit=batch,group:<object-id>=gold`"),
     _S("GATEWAY_DEFAULT_PROFILE", "default_profile", "", _profile_name,

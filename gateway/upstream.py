@@ -51,7 +51,15 @@ class UpstreamResponse(Protocol):
 
 class Transport(Protocol):
     async def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, total_s: float | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        *,
+        total_s: float | None,
+        connect_s: float | None = None,
+        read_s: float | None = None,
     ) -> UpstreamResponse: ...
 
 
@@ -114,14 +122,26 @@ class Upstream:
         return self._session
 
     async def send(
-        self, method: str, url: str, headers: Mapping[str, str], body: Body, *, total_s: float | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        *,
+        total_s: float | None,
+        connect_s: float | None = None,
+        read_s: float | None = None,
     ) -> UpstreamResponse:
-        """Sends one request and returns once the response headers are in; the caller reads, releases or closes."""
+        """Sends one request and returns once the response headers are in; the caller reads, releases or closes.
+
+        `connect_s` / `read_s` are a backend's own timeouts (`connect_timeout=` / `timeout=`); None: the settings'.
+        """
+        connect = connect_s if connect_s is not None else self._connect_timeout_s
         timeout = aiohttp.ClientTimeout(
             total=total_s,
-            connect=self._connect_timeout_s,
-            sock_connect=self._connect_timeout_s,
-            sock_read=self._read_timeout_s,
+            connect=connect,
+            sock_connect=connect,
+            sock_read=read_s if read_s is not None else self._read_timeout_s,
         )
         try:
             resp = await self.session().request(

@@ -158,6 +158,7 @@ class UsageRecord:
     caller: str | None = None  # client key name / identity; never the secret itself
     error: str | None = None  # why no backend answer was relayed: throttled, failed, timeout, connect, ...
     profile: str | None = None  # the caller's profile
+    priority: int | None = None  # the request's lane priority (1 highest .. 9)
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +174,7 @@ class UsageRecord:
             "backend": self.backend,
             "caller": self.caller,
             "profile": self.profile,
+            "priority": self.priority,
             "status": self.status,
             "error": self.error,
             "streaming": self.streaming,

@@ -58,23 +58,23 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         "POST", request["path"], request["query"], stored.content_type, stored.body, settings.api_version
     )
     await pool.refresh_if_due()
-    target = await attempts.next_target(route.model, set(payload.get("avoid", ()))) or await attempts.next_target(
-        route.model
-    )
+    tiers = frozenset(request["tiers"]) if request.get("tiers") else None  # a ptu-only caller stays on PTU
+    target = await attempts.next_target(route.model, set(payload.get("avoid", ())), tiers=tiers)
+    target = target or await attempts.next_target(route.model, tiers=tiers)
     if target is None:
-        free_at = pool.earliest_open_until(route.model)
+        free_at = pool.earliest_open_until(route.model, tiers=tiers)
         return _retry(free_at or now + settings.default_retry_after_s, None, None, "no backend available")
 
     started = time.monotonic()
-    headers = forwarded_headers(request["headers"], request["request_id"])
+    headers = forwarded_headers(request["headers"], request["request_id"], settings.forward_headers)
     remaining = min(request["deadline"] - now, ACTIVITY_BUDGET_S)
     attempt = await attempts.forward(target, "POST", route, stored.body, headers, total_s=remaining)
     if attempt.response is None:
-        if pool.choose(route.model) is not None:
+        if pool.choose(route.model, tiers=tiers) is not None:
             retry_at = now  # another backend can take it right away
         else:
             backoff = attempt.retry_after_s if attempt.retry_after_s is not None else min(2.0**attempt_no, 60.0)
-            retry_at = pool.earliest_open_until(route.model) or now + backoff
+            retry_at = pool.earliest_open_until(route.model, tiers=tiers) or now + backoff
         return _retry(retry_at, target.backend.name, attempt.status, attempt.failure)
     status = attempt.response.status
     try:
@@ -99,6 +99,7 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
     await services.results.put_result(request["id"], body, content_type, status)
     record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"])
     record.streaming, record.usage, record.profile = streamed, usage, request.get("profile")
+    record.priority = request.get("priority")
     record.duration_ms = round((time.monotonic() - started) * 1000, 3)
     services.usage.record(record)
     inline = None
@@ -160,7 +161,7 @@ def _record_unanswered(services: Services, request: dict[str, Any], outcome: dic
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
     record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
-    record.profile = request.get("profile")
+    record.profile, record.priority = request.get("profile"), request.get("priority")
     services.usage.record(record)
 
 

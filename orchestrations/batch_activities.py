@@ -78,9 +78,9 @@ async def batch_submit(services: Services, payload: dict[str, Any]) -> dict[str,
     attempts, now = services.attempts, time.time()
     await services.pool.refresh_if_due()
     # The model's strategy among the backends with a Global Batch deployment; another backend if there is one.
-    target = await attempts.next_target(job["model"], avoid, batch=True) or await attempts.next_target(
-        job["model"], batch=True
-    )
+    tiers = frozenset(job["tiers"]) if job.get("tiers") else None
+    target = await attempts.next_target(job["model"], avoid, batch=True, tiers=tiers)
+    target = target or await attempts.next_target(job["model"], batch=True, tiers=tiers)
     if target is None:
         return {"status": "unavailable", "backend": None, "retry_at": now + UNAVAILABLE_RETRY_S}
     size = size_without_model + count * (len(json.dumps(target.deployment)) - 2)

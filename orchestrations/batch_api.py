@@ -196,6 +196,7 @@ async def create_batch(
         "request_id": client_request_id(inbound.headers) or batch_id,
         "caller": caller,
         "profile": profile.name or None,
+        "tiers": sorted(profile.tiers) if profile.tiers is not None else None,  # resubmissions stay in them
         "input_file_id": file_id,
         "endpoint": endpoint,
         "completion_window": window,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -84,7 +85,7 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
     instance_id = uuid.uuid4().hex
     content_type = inbound.headers.get("content-type", "application/json")
     await services.results.put_request(instance_id, inbound.body, content_type)
-    headers = forwarded_headers(inbound.headers, deferred.request_id)
+    headers = forwarded_headers(inbound.headers, deferred.request_id, services.settings.forward_headers)
     headers.pop("accept-encoding", None)
     return {
         "id": instance_id,
@@ -97,7 +98,10 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "path": inbound.path,
         "query": inbound.query,
         "headers": headers,
-        "deadline": time.time() + services.settings.async_ttl_s,
+        # The async deadline is the smaller of GATEWAY_ASYNC_TTL_S and the request's own time to live.
+        "deadline": min(time.time() + services.settings.async_ttl_s, deferred.lane.expires_at or math.inf),
+        "tiers": sorted(deferred.lane.tiers) if deferred.lane.tiers is not None else None,
+        "priority": deferred.lane.priority,
         "submitted_at": datetime.now(UTC).isoformat(),
         "max_attempts": services.settings.async_max_attempts,
         "reason": deferred.reason,
