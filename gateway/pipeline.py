@@ -262,7 +262,8 @@ class Pipeline:
 
         Returns False when there is nothing worth waiting for (every backend tried, disabled or down).
         """
-        only_one = len(targets) == 1
+        allowed = [t for t in targets if lane.tiers is None or t.backend.tier in lane.tiers]
+        only_one = len(allowed) == 1  # the only backend this caller may use may be tried again once free
         free_at = self.pool.earliest_open_until(model, frozenset() if only_one else tried, lane.tiers)
         if free_at is None:
             return False

@@ -1,0 +1,195 @@
+"""Lanes and limits on the request path: real fakes over loopback; the limiter on Azurite.
+
+A PTU backend and a PayGo backend: gold callers (tiers=ptu,paygo) spill to PayGo when PTU throttles, silver
+callers (tiers=ptu) wait and are then answered 429 and never reach PayGo. Priority headers only lower, TTL expires,
+required and forwarded headers follow the policy, backends keep their own timeouts. Limits answer 429 with
+OpenAI's headers and show callers their own budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.bootstrap import Services, build_services, leases_table
+from gateway.config import load_settings
+from gateway.credentials import storage_credential
+from gateway.limiter import Limiter
+from gateway.messages import Inbound, Outbound
+from gateway.storage import storage_account
+from gateway.usage import UsageRecord
+from tests.support.fake_openai import FakeAzureOpenAI, Fault
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+KEYS = "gold:gold-key,silver:silver-key,batch:batch-key,plain:plain-key"
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
+    async with FakeAzureOpenAI(name="ptu") as ptu, FakeAzureOpenAI(name="paygo") as paygo:
+        yield ptu, paygo
+        ptu.release_stalls()
+
+
+type Build = Callable[..., tuple[Services, list[UsageRecord]]]
+
+
+@pytest.fixture
+async def build(fakes, azurite) -> AsyncIterator[Build]:
+    ptu, paygo = fakes
+    async with AsyncExitStack() as stack:
+
+        def make(limits: bool = False, **extra: str) -> tuple[Services, list[UsageRecord]]:
+            env = {
+                "GATEWAY_BACKEND_1": f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;"
+                "deployments=gpt-4o-mini,text-embedding-3-small",
+                "GATEWAY_BACKEND_2": f"name=paygo;host={paygo.url};mode=direct;api-key=fake-key;tier=paygo;"
+                "deployments=gpt-4o-mini,text-embedding-3-small",
+                "GATEWAY_API_KEYS": KEYS,
+                "GATEWAY_PROFILE_GOLD": "tiers=ptu,paygo;priority=1",
+                "GATEWAY_PROFILE_SILVER": "tiers=ptu;priority=3;ttl=120",
+                "GATEWAY_CALLER_PROFILES": "gold=gold,silver=silver",
+                "GATEWAY_MAX_WAIT_S": "0.5",
+                **extra,
+            }
+            limiter = None
+            if limits:
+                account = storage_account({"AzureWebJobsStorage": azurite.connection_string}, "")
+                table = leases_table("lanes" + uuid.uuid4().hex[:8])
+                limiter = Limiter(lambda: account.table_client(table, storage_credential), "test-instance")
+            services = build_services(load_settings(env), limiter=limiter)
+            stack.push_async_callback(services.close)
+            records: list[UsageRecord] = []
+            services.usage.add_sink(records.append)
+            return services, records
+
+        yield make
+
+
+def chat(key: str, body: dict | None = None, **headers: str) -> Inbound:
+    all_headers = {"content-type": "application/json", "api-key": key, **headers}
+    return Inbound("POST", "/v1/chat/completions", "", all_headers, json.dumps(body or CHAT).encode())
+
+
+async def answer(services: Services, request: Inbound) -> Outbound:
+    out = await services.pipeline.handle(request)
+    if out.stream is not None:
+        out.body = b"".join([chunk async for chunk in out.stream])
+    return out
+
+
+async def test_ptu_first_gold_spills_to_paygo_silver_never_does(build, fakes):
+    ptu, paygo = fakes
+    services, records = build()
+    assert (await answer(services, chat("silver-key"))).headers["x-gateway-backend"] == "ptu"  # PTU first
+    ptu.always(Fault.status(429, retry_after=30))
+    gold = await answer(services, chat("gold-key"))
+    assert gold.status == 200 and gold.headers["x-gateway-backend"] == "paygo"  # spills
+    paygo_seen = len(paygo.requests)
+    silver = await answer(services, chat("silver-key"))  # waits (within GATEWAY_MAX_WAIT_S), then 429
+    assert silver.status == 429 and int(silver.headers["Retry-After"]) > 20
+    assert len(paygo.requests) == paygo_seen  # the PayGo fake never sees a silver request
+    assert records[-1].caller == "silver" and records[-1].status == 429 and records[-1].priority == 3
+
+
+async def test_a_ptu_only_caller_is_deferred_only_when_it_can_take_a_202(build, fakes):
+    ptu, paygo = fakes
+    services, _ = build()
+    ptu.always(Fault.status(429, retry_after=30))
+    deferred = []
+
+    async def defer(request) -> Outbound:
+        deferred.append(request)
+        return Outbound(202, {}, b"")
+
+    request = chat("silver-key", prefer="respond-async, wait=1")
+    assert (await services.pipeline.handle(request, defer)).status == 202
+    assert deferred[0].lane.tiers == frozenset({"ptu"}) and deferred[0].lane.priority == 3
+    assert (await services.pipeline.handle(chat("silver-key"), defer)).status == 429  # a plain client: no 202
+    assert paygo.requests == []
+
+
+async def test_priority_is_lowered_never_raised_and_ttl_expires(build, fakes):
+    ptu, _ = fakes
+    services, records = build()
+    await answer(services, chat("gold-key", **{"x-gateway-priority": "7"}))
+    assert records[-1].priority == 7
+    await answer(services, chat("silver-key", **{"x-gateway-priority": "1"}))
+    assert records[-1].priority == 3  # silver is 3: a header cannot raise it
+    bad = await answer(services, chat("gold-key", **{"x-gateway-priority": "high"}))
+    assert bad.status == 400 and json.loads(bad.body)["error"]["param"] == "x-gateway-priority"
+
+    ptu.always(Fault.status(429, retry_after=30))
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    sent = len(ptu.requests)
+    expired = await answer(services, chat("silver-key", **{"x-gateway-ttl": past}))
+    assert expired.status == 408 and json.loads(expired.body)["error"]["code"] == "request_expired"
+    assert len(ptu.requests) == sent  # never forwarded after its time to live
+    waiting = await answer(services, chat("silver-key", **{"x-gateway-ttl": "0.2"}))  # expires while cooling
+    assert waiting.status == 408
+
+
+async def test_required_and_forwarded_headers(build, fakes):
+    ptu, _ = fakes
+    services, _ = build(GATEWAY_REQUIRED_HEADERS="x-client-app", GATEWAY_FORWARD_HEADERS="x-client-app")
+    missing = await answer(services, chat("gold-key"))
+    assert missing.status == 400 and json.loads(missing.body)["error"]["param"] == "x-client-app"
+    ok = await answer(services, chat("gold-key", **{"x-client-app": "billing", "x-secret-tracking": "1"}))
+    assert ok.status == 200
+    sent = ptu.requests[-1].headers
+    assert sent["x-client-app"] == "billing" and "x-secret-tracking" not in sent  # allow-list only
+    assert "api-key" in sent and sent["api-key"] == "fake-key"  # the backend's own credential, not the client's
+
+
+async def test_a_backend_keeps_its_own_read_timeout(build, fakes):
+    ptu, _ = fakes
+    env = {
+        "GATEWAY_BACKEND_1": f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;timeout=0.2;"
+        "deployments=gpt-4o-mini",
+        "GATEWAY_READ_TIMEOUT_S": "30",
+    }
+    services, _ = build(**env)
+    ptu.enqueue(Fault.stall())
+    started = time.monotonic()
+    out = await answer(services, chat("gold-key"))
+    assert out.headers["x-gateway-backend"] == "paygo" and time.monotonic() - started < 10
+
+
+async def test_limits_answer_429_with_openais_headers_and_show_callers_their_budget(build, fakes):
+    services, records = build(
+        limits=True,
+        GATEWAY_PROFILE_GOLD="rpm=3;tpm=100000",
+        GATEWAY_PROFILE_SILVER="tpm=120;reserve=40",
+    )
+    for remaining in (2, 1, 0):
+        ok = await answer(services, chat("gold-key"))
+        assert ok.status == 200 and ok.headers["x-ratelimit-limit-requests"] == "3"
+        assert ok.headers["x-ratelimit-remaining-requests"] == str(remaining)
+        assert ok.headers["x-ratelimit-limit-tokens"] == "100000"
+    refused = await answer(services, chat("gold-key"))
+    error = json.loads(refused.body)["error"]
+    assert (
+        refused.status == 429 and error["code"] == "rate_limit_exceeded" and "requests per minute" in error["message"]
+    )
+    assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (records[-1].status, records[-1].error, records[-1].caller) == (429, "rate_limit_exceeded", "gold")
+    # Plain callers (no profile) keep the backend's own headers.
+    assert "x-ratelimit-limit-requests" not in (await answer(services, chat("plain-key"))).headers
+
+    # TPM: the reservation (prompt + max_tokens) is settled against the reported usage, so small answers leave
+    # room for more requests than the reservations alone would.
+    admitted = 0
+    for _ in range(8):
+        out = await answer(services, chat("silver-key", {**CHAT, "max_tokens": 40}))
+        if out.status != 200:
+            assert out.status == 429 and "tokens per minute" in json.loads(out.body)["error"]["message"]
+            break
+        admitted += 1
+    used = sum(r.usage.total_tokens for r in records if r.caller == "silver" and r.status == 200 and r.usage)
+    assert admitted >= 2 and used <= 120
