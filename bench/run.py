@@ -635,6 +635,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream-s", type=float, default=defaults.stream_s, help=f"{SWEEP}: length of a stream")
     parser.add_argument("--chunk-ms", type=int, default=defaults.chunk_ms, help=f"{SWEEP}: pause between events")
     parser.add_argument("--stream-probes", type=int, default=defaults.probes, help=f"{SWEEP}: probes per level")
+    parser.add_argument("--stream-retries", type=int, default=defaults.retries,
+                        help=f"{SWEEP}: re-measurements of a level disturbed by other load")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.retries = 1, 1.0, 0.1, 0
@@ -671,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted = []  # the sweep alone: it starts its own gateway
     sweep_cfg = concurrency.SweepConfig(
         levels=tuple(int(n) for n in args.stream_levels.split(",")), stream_s=args.stream_s,
-        chunk_ms=args.chunk_ms, probes=args.stream_probes)
+        chunk_ms=args.chunk_ms, probes=args.stream_probes, retries=args.stream_retries)
     sweep_rows: list[dict] = []
 
     # SIGTERM (make interrupted, CI timeout) unwinds like Ctrl+C so every server is stopped.

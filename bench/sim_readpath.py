@@ -20,7 +20,7 @@ import bisect
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.sim_targets import CALIBRATED, TARGETS, Scenario
 
@@ -93,6 +93,17 @@ def _schedule(rng: random.Random, rate: float, interval: float, horizon: float) 
     return times
 
 
+def _mix(sc: Scenario, incident: bool) -> dict[str, float]:
+    """Which partitions changes touch, restricted to the partitions this scenario's table has."""
+    mix = {p: w for p, w in (INCIDENT_MIX if incident else STEADY_MIX).items() if sc.rows.get(p)}
+    return mix or dict.fromkeys(sc.rows, 1.0)
+
+
+def _horizon(sc: Scenario) -> float:
+    """Long enough for every instance to refresh about ten times, even when traffic is sparse."""
+    return max(sc.simulate_s, 10 * (sc.refresh_s + 1 / sc.per_instance_rps))
+
+
 def _changes(rng: random.Random, sc: Scenario, mix: dict[str, float]) -> list[tuple[float, str, int]]:
     """(time, partition, row) of every change within the simulated time; at least one, half-way through."""
     out, t = [], rng.expovariate(sc.changes_per_s)
@@ -109,8 +120,9 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
     rng = random.Random(f"{seed}-{design}-{n}-{incident}")
     if incident:
         sc = sc.incident()
+    sc = replace(sc, simulate_s=_horizon(sc))
     # The same changes for every design and instance count, so their delays compare.
-    changes = _changes(random.Random(f"{seed}-{incident}"), sc, INCIDENT_MIX if incident else STEADY_MIX)
+    changes = _changes(random.Random(f"{seed}-{incident}"), sc, _mix(sc, incident))
     change_times = [c[0] for c in changes]
     lat = sc.table_latency_s
     interval = interval_for(design, n, sc)
@@ -159,20 +171,20 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
                 new = bisect.bisect_left(change_times, t) - seen
                 if new and design == "b":
                     full_read(t + lat)
-                elif new:  # b+c: point reads of the rows that changed, each in its own partition
-                    for _t, part, row in changes[seen : seen + new]:
+                elif new:  # b+c: one point read per changed row (each in its own partition)
+                    for part, row in {(part, row) for _t, part, row in changes[seen : seen + new]}:
                         entities[f"{part}#{row}"][int(t + lat)] += 1
                         tx[int(t + lat)] += 1
             while seen < len(changes) and change_times[seen] <= t:
                 learned(seen, known_at)
                 seen += 1
     horizon = int(sc.simulate_s)
-    busiest = max(entities.values(), key=lambda series: sum(series[:horizon]))
+    busiest = max(entities.values(), key=lambda series: sum(series[:horizon]), default=[0.0] * (horizon + 1))
     delays.sort()
     subs = n if design == "e" else 0
     return Result(
         design=design, instances=n, interval_s=round(interval, 2),
-        peak_partition=max(max(series[:horizon]) for series in entities.values()),
+        peak_partition=max((max(series[:horizon]) for series in entities.values()), default=0.0),
         mean_partition=sum(busiest[:horizon]) / horizon,
         peak_account=max(tx[:horizon]), mean_account=sum(tx[:horizon]) / horizon,
         propagation_mean_s=sum(delays) / len(delays) if delays else None,
@@ -203,7 +215,7 @@ def stops_scaling(design: str, sc: Scenario, incident: bool = False) -> float:
     changed = 1 - math.exp(-sc.changes_per_s / r)  # share of version reads that find a change
     if design == "b":
         return min(part / r, part / (r * changed * hottest), account / (r * (1 + changed * pages)))
-    mix = INCIDENT_MIX if incident else STEADY_MIX
+    mix = _mix(sc, incident)
     hot_row = max(sc.changes_per_s * w / sc.rows[p] for p, w in mix.items())
     row_reads = sum(r * (1 - math.exp(-sc.changes_per_s * w / sc.rows[p] / r)) * sc.rows[p] for p, w in mix.items())
     return min(part / r, part / (r * (1 - math.exp(-hot_row / r))), account / (r + row_reads))

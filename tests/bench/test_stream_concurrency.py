@@ -18,7 +18,7 @@ def sweep_rows(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> lis
     out = tmp_path_factory.mktemp("sweep") / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.concurrency", "--levels", "1,20", "--stream-s", "6", "--chunk-ms", "20",
-         "--probes", "10", "--out", str(out)],
+         "--probes", "10", "--retries", "0", "--out", str(out)],
         cwd=repo_root, capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
