@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import concurrency, loadgen, procstat
+from bench import concurrency, concurrency_report, loadgen, procstat
 from gateway.config import SETTINGS
 from tests.support.azurite import Azurite
 from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if sweep_rows:
         meta[SWEEP] = {"config": vars(sweep_cfg) | {"chunks": sweep_cfg.chunks},
-                       "recommended": {mb: concurrency.recommend(sweep_rows, mb) for mb in (512, 2048, 4096)}}
+                       "recommended": {mb: concurrency_report.recommend(sweep_rows, mb) for mb in (512, 2048, 4096)}}
     out = args.out or RESULTS_DIR / f"bench-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(markdown(rows, meta))
     if sweep_rows:
-        print("\n" + concurrency.markdown(sweep_rows, sweep_cfg))
+        print("\n" + concurrency_report.markdown(sweep_rows, sweep_cfg))
     print(f"\nRows: {out}  (meta: {out.stem}-meta.json; wall time {meta['wall_s']} s)")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.concurrency import recommend, worker_core_share
+from bench.concurrency_report import recommend, worker_core_share
 
 pytestmark = pytest.mark.timeout(120)
 
