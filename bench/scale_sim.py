@@ -162,7 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=Scenario.table_latency_s * 1000)
     parser.add_argument("--changes", type=float, default=Scenario.changes_per_s, help="steady changes/s")
     parser.add_argument("--incident-changes", type=float, default=Scenario.incident_changes_per_s)
-    parser.add_argument("--calibrate", action="store_true", help="measure the single-instance model first")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="first measure the single-instance figures on development hosts and print them (stderr) "
+                        "beside the constants the model uses (bench/sim_targets.py CALIBRATED)")
     parser.add_argument("--hosts", type=int, default=3, help="development hosts for --calibrate")
     parser.add_argument("--json", help="write every figure to this file")
     return parser.parse_args(argv)
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         from bench.sim_calibrate import calibrate
 
-        print(json.dumps(calibrate(args.hosts), indent=1), file=sys.stderr)
+        measured = {"measured": calibrate(args.hosts), "model_uses": asdict(CALIBRATED)}
+        print(json.dumps(measured, indent=1), file=sys.stderr)
     out = run(sc, tuple(int(n) for n in args.instances.split(",")), quick=args.quick)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
