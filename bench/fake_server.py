@@ -1,6 +1,6 @@
 """The fake Azure OpenAI server in its own process, for the benchmark.
 
-    python -m bench.fake_server --port P --control-port C [--chunks 50] [--latency-ms 0]
+    python -m bench.fake_server --port P --control-port C [--chunks 50] [--latency-ms 0] [--chunk-delay-ms 0]
 
 It is `tests.support.fake_openai.FakeAzureOpenAI` unchanged, plus a small control listener on another port so
 the benchmark can switch the simulated latency between runs without restarting anything that points at it:
@@ -10,7 +10,9 @@ the benchmark can switch the simulated latency between runs without restarting a
 
 The fake records every request it answers (tests assert on them); here the list is cleared every second so a
 long run does not grow the process. Its reply is made longer than the test fake's (37 characters) so that a
-stream really carries `--chunks` content events (the fake never splits a reply finer than one character).
+stream really carries `--chunks` content events (the fake never splits a reply finer than one character); past
+the reply's own length it is repeated. `--chunk-delay-ms` paces every stream (the `stream-concurrency`
+workload holds hundreds of streams open this way, as an LLM's token rate does).
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ REPLY = (
 
 class BenchFake(FakeAzureOpenAI):
     def reply_text(self) -> str:
-        return REPLY
+        if self.chunks <= len(REPLY):
+            return REPLY
+        return (REPLY + " ") * (self.chunks // (len(REPLY) + 1) + 1)
 
 
 async def serve(args: argparse.Namespace) -> None:
     fake = BenchFake(
-        name=args.name, deployments=None, latency_ms=args.latency_ms, chunks=args.chunks, host=args.host,
-        port=args.port,
+        name=args.name, deployments=None, latency_ms=args.latency_ms, chunks=args.chunks,
+        chunk_delay_ms=args.chunk_delay_ms, host=args.host, port=args.port,
     )
 
     async def set_latency(request: web.Request) -> web.Response:
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="bench-fake")
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--chunk-delay-ms", type=int, default=0, help="pause before every SSE event but the first")
     asyncio.run(serve(parser.parse_args(argv)))
 
 

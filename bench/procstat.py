@@ -87,6 +87,11 @@ def peak_rss_mb(pgid: int) -> float:
     return round(max((_status_kb(pid, "VmHWM") for pid in group_pids(pgid)), default=0) / 1024, 1)
 
 
+def rss_mb(pgid: int) -> float:
+    """The resident set of the whole group now (sum of VmRSS), in MB: what N held streams cost in memory."""
+    return round(sum(_status_kb(pid, "VmRSS") for pid in group_pids(pgid)) / 1024, 1)
+
+
 def reset_peak_rss(pgid: int) -> bool:
     """Resets VmHWM to the current RSS (Linux ≥ 4.0, writing 5 to clear_refs); False where not permitted."""
     ok = True

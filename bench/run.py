@@ -9,6 +9,9 @@ non-streamed chat when installed, the asyncio client for streams and as the fall
 table and writes `bench/results/bench-<stamp>.json` (a list of rows, one per target and workload) with a
 `-meta.json` beside it (machine, load, import time, ratios, target checks). Method: docs/performance.md.
 
+The `stream-concurrency` workload (bench/concurrency.py) runs last: one gateway holding 1 to 500 long streams
+at once. It is part of a full run (not of `--quick`) and writes its rows to `-concurrency.json`.
+
 Every server runs in its own process group and is stopped in `finally`, whatever happens.
 """
 
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import loadgen, procstat
+from bench import concurrency, concurrency_report, loadgen, procstat
 from gateway.config import SETTINGS
 from tests.support.azurite import Azurite
 from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
@@ -77,6 +80,7 @@ def _workloads(latencies: tuple[int, ...]) -> list[Workload]:
 
 
 ALL_WORKLOADS = _workloads((0, 50))
+SWEEP = "stream-concurrency"  # a sweep of held streams against the gateway alone (bench/concurrency.py)
 QUICK_WORKLOADS = [w for w in ALL_WORKLOADS if w.name in ("chat-c1", "stream-c1")]
 
 
@@ -625,6 +629,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(before/after comparisons of a patch in one run)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (paths on stderr)")
+    defaults = concurrency.SweepConfig()
+    parser.add_argument("--stream-levels", default=",".join(map(str, defaults.levels)),
+                        help=f"{SWEEP}: numbers of streams held open at once")
+    parser.add_argument("--stream-s", type=float, default=defaults.stream_s, help=f"{SWEEP}: length of a stream")
+    parser.add_argument("--chunk-ms", type=int, default=defaults.chunk_ms, help=f"{SWEEP}: pause between events")
+    parser.add_argument("--stream-probes", type=int, default=defaults.probes, help=f"{SWEEP}: probes per level")
+    parser.add_argument("--stream-retries", type=int, default=defaults.retries,
+                        help=f"{SWEEP}: re-measurements of a level disturbed by other load")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.retries = 1, 1.0, 0.1, 0
@@ -648,11 +660,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(sorted(unknown))}")
     pool = QUICK_WORKLOADS if args.quick else ALL_WORKLOADS
+    run_sweep = not args.quick
     if args.workloads:
         names = args.workloads.split(",")
+        run_sweep = SWEEP in names
+        names = [n for n in names if n != SWEEP]
         pool = [w for w in ALL_WORKLOADS if w.name in names]
         if len(pool) != len(names):
-            raise SystemExit(f"unknown workload(s) in {args.workloads}; known: {[w.name for w in ALL_WORKLOADS]}")
+            known = [w.name for w in ALL_WORKLOADS] + [SWEEP]
+            raise SystemExit(f"unknown workload(s) in {args.workloads}; known: {known}")
+        if not pool:
+            wanted = []  # the sweep alone: it starts its own gateway
+    sweep_cfg = concurrency.SweepConfig(
+        levels=tuple(int(n) for n in args.stream_levels.split(",")), stream_s=args.stream_s,
+        chunk_ms=args.chunk_ms, probes=args.stream_probes, retries=args.stream_retries)
+    sweep_rows: list[dict] = []
 
     # SIGTERM (make interrupted, CI timeout) unwinds like Ctrl+C so every server is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -673,9 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with bench.stack:
             bench.start_fake()
-            if "gateway" in wanted:
+            if "gateway" in wanted or run_sweep:
                 bench.start_storage()
-                if not args.quick:
+                if not args.quick and "gateway" in wanted:
                     import_s = import_time_s(bench.fake_url, bench.storage, args.gateway_root)
             starters: dict[str, Callable[[], None]] = {
                 "floor-aiohttp": bench.start_floor_aiohttp,
@@ -729,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
                                   f"p50 {_fmt(r.p50_ms):>7} ms  errors {r.errors}  other load "
                                   f"{sample.foreign_util:.2f} cores", file=sys.stderr, flush=True)
             bench.set_fake_latency(0)
+            if run_sweep:
+                print(f"bench: {SWEEP} at {', '.join(map(str, sweep_cfg.levels))} held streams", file=sys.stderr,
+                      flush=True)
+                sweep_rows = concurrency.sweep(bench, sweep_cfg)
             for workload in pool:
                 for name in names:
                     if (name, workload.name) in samples:
@@ -762,11 +788,19 @@ def main(argv: list[str] | None = None) -> int:
         "notes": bench.notes,
         "wall_s": round(time.monotonic() - started, 1),
     }
+    if sweep_rows:
+        meta[SWEEP] = {"config": vars(sweep_cfg) | {"chunks": sweep_cfg.chunks},
+                       "recommended": {mb: concurrency_report.recommend(sweep_rows, mb) for mb in (512, 2048, 4096)}}
     out = args.out or RESULTS_DIR / f"bench-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
     out.with_name(out.stem + "-meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(markdown(rows, meta))
+    if sweep_rows:
+        out.with_name(out.stem + "-concurrency.json").write_text(json.dumps(sweep_rows, indent=1) + "\n")
+    if rows:
+        print(markdown(rows, meta))
+    if sweep_rows:
+        print("\n" + concurrency_report.markdown(sweep_rows, sweep_cfg))
     print(f"\nRows: {out}  (meta: {out.stem}-meta.json; wall time {meta['wall_s']} s)")
     return 0
 

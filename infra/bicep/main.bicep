@@ -74,6 +74,11 @@ param pythonVersion string = '3.13'
 ])
 param instanceMemoryMB int = 2048
 
+@description('Most HTTP requests one instance serves at once (Flex Consumption perInstanceConcurrency). Without it Flex uses 1 for Python: one instance per in-flight request, however long it streams. The defaults come from the stream-concurrency benchmark (docs/capacity.md): 25 on 512 MB, 100 on 2,048 MB, 200 on 4,096 MB.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = (instanceMemoryMB == 4096) ? 200 : ((instanceMemoryMB == 2048) ? 100 : 25)
+
 @description('Flex Consumption maximum instance count (40-1000).')
 @minValue(40)
 @maxValue(1000)
@@ -332,6 +337,7 @@ module gateway 'modules/functionapp.bicep' = {
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     alwaysReadyHttpInstances: alwaysReadyHttpInstances
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId

@@ -29,6 +29,11 @@ param pythonVersion string = '3.13'
 ])
 param instanceMemoryMB int = 2048
 
+@description('Most HTTP requests one instance serves at once (scaleAndConcurrency.triggers.http.perInstanceConcurrency); main.bicep sets it from the measured default for the instance size.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int
+
 @description('Most instances the app scales out to (40-1000).')
 @minValue(40)
 @maxValue(1000)
@@ -171,6 +176,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
             instanceCount: alwaysReadyHttpInstances
           }
         ] : []
+        // One instance holds many streams: the gateway waits on I/O (docs/capacity.md).
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

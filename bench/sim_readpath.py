@@ -1,0 +1,221 @@
+"""How each candidate read path of the shared state loads Azure Table storage as instances are added.
+
+Designs (issue 17, item 2; the lead chooses, this module only measures them in a model):
+
+  a    today: every instance queries the whole table at most once per refresh interval (traffic-triggered)
+  b    one small version entity read per interval; the whole table only when the version changed
+  c    the same full read as (a), but the rows spread over many partitions (one query per partition)
+  d    (a) with an interval that grows with the instance count, so the reads stay within a budget
+  e    changes pushed over a Service Bus topic (one subscription per instance), a slow full read to reconcile
+  b+c  the version entity lists one version per row, each row in its own partition; only changed rows re-read
+
+Each instance refreshes on the first request after its state is older than the interval, so one instance
+receiving `lambda` requests per second refreshes at `lambda / (1 + lambda * T)` per second: the renewal
+process simulated here, and the rate the calibration checks against a development host.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+from bench.sim_targets import CALIBRATED, TARGETS, Scenario
+
+DESIGNS = ("a", "b", "c", "d", "e", "b+c")
+NAMES = {
+    "a": "today: full-table query per interval",
+    "b": "version entity per interval, full read on change",
+    "c": "full read spread over partitions",
+    "d": "adaptive interval from the instance count",
+    "e": "push over a Service Bus topic",
+    "b+c": "version entity + one row per partition, changed rows only",
+}
+SPREAD_PARTITIONS = 16  # (c): 6 backend partitions + 10 caller shards (ASSUMPTION)
+# Which partition a change touches (ASSUMPTION): steady = mostly probe results; incident = breakers.
+STEADY_MIX = {"health": 0.7, "breaker": 0.2, "callers": 0.1}
+INCIDENT_MIX = {"breaker": 0.9, "health": 0.1}
+
+
+def refresh_rate(per_instance_rps: float, refresh_s: float, ratio: float | None = None) -> float:
+    """Refreshes per second of one instance: the first request after the state is `refresh_s` old, times the
+    calibrated ratio of measured to predicted (`ratio=1.0`: the model alone)."""
+    ratio = CALIBRATED.refresh_ratio if ratio is None else ratio
+    return ratio * per_instance_rps / (1 + per_instance_rps * refresh_s)
+
+
+@dataclass
+class Result:
+    design: str
+    instances: int
+    interval_s: float
+    peak_partition: float  # highest entities/s on any one partition in any one simulated second
+    mean_partition: float  # the same, averaged over the run (the busiest partition)
+    peak_account: float  # table transactions/s in the busiest second
+    mean_account: float
+    propagation_mean_s: float | None
+    propagation_p99_s: float | None
+    all_know_s: float | None  # mean time until the last instance knows a change
+    bus_subscriptions: int = 0
+    bus_deliveries_per_s: float = 0.0
+
+    def exceeds(self) -> list[str]:
+        """The published targets the busiest second went over."""
+        over = []
+        if self.peak_partition > TARGETS["table_partition"].limit:
+            over.append("table_partition")
+        if self.peak_account > TARGETS["table_account"].limit:
+            over.append("table_account")
+        if self.bus_subscriptions > TARGETS["sb_subscriptions"].limit:
+            over.append("sb_subscriptions")
+        return over
+
+
+def interval_for(design: str, n: int, sc: Scenario) -> float:
+    """(d) grows the interval until the busiest partition and the account stay within `budget` of their target."""
+    if design != "d":
+        return sc.refresh_s
+    r = refresh_rate(sc.per_instance_rps, sc.refresh_s) * sc.refresh_s  # share of intervals that refresh
+    need_partition = n * r * max(sc.rows.values()) / (sc.budget * TARGETS["table_partition"].limit)
+    need_account = n * r * len(sc.rows) / (sc.budget * TARGETS["table_account"].limit)
+    return max(sc.refresh_s, need_partition, need_account)
+
+
+def _schedule(rng: random.Random, rate: float, interval: float, horizon: float) -> list[float]:
+    """Refresh start times of one instance: every `interval`, then the wait for the next request."""
+    times: list[float] = []
+    t = rng.uniform(0, interval + 1 / rate)
+    while t < horizon:
+        times.append(t)
+        t += interval + rng.expovariate(rate)
+    return times
+
+
+def _mix(sc: Scenario, incident: bool) -> dict[str, float]:
+    """Which partitions changes touch, restricted to the partitions this scenario's table has."""
+    mix = {p: w for p, w in (INCIDENT_MIX if incident else STEADY_MIX).items() if sc.rows.get(p)}
+    return mix or dict.fromkeys(sc.rows, 1.0)
+
+
+def _horizon(sc: Scenario) -> float:
+    """Long enough for every instance to refresh about ten times, even when traffic is sparse."""
+    return max(sc.simulate_s, 10 * (sc.refresh_s + 1 / sc.per_instance_rps))
+
+
+def _changes(rng: random.Random, sc: Scenario, mix: dict[str, float]) -> list[tuple[float, str, int]]:
+    """(time, partition, row) of every change within the simulated time; at least one, half-way through."""
+    out, t = [], rng.expovariate(sc.changes_per_s)
+    parts, weights = list(mix), list(mix.values())
+    while t < sc.simulate_s - 2 * sc.refresh_s:  # late changes would be counted before anyone could read them
+        part = rng.choices(parts, weights)[0]
+        out.append((t, part, rng.randrange(sc.rows[part])))
+        t += rng.expovariate(sc.changes_per_s)
+    return out or [(sc.simulate_s / 2, parts[0], 0)]
+
+
+def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool = False) -> Result:
+    """Simulates `n` busy instances for `sc.simulate_s` seconds; counts reads per partition and per second."""
+    rng = random.Random(f"{seed}-{design}-{n}-{incident}")
+    if incident:
+        sc = sc.incident()
+    sc = replace(sc, simulate_s=_horizon(sc))
+    # The same changes for every design and instance count, so their delays compare.
+    changes = _changes(random.Random(f"{seed}-{incident}"), sc, _mix(sc, incident))
+    change_times = [c[0] for c in changes]
+    lat = sc.table_latency_s
+    interval = interval_for(design, n, sc)
+    rate = sc.per_instance_rps
+    entities: dict[str, list[float]] = defaultdict(lambda: [0.0] * (int(sc.simulate_s) + 2))
+    tx = [0.0] * (int(sc.simulate_s) + 2)
+    delays: list[float] = []
+    last_know: dict[int, float] = defaultdict(float)
+    spread = {p: max(1, math.ceil(rows / sum(sc.rows.values()) * SPREAD_PARTITIONS)) for p, rows in sc.rows.items()}
+
+    def full_read(t: float) -> None:
+        second = int(t)
+        for part, rows in sc.rows.items():
+            if design == "c":
+                for shard in range(spread[part]):
+                    entities[f"{part}/{shard}"][second] += rows / spread[part]
+                    tx[second] += 1
+            else:
+                entities[part][second] += rows
+                tx[second] += 1  # a cross-partition query returns a page (a transaction) per partition
+
+    def learned(k: int, t_known: float) -> None:
+        delay = t_known - change_times[k]
+        delays.append(delay)
+        last_know[k] = max(last_know[k], delay)
+
+    for _ in range(n):
+        times = _schedule(rng, rate, interval, sc.simulate_s)
+        if design == "e":  # pushed changes; a slow reconciling full read
+            for k, t in enumerate(change_times):
+                learned(k, t + rng.expovariate(1 / sc.bus_latency_s))
+            t = rng.uniform(0, sc.reconcile_s)
+            while t < sc.simulate_s:
+                full_read(t)
+                t += sc.reconcile_s
+            continue
+        seen = 0  # changes this instance has read
+        for t in times:
+            if design in ("a", "c", "d"):
+                full_read(t)
+                known_at = t + lat
+            else:
+                entities["version"][int(t)] += 1
+                tx[int(t)] += 1
+                known_at = t + 2 * lat
+                new = bisect.bisect_left(change_times, t) - seen
+                if new and design == "b":
+                    full_read(t + lat)
+                elif new:  # b+c: one point read per changed row (each in its own partition)
+                    for part, row in {(part, row) for _t, part, row in changes[seen : seen + new]}:
+                        entities[f"{part}#{row}"][int(t + lat)] += 1
+                        tx[int(t + lat)] += 1
+            while seen < len(changes) and change_times[seen] <= t:
+                learned(seen, known_at)
+                seen += 1
+    horizon = int(sc.simulate_s)
+    busiest = max(entities.values(), key=lambda series: sum(series[:horizon]), default=[0.0] * (horizon + 1))
+    delays.sort()
+    subs = n if design == "e" else 0
+    return Result(
+        design=design, instances=n, interval_s=round(interval, 2),
+        peak_partition=max((max(series[:horizon]) for series in entities.values()), default=0.0),
+        mean_partition=sum(busiest[:horizon]) / horizon,
+        peak_account=max(tx[:horizon]), mean_account=sum(tx[:horizon]) / horizon,
+        propagation_mean_s=sum(delays) / len(delays) if delays else None,
+        propagation_p99_s=delays[min(len(delays) - 1, int(0.99 * len(delays)))] if delays else None,
+        all_know_s=sum(last_know.values()) / len(last_know) if last_know else None,
+        bus_subscriptions=subs, bus_deliveries_per_s=subs * sc.changes_per_s,
+    )
+
+
+def stops_scaling(design: str, sc: Scenario, incident: bool = False) -> float:
+    """The instance count at which the mean rate first exceeds a Table target (math.inf: never), from the
+    closed forms of the rates the simulation counts. Service Bus's subscription limit counts for (e)."""
+    if incident:
+        sc = sc.incident()
+    r = refresh_rate(sc.per_instance_rps, sc.refresh_s)
+    part, account = TARGETS["table_partition"].limit, TARGETS["table_account"].limit
+    hottest, pages = max(sc.rows.values()), len(sc.rows)
+    if design == "a":
+        return min(part / (r * hottest), account / (r * pages))
+    if design == "c":
+        shards = {p: max(1, math.ceil(rows / sum(sc.rows.values()) * SPREAD_PARTITIONS)) for p, rows in sc.rows.items()}
+        per_partition = max(rows / shards[p] for p, rows in sc.rows.items())
+        return min(part / (r * per_partition), account / (r * sum(shards.values())))
+    if design == "d":
+        return math.inf  # by construction; its propagation delay grows instead
+    if design == "e":
+        return min(part * sc.reconcile_s / hottest, TARGETS["sb_subscriptions"].limit)
+    changed = 1 - math.exp(-sc.changes_per_s / r)  # share of version reads that find a change
+    if design == "b":
+        return min(part / r, part / (r * changed * hottest), account / (r * (1 + changed * pages)))
+    mix = _mix(sc, incident)
+    hot_row = max(sc.changes_per_s * w / sc.rows[p] for p, w in mix.items())
+    row_reads = sum(r * (1 - math.exp(-sc.changes_per_s * w / sc.rows[p] / r)) * sc.rows[p] for p, w in mix.items())
+    return min(part / r, part / (r * (1 - math.exp(-hot_row / r))), account / (r + row_reads))
