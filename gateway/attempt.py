@@ -120,7 +120,9 @@ class Attempts:
             )
         except TransportError as exc:
             log.warning("Backend %s: %s", backend.name, exc)
-            if not probe:
+            # A request whose own deadline (sync budget, TTL) ran out did not find the backend failing.
+            own_deadline = exc.kind == "timeout" and total_s is not None and time.monotonic() - sent_at >= total_s
+            if not probe and not own_deadline:
                 self.pool.on_transport_error(target, exc.kind)
             return Attempt(target, failure=exc.kind, sent_at=sent_at)
         ttfb_ms = (time.monotonic() - sent_at) * 1000

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .attempt import Attempts
 from .callers import Callers
@@ -26,6 +27,7 @@ from .pipeline import Pipeline
 from .pool import BackendPool
 from .quotas import Quotas
 from .results import ResultStore
+from .slots import Slots
 from .state_store import StateStore
 from .storage import storage_account
 from .telemetry import UsageMetrics, configure_exporter
@@ -59,6 +61,7 @@ class Services:
         await self.pool.close()
         if self.quotas.limiter is not None:
             await self.quotas.limiter.close()  # gives back unspent slices
+        await self.pipeline.slots.close()  # and held backend slots
         await self.upstream.close()
         await self.auth.close()
 
@@ -76,10 +79,14 @@ def build_services(
     completions: CompletionPublisher | None = None,
     credential: TokenCredential | None = None,
     transport: Transport | None = None,
-    limiter: Limiter | None = None,
+    leases: Callable[[], Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
-    """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none)."""
+    """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none).
+
+    `leases` makes the table client of the shared limits and backend slots; without it limits are not enforced
+    and each backend's concurrency is this instance's alone.
+    """
     pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
     upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
     auth = BackendAuth(upstream.get_json, credential)
@@ -89,8 +96,10 @@ def build_services(
     governance = Governance(settings, store)
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
     usage = UsageRecorder(settings.usage_file)
-    quotas = Quotas(limiter)
-    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage)
+    instance = store.instance_id if store else "local"
+    quotas = Quotas(Limiter(leases, instance) if leases else None)
+    slots = Slots(settings.backends, leases, instance, settings.aging_s)
+    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots)
     return Services(
         settings, pool, attempts, callers, governance, quotas, usage, pipeline, results, completions, upstream, auth
     )
@@ -107,13 +116,17 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     settings = load_settings(env)
     account = storage_account(env, settings.state_storage)
     table = settings.state_table
-    instance = instance_id(env)
-    store = StateStore(lambda: account.table_client(table, storage_credential), instance)
+    store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
     leases = leases_table(table)
-    limiter = Limiter(lambda: account.table_client(leases, storage_credential), instance)
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    services = build_services(settings, store=store, results=results, completions=completions, limiter=limiter)
+    services = build_services(
+        settings,
+        store=store,
+        results=results,
+        completions=completions,
+        leases=lambda: account.table_client(leases, storage_credential),
+    )
     configure_exporter(env)
     services.usage.add_sink(UsageMetrics())
     return services

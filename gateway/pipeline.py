@@ -31,6 +31,7 @@ from .pool import Target
 from .profiles import NO_LIMITS, Profile
 from .quotas import Admission, Quotas
 from .relay import Relay
+from .slots import Slot, Slots
 from .usage import UsageRecord, UsageRecorder
 
 __all__ = ["Pipeline"]
@@ -71,6 +72,7 @@ class Pipeline:
         governance: Governance,
         quotas: Quotas,
         usage: UsageRecorder,
+        slots: Slots,
     ) -> None:
         self.settings = settings
         self.attempts = attempts
@@ -79,6 +81,7 @@ class Pipeline:
         self.governance = governance
         self.quotas = quotas
         self.usage = usage
+        self.slots = slots
         self.deferral = Deferral(settings, attempts.pool)
         self.relay = Relay(attempts, usage, quotas)
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
@@ -205,18 +208,31 @@ class Pipeline:
         tries = _Tries()
         tried: set[str] = set()
         answered: Attempt | None = None
+        answered_slot: Slot | None = None
+        full: set[str] = set()  # backends at their concurrency on this instance
         try:
             while tries.count < self.settings.max_attempts:
-                target = await self.attempts.next_target(route.model, tried, tiers=lane.tiers)
+                target = await self.attempts.next_target(route.model, tried | full, tiers=lane.tiers)
+                slot = None
                 if target is None:
-                    if not await self._wait_for_backend(route.model, targets, tried, deadline, lane):
+                    if full:  # what is left is at its concurrency: wait in priority order for a slot
+                        target, slot = await self._queue(route.model, full, deadline, lane)
+                    elif await self._wait_for_backend(route.model, targets, tried, deadline, lane):
+                        continue
+                    else:
                         break
-                    continue
+                elif self.slots.limited(target.backend.name):
+                    slot = self.slots.try_acquire(target.backend.name, lane.priority)
+                    if slot is None:
+                        full.add(target.backend.name)  # spill to the next target if the caller may use one
+                        continue
                 tried.add(target.backend.name)
                 remaining = deadline - time.monotonic()
-                if lane.seconds_left(time.time()) <= 0:
-                    raise request_expired()  # never forwarded after its time to live
-                if remaining <= 0:
+                if lane.seconds_left(time.time()) <= 0 or remaining <= 0:
+                    if slot is not None:
+                        slot.release()
+                    if lane.seconds_left(time.time()) <= 0:
+                        raise request_expired()  # never forwarded after its time to live
                     break
                 tries.count += 1
                 attempt = await self.attempts.forward(
@@ -228,8 +244,10 @@ class Pipeline:
                     total_s=None if route.streaming else remaining,
                 )
                 if attempt.response is not None:
-                    answered = attempt
+                    answered, answered_slot = attempt, slot
                     break
+                if slot is not None:
+                    slot.release()
                 tries.last = attempt
                 if attempt.failure in ("timeout", "connect"):
                     tries.all_throttled = False
@@ -246,13 +264,27 @@ class Pipeline:
         else:
             if answered is not None:
                 record = self._record(route, answered.target, call, answered.status or 0, tries.count)
-                return await self.relay.relay(answered, route, record, call.started, call.admission)
+                return await self.relay.relay(answered, route, record, call.started, call.admission, answered_slot)
             error = self._exhausted(tries)
         last = tries.last  # throttled, failed and expired traffic is recorded too
         reason = last.failure if last is not None else error.code
         record = self._record(route, last.target if last else None, call, error.status, tries.count, reason)
         self.relay.finish(record, call.started, call.admission)
         raise error
+
+    async def _queue(self, model: str, full: set[str], deadline: float, lane: Lane) -> tuple[Target, Slot]:
+        """Waits for a slot on the best backend at its concurrency, in priority order (with aging), until the
+        request's deadline; then it is answered as a cooling backend would be (429 or async), or 408 past its TTL."""
+        for target in self.pool.candidates(model):
+            if target.backend.name in full:
+                patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
+                wait_until = min(deadline, time.monotonic() + patience)
+                if (slot := await self.slots.acquire(target.backend.name, lane.priority, wait_until)) is not None:
+                    return target, slot
+                if lane.seconds_left(time.time()) <= 0:
+                    raise request_expired()
+                raise errors.cooling_down(1)
+        raise errors.cooling_down(1)
 
     async def _wait_for_backend(
         self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float, lane: Lane

@@ -19,6 +19,7 @@ from . import errors, translate
 from .callers import Caller
 from .limiter import Grant, Limiter, Refusal, Window, limit_key
 from .profiles import Profile
+from .slots import Slot
 from .tokens import count_tokens, estimate_prompt_tokens
 from .usage import Usage
 
@@ -34,6 +35,7 @@ class Admission:
     requests: Grant | None = None
     tokens: Grant | None = None
     settled: bool = field(default=False)
+    slot: Slot | None = None  # the backend slot an answered request holds until its answer ends
 
     @property
     def limited(self) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from . import errors, translate
 from .attempt import Attempt, Attempts
 from .headers import relayed_headers
 from .messages import Outbound
 from .quotas import NOT_LIMITED, Admission, Quotas
+from .slots import Slot
 from .streaming import SseUsageTap
 from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
@@ -37,7 +39,12 @@ class Relay:
         record: UsageRecord,
         started: float,
         admission: Admission = NOT_LIMITED,
+        slot: Slot | None = None,
     ) -> Outbound:
+        """The answer for the client. `slot`, the backend slot the request holds, is released when the answer ends
+        (a stream's end, not its first byte)."""
+        if slot is not None:
+            admission = replace(admission, slot=slot) if admission is not NOT_LIMITED else Admission(slot=slot)
         response = attempt.response
         assert response is not None
         target = attempt.target
@@ -118,8 +125,11 @@ class Relay:
         return True
 
     def finish(self, record: UsageRecord, started: float, admission: Admission = NOT_LIMITED) -> None:
-        """Stamps the duration, settles the caller's token reservation, hands the record to the recorder's sinks."""
+        """Stamps the duration, settles the caller's token reservation, frees its backend slot, hands the record
+        to the recorder's sinks."""
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        if admission.slot is not None:
+            admission.slot.release()
         self.quotas.settle(admission, record.usage, answered=record.status < 400)
         self.usage.record(record)
 

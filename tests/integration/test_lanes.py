@@ -20,7 +20,6 @@ import pytest
 from gateway.bootstrap import Services, build_services, leases_table
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
-from gateway.limiter import Limiter
 from gateway.messages import Inbound, Outbound
 from gateway.storage import storage_account
 from gateway.usage import UsageRecord
@@ -58,12 +57,15 @@ async def build(fakes, azurite) -> AsyncIterator[Build]:
                 "GATEWAY_MAX_WAIT_S": "0.5",
                 **extra,
             }
-            limiter = None
+            leases = None
             if limits:
                 account = storage_account({"AzureWebJobsStorage": azurite.connection_string}, "")
                 table = leases_table("lanes" + uuid.uuid4().hex[:8])
-                limiter = Limiter(lambda: account.table_client(table, storage_credential), "test-instance")
-            services = build_services(load_settings(env), limiter=limiter)
+
+                def leases() -> object:
+                    return account.table_client(table, storage_credential)
+
+            services = build_services(load_settings(env), leases=leases)
             stack.push_async_callback(services.close)
             records: list[UsageRecord] = []
             services.usage.add_sink(records.append)
@@ -193,3 +195,56 @@ async def test_limits_answer_429_with_openais_headers_and_show_callers_their_bud
         admitted += 1
     used = sum(r.usage.total_tokens for r in records if r.caller == "silver" and r.status == 200 and r.usage)
     assert admitted >= 2 and used <= 120
+
+
+async def test_backend_concurrency_admits_by_priority_and_spills_or_waits(build, fakes):
+    """concurrency=2 on the PTU backend: a third request spills (gold) or waits (silver); waiting requests are
+    admitted best priority first when a slot frees; reserved slots are for priority 1 only."""
+    import asyncio
+
+    ptu, _ = fakes
+    services, records = build(
+        GATEWAY_BACKEND_1=f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;concurrency=2;reserved=1;"
+        "deployments=gpt-4o-mini",
+        GATEWAY_MAX_WAIT_S="20",
+    )
+    stream = {**CHAT, "stream": True}
+    holds = [ptu.hold_stream(), ptu.hold_stream()]
+    first = await services.pipeline.handle(chat("gold-key", stream))  # priority 1: may use the reserved slot
+    second = await services.pipeline.handle(chat("gold-key", stream))
+    assert first.headers["x-gateway-backend"] == second.headers["x-gateway-backend"] == "ptu"
+    readers = [asyncio.ensure_future(answer_stream(first)), asyncio.ensure_future(answer_stream(second))]
+    for hold in holds:
+        assert await hold.wait_reached()
+    spilled = await answer(services, chat("gold-key"))
+    assert spilled.headers["x-gateway-backend"] == "paygo"  # the PTU backend is at its concurrency
+    # Silver (ptu only, priority 3) queues; one request lowered to priority 9 queues first, then one at 3.
+    low = asyncio.ensure_future(answer(services, chat("silver-key", **{"x-gateway-priority": "9"})))
+    high = asyncio.ensure_future(answer(services, chat("silver-key")))
+    queue = services.pipeline.slots.queue("ptu")
+    assert queue is not None
+    await wait_for(lambda: queue.waiting == 2)
+    holds[0].release()  # the dedicated slot frees: priority 1 only
+    await readers[0]
+    assert not low.done() and not high.done()
+    holds[1].release()  # the general slot frees: one waiter runs at a time
+    done, _ = await asyncio.wait({low, high}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {high}  # the better priority went first, though it queued later
+    assert (await low).status == 200 and (await high).status == 200
+    await asyncio.gather(*readers)
+    assert ptu.peak_inflight <= 2 and queue.peak <= 2  # never more than 2 at the PTU backend
+    assert [r.priority for r in records if r.caller == "silver"] == [3, 9]
+
+
+async def answer_stream(out: Outbound) -> bytes:
+    assert out.stream is not None
+    return b"".join([chunk async for chunk in out.stream])
+
+
+async def wait_for(check, timeout_s: float = 10.0) -> None:
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)  # yield to the requests being tested; the condition is what is awaited

@@ -134,3 +134,20 @@ async def test_each_fault_teaches_both_paths_the_same(name, backend, azurite):
         backend.release_stalls()
         await sync.close()
         await background.close()
+
+
+async def test_a_request_out_of_its_own_time_does_not_blame_the_backend(backend):
+    """The attempt's total timeout is the request's remaining budget: running out of it is not a backend fault."""
+    settings = settings_for(backend)
+    services = build_services(settings)
+    try:
+        target = services.pool.candidates("gpt-4o-mini")[0]
+        backend.enqueue(Fault.stall())
+        attempt = await services.attempts.send(target, "POST", "/openai/deployments/gpt-4o-mini/chat/completions",
+                                               {"content-type": "application/json"}, json.dumps(CHAT).encode(),
+                                               total_s=0.2)  # fmt: skip
+        assert attempt.failure == "timeout"
+        assert services.pool.status("weu") == "closed" and len(services.pool.state.backends["weu"].failures) == 0
+    finally:
+        backend.release_stalls()
+        await services.close()

@@ -422,6 +422,7 @@ class FakeAzureOpenAI:
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
         self._inflight: set[asyncio.BaseTransport] = set()  # connections with a request being answered
+        self.peak_inflight = 0  # the most requests answered at once (tests of concurrency limits)
         self._stall_gate = _Gate()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -707,6 +708,7 @@ class FakeAzureOpenAI:
         if transport is None:  # the client is already gone
             return web.Response()
         self._inflight.add(transport)
+        self.peak_inflight = max(self.peak_inflight, len(self._inflight))
         try:
             return await self._answer(request)
         finally:

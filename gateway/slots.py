@@ -1,0 +1,299 @@
+"""Per-backend concurrency across instances, with priority admission: `concurrency=N`, `reserved=R` on a backend.
+
+Instances lease slots of a backend's N from Table rows (ETag-conditional, so the slots held by all instances never
+add up to more than N) and renew the lease about once a second while they have work, asking for their share of N
+by recent demand (requests in flight, and waiting ones weighted by priority): an instance with urgent or many
+waiting requests grows, an idle one shrinks to what it has in flight and lets go. R of the N slots form a pool of
+their own that only priority-1 requests may use (dedicated capacity), leased by priority-1 demand only, so it
+follows the urgent work across instances. A request runs only on a slot its instance holds.
+
+Each backend has one queue on an instance: waiting requests are admitted in priority order (1 first, FIFO within a
+priority), priority 1 from the dedicated pool or the general one, the others from the general one; a request that
+has waited `GATEWAY_AGING_S` moves up one level per interval, so nobody starves; a waiting request leaves the queue
+at its deadline. Storage calls are per renewal (and while requests starve, every 100 ms), never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from .config import Backend
+from .state_sync import STORAGE_ERRORS
+
+__all__ = ["BackendQueue", "Slot", "Slots"]
+
+log = logging.getLogger("gateway.slots")
+
+PARTITION = "slots"
+LEASE_S = 5.0  # a holder that stops renewing loses its slots after this
+RENEW_S = 1.0  # renewal interval while an instance has work on the backend
+STARVED_S = 0.1  # renewal interval while requests wait here and no slot is free to them
+DEMAND_DECAY = 0.6  # share of the previous demand kept at each renewal: shares follow recent load, not bursts
+_RETRIES = 20
+
+
+class Slot:
+    """One admitted request's hold on a backend slot; released once, when its answer ends."""
+
+    __slots__ = ("_pool", "_queue", "_released")
+
+    def __init__(self, queue: BackendQueue, pool: Pool) -> None:
+        self._queue = queue
+        self._pool = pool
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.in_flight -= 1
+            self._queue.admit()
+            if self._pool.others_want and self._pool.free:
+                self._queue.renew_now()  # an idle slot here while requests wait elsewhere: hand it over
+
+
+class Pool:
+    """Slots of one pool of a backend that this instance holds, leased from its Table row."""
+
+    def __init__(self, limit: int, row: str, table: Callable[[], Any] | None, instance_id: str) -> None:
+        self.limit = limit
+        self.row = row
+        self.instance_id = instance_id
+        self.held = 0 if table else limit  # without shared storage: this instance alone
+        self.others = 0  # what the other instances held at the last renewal
+        self.in_flight = 0
+        self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
+        self.others_want = False  # at the last renewal, other instances had demand: yield idle slots promptly
+        self._factory = table
+        self._table: Any = None
+        self.operations = 0
+
+    @property
+    def free(self) -> bool:
+        return self.in_flight < self.held
+
+    def can_grow(self) -> bool:
+        return self.held + self.others < self.limit
+
+    async def claim(self, demand_now: float) -> None:
+        """One conditional update of the row: this instance's share of the limit, never past what others hold.
+
+        Demand decays rather than drops, so an instance keeps what its recent load needs; but while others want
+        slots, it asks by its demand now, so idle slots go to where requests wait."""
+        decayed = max(demand_now, self.demand * DEMAND_DECAY)
+        self.demand = demand_now if self.others_want else (decayed if decayed >= 0.05 else 0.0)
+        table = await self._ready()
+        for _ in range(_RETRIES):
+            now = time.time()
+            self.operations += 1
+            try:
+                entity = await table.get_entity(PARTITION, self.row)
+                holders, etag = json.loads(entity.get("Holders", "{}")), entity.metadata["etag"]
+            except ResourceNotFoundError:
+                holders, etag = {}, None
+            live = {k: v for k, v in holders.items() if v[2] > now and k != self.instance_id}
+            others = sum(v[0] for v in live.values())
+            total = self.demand + sum(v[1] for v in live.values())
+            # Round half up: a small leftover demand does not pin an idle slot, an even split still gets one.
+            fair = math.floor(self.limit * self.demand / total + 0.5) if total else 0
+            mine = max(0, min(max(fair, self.in_flight), self.limit - others))
+            if mine or self.demand:
+                live[self.instance_id] = [mine, round(self.demand, 3), now + LEASE_S]
+            row = {"PartitionKey": PARTITION, "RowKey": self.row, "Holders": json.dumps(live)}
+            self.operations += 1
+            try:
+                if etag is None:
+                    await table.create_entity(row)
+                else:
+                    await table.update_entity(
+                        row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+            except (ResourceModifiedError, ResourceExistsError):
+                continue  # another instance renewed in between: decide again on what it wrote
+            self.held, self.others = mine, others
+            self.others_want = any(v[1] > 0 for k, v in live.items() if k != self.instance_id)
+            return
+        log.warning("Slots %s: too many concurrent renewals; keeping what is held", self.row)
+
+    async def _ready(self) -> Any:
+        if self._table is None:
+            assert self._factory is not None
+            self._table = self._factory()
+            with contextlib.suppress(ResourceExistsError):
+                self.operations += 1
+                await self._table.create_table()
+        return self._table
+
+    async def close(self) -> None:
+        if self._table is not None:
+            if self.held:
+                with contextlib.suppress(*STORAGE_ERRORS):
+                    self.in_flight, self.demand = 0, 0.0
+                    await self.claim(0)  # give the slots back for the others
+            await self._table.close()
+
+
+@dataclass(slots=True)
+class _Waiter:
+    priority: int
+    enqueued: float
+    seq: int
+    future: asyncio.Future[Pool] = field(repr=False)
+
+
+class BackendQueue:
+    """One backend on this instance: its pools (dedicated, general), who waits, and the lease renewals."""
+
+    def __init__(self, backend: Backend, table: Callable[[], Any] | None, instance_id: str, aging_s: float) -> None:
+        assert backend.concurrency is not None
+        self.backend = backend
+        self.aging_s = aging_s
+        self.general = Pool(backend.concurrency - backend.reserved, backend.name, table, instance_id)
+        self.dedicated = Pool(backend.reserved, backend.name + "~p1", table, instance_id) if backend.reserved else None
+        self._shared = table is not None
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._renewing: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.peak = 0
+
+    def pools_for(self, priority: int) -> list[Pool]:
+        """Priority 1 may use the dedicated pool first, then the general one; the others the general one."""
+        return [self.dedicated, self.general] if priority <= 1 and self.dedicated else [self.general]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p.in_flight for p in (self.general, self.dedicated) if p is not None)
+
+    def try_acquire(self, priority: int) -> Slot | None:
+        """A slot now, if one is free to this priority and nobody better waits; else None."""
+        if any(self._effective(w, time.monotonic()) <= priority for w in self._waiters):
+            return None
+        for pool in self.pools_for(priority):
+            if pool.free:
+                return self._take(pool)
+        self._renew_soon()
+        return None
+
+    async def acquire(self, priority: int, deadline: float) -> Slot | None:
+        """Waits in priority order for a slot until `deadline` (monotonic); None when it passes first."""
+        if slot := self.try_acquire(priority):
+            return slot
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(priority, time.monotonic(), next(self._seq), loop.create_future())
+        self._waiters.append(waiter)
+        self._renew_soon(wake=True)
+        try:
+            pool = await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            if waiter.future.done():  # admitted just as the deadline passed: it was counted, so take it
+                return Slot(self, waiter.future.result())
+            self._waiters.remove(waiter)
+            return None
+        return Slot(self, pool)
+
+    def admit(self) -> None:
+        """Hands free slots to waiters: best effective priority first (aging), FIFO within a priority."""
+        now = time.monotonic()
+        for waiter in sorted(self._waiters, key=lambda w: (self._effective(w, now), w.seq)):
+            pool = next((p for p in self.pools_for(self._effective(waiter, now)) if p.free), None)
+            if pool is None:
+                return  # the best waiter fits nowhere, so no worse one fits either (it may use fewer pools)
+            self._waiters.remove(waiter)
+            pool.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            waiter.future.set_result(pool)
+
+    def _take(self, pool: Pool) -> Slot:
+        pool.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self._renew_soon()
+        return Slot(self, pool)
+
+    def _effective(self, waiter: _Waiter, now: float) -> int:
+        return max(1, waiter.priority - int((now - waiter.enqueued) / self.aging_s))
+
+    # ------------------------------------------------------------------ the shared lease
+
+    def renew_now(self) -> None:
+        self._renew_soon(wake=True)
+
+    def _renew_soon(self, *, wake: bool = False) -> None:
+        if not self._shared:
+            return
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.ensure_future(self._renew_while_busy())
+        elif wake:
+            self._wake.set()
+
+    async def _renew_while_busy(self) -> None:
+        """Renews about once a second while there is work, every 100 ms while requests starve; then lets go."""
+        while True:
+            now = time.monotonic()
+            urgent = sum(9 for w in self._waiters if self._effective(w, now) <= 1)
+            weighted = sum(10 - self._effective(w, now) for w in self._waiters)
+            try:
+                if self.dedicated is not None:
+                    await self.dedicated.claim(self.dedicated.in_flight + urgent)
+                await self.general.claim(self.general.in_flight + weighted)
+            except STORAGE_ERRORS as exc:
+                log.warning("Slots of %s: storage unreachable (%s); keeping what is held", self.backend.name, exc)
+            self.admit()
+            pools = [p for p in (self.general, self.dedicated) if p is not None]
+            if not self._waiters and all(p.demand == 0 and p.held == 0 for p in pools):
+                return
+            starved = bool(self._waiters)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), STARVED_S if starved else RENEW_S)
+
+    async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *STORAGE_ERRORS):
+                await self._renewing
+        for pool in (self.general, self.dedicated):
+            if pool is not None:
+                await pool.close()
+
+
+class Slots:
+    """The queues of every backend with `concurrency=`; the others are unlimited."""
+
+    def __init__(self, backends: tuple[Backend, ...], table: Callable[[], Any] | None, instance_id: str,
+                 aging_s: float) -> None:  # fmt: skip
+        self.by_backend = {
+            b.name: BackendQueue(b, table, instance_id, aging_s) for b in backends if b.concurrency is not None
+        }
+
+    def limited(self, backend: str) -> bool:
+        return backend in self.by_backend
+
+    def try_acquire(self, backend: str, priority: int) -> Slot | None:
+        return self.by_backend[backend].try_acquire(priority)
+
+    async def acquire(self, backend: str, priority: int, deadline: float) -> Slot | None:
+        return await self.by_backend[backend].acquire(priority, deadline)
+
+    def queue(self, backend: str) -> BackendQueue | None:
+        return self.by_backend.get(backend)
+
+    async def close(self) -> None:
+        for queue in self.by_backend.values():
+            await queue.close()
