@@ -4,7 +4,8 @@
         TableServiceClient.from_connection_string(storage.connection_string)
 
 Each instance listens on 127.0.0.1 with three free ports (blob, queue, table) chosen once, so
-``stop()`` followed by ``start()`` brings storage back on the same ports (with empty, in-memory data).
+``stop()`` followed by ``start()`` brings storage back on the same ports: with empty, in-memory data, or,
+with ``location=DIR``, with the data it held (an outage, not a new account).
 
 CLI: ``python -m tests.support.azurite [--blob-port 10000 --queue-port 10001 --table-port 10002]``
 runs Azurite until SIGINT/SIGTERM and prints the connection string.
@@ -47,11 +48,14 @@ class Azurite(ChildProcess):
         queue_port: int | None = None,
         table_port: int | None = None,
         binary: Path = AZURITE_BIN,
+        location: Path | None = None,
     ) -> None:
+        """``location``: keep the data in that directory (it survives ``stop()``/``start()``); else in memory."""
         self.blob_port = blob_port or free_port(HOST)
         self.queue_port = queue_port or free_port(HOST)
         self.table_port = table_port or free_port(HOST)
         self.binary = binary
+        self.location = location
         super().__init__()
 
     @property
@@ -87,7 +91,7 @@ class Azurite(ChildProcess):
         self._launch(
             [
                 str(self.binary),
-                "--inMemoryPersistence",
+                *(["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]),
                 "--skipApiVersionCheck",
                 "--loose",
                 "--silent",
@@ -98,7 +102,7 @@ class Azurite(ChildProcess):
             ],
             host=HOST,
             ports=self.ports,
-            cwd=tempfile.gettempdir(),  # in-memory, but keep any stray files out of the repo
+            cwd=self.location or tempfile.gettempdir(),  # keep any stray files out of the repo
         )  # fmt: skip
         return self
 
