@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urljoin
 
+from azure.core.exceptions import AzureError
+
 from gateway import errors
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
@@ -33,7 +35,11 @@ _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
 async def start(client: Any, services: Services, deferred: Deferred) -> Outbound:
     """Stores the body, starts `relay_request`, answers 202 with the durable management payload."""
-    request = await accept(services, deferred)
+    try:
+        request = await accept(services, deferred)
+    except AzureError as exc:  # storage down: the client retries later, as when the orchestration cannot start
+        log.warning("Could not store the body of request %s: %s", deferred.request_id, exc)
+        raise errors.unavailable(503, "The gateway could not accept the request for async processing.", 5) from None
     instance_id = request["id"]
     try:
         await client.start_new(RELAY_ORCHESTRATOR, instance_id, request)
