@@ -166,6 +166,10 @@ class AmqpBroker:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close every connection and the listening socket, then join the reactor thread.
 
