@@ -8,6 +8,7 @@ JSON body goes to the Storage queue `GATEWAY_COMPLETIONS_QUEUE` (base64, as Func
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -78,20 +79,23 @@ class CompletionPublisher(Protocol):
 
 
 class ServiceBusPublisher:
-    """One ServiceBusClient and sender per process, created lazily and rebuilt after a failure."""
+    """One ServiceBusClient and sender per process, created lazily and rebuilt after a failure.
+
+    Sends take turns: the SDK's async sender is not safe for concurrent use (two activities opening its link at
+    once fail with `'NoneType' object has no attribute 'create_sender_link'`, azure-sdk-for-python#36334), and
+    closing it after one failure would break every send still in flight on it.
+    """
 
     def __init__(self, client_factory: Callable[[], Any], entity: str) -> None:
         self._client_factory = client_factory
         self._entity = entity
         self._client: Any = None
         self._sender: Any = None
+        self._turn = asyncio.Lock()
 
     async def publish(self, message: CompletionMessage) -> None:
         from azure.servicebus import ServiceBusMessage
 
-        if self._sender is None:
-            self._client = self._client_factory()
-            self._sender = self._client.get_queue_sender(self._entity)  # a topic name works the same way
         sb_message = ServiceBusMessage(
             message.body(),
             message_id=message.id,
@@ -100,13 +104,21 @@ class ServiceBusPublisher:
             content_type="application/json",
             application_properties=cast("dict[str | bytes, Any]", message.properties()),  # the SDK's dict is invariant
         )
-        try:
-            await self._sender.send_messages(sb_message)
-        except Exception:
-            await self.close()  # a broken link is rebuilt on the next publish
-            raise
+        async with self._turn:
+            if self._sender is None:
+                self._client = self._client_factory()
+                self._sender = self._client.get_queue_sender(self._entity)  # a topic name works the same way
+            try:
+                await self._sender.send_messages(sb_message)
+            except Exception:
+                await self._drop()  # a broken link is rebuilt on the next publish
+                raise
 
     async def close(self) -> None:
+        async with self._turn:
+            await self._drop()
+
+    async def _drop(self) -> None:
         sender, client, self._sender, self._client = self._sender, self._client, None, None
         for item in (sender, client):
             if item is not None:

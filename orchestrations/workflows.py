@@ -3,7 +3,8 @@
 `relay_request` runs one deferred request to the end: one backend attempt per activity call; after a
 retryable failure it waits on a durable timer until the moment the activity reported (Retry-After, or the
 first breaker re-opening) — no compute while waiting — and tries again, until success, a non-retryable
-answer, the attempt cap or the request's deadline. Whatever the end, one completion message is published.
+answer, the attempt cap or the request's deadline. Whatever the end, one completion message is published: a
+publish that keeps failing is tried again on a backing-off durable timer, never given up.
 No I/O and no clock here: time is `context.current_utc_datetime`, everything else comes from activities.
 """
 
@@ -38,6 +39,9 @@ RUNNING = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
 UNREACHABLE_POLLS = 3
 # A crashed activity (worker died, storage hiccup) is retried by the Durable runtime before we see it fail.
 ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=3)
+# A publish that still fails after those retries (Service Bus or storage down) is tried again after a durable
+# timer, waiting 30 s, then twice as long each time up to 10 minutes: the completion is never given up.
+PUBLISH_WAIT_S, PUBLISH_MAX_WAIT_S = 30, 600
 
 
 def relay_request(context: df.DurableOrchestrationContext):
@@ -83,10 +87,23 @@ def relay_request(context: df.DurableOrchestrationContext):
             yield context.create_timer(retry_at)
 
     outcome["attempts"] = attempts
-    context.set_custom_status({"state": "publishing", "attempt": attempts, "status": outcome["status"]})
-    message = yield context.call_activity_with_retry(
-        PUBLISH_ACTIVITY, ACTIVITY_RETRY, {"request": request, "outcome": outcome}
-    )
+    publishing: dict[str, Any] = {"state": "publishing", "attempt": attempts, "status": outcome["status"]}
+    failures = 0
+    while True:
+        context.set_custom_status(publishing)
+        try:
+            message = yield context.call_activity_with_retry(
+                PUBLISH_ACTIVITY, ACTIVITY_RETRY, {"request": request, "outcome": outcome}
+            )
+            break
+        except Exception:
+            failures += 1
+            retry_at = context.current_utc_datetime + timedelta(
+                seconds=min(PUBLISH_WAIT_S * 2 ** (failures - 1), PUBLISH_MAX_WAIT_S)
+            )
+            publishing = {**publishing, "publish_failures": failures, "next_try_at": retry_at.isoformat()}
+            context.set_custom_status(publishing)
+            yield context.create_timer(retry_at)
     context.set_custom_status({"state": "done", "status": outcome["status"]})
     return message
 

@@ -244,3 +244,37 @@ async def test_a_message_the_broker_cannot_record_fails_the_send_clearly(broker:
             await sender.send_messages(AmqpAnnotatedMessage(value_body="a str value body"))  # still running
     [arrived] = broker.wait_for(queue, 1)
     assert arrived.body == b"a str value body"
+
+
+async def test_refused_sends_fail_as_a_transient_error_and_are_not_kept() -> None:
+    with AmqpBroker(refuse_sends=0.5, seed=11) as broker:
+        sent, failed = [], 0
+        async with ServiceBusClient.from_connection_string(broker.connection_string, retry_total=0) as client:
+            async with client.get_queue_sender("flaky") as sender:
+                for number in range(8):
+                    try:
+                        await sender.send_messages(ServiceBusMessage(b"x", message_id=f"m{number}"))
+                    except ServiceBusError as exc:
+                        assert "refused by fault injection" in str(exc)
+                        failed += 1
+                    else:
+                        sent.append(f"m{number}")
+        assert 0 < failed < 8 and broker.refused == failed
+        assert [m.message_id for m in broker.messages("flaky")] == sent
+
+
+async def test_a_stopped_broker_comes_back_on_its_port_with_its_record() -> None:
+    broker = AmqpBroker().start()
+    try:
+        async with ServiceBusClient.from_connection_string(broker.connection_string) as client:
+            async with client.get_queue_sender("outage") as sender:
+                await sender.send_messages(ServiceBusMessage(b"before", message_id="before"))
+        broker.stop()
+        assert not port_is_open("127.0.0.1", broker.port)
+        broker.start()
+        async with ServiceBusClient.from_connection_string(broker.connection_string) as client:
+            async with client.get_queue_sender("outage") as sender:
+                await sender.send_messages(ServiceBusMessage(b"after", message_id="after"))
+        assert [m.message_id for m in broker.messages("outage")] == ["before", "after"]
+    finally:
+        broker.stop()

@@ -71,6 +71,16 @@ async def test_stop_and_start_on_the_same_ports() -> None:
             assert [t.name async for t in service.list_tables()] == ["afterrestart"]
 
 
+async def test_with_a_location_the_data_survives_a_restart(tmp_path) -> None:
+    with Azurite(location=tmp_path) as storage:
+        async with BlobServiceClient.from_connection_string(storage.connection_string, retry_total=0) as service:
+            container = await service.create_container("outage")
+            await container.upload_blob("kept.txt", b"still here")
+            storage.stop()
+            storage.start()
+            assert await (await container.download_blob("kept.txt")).readall() == b"still here"
+
+
 def test_missing_node_modules_is_a_clear_error(tmp_path) -> None:
     storage = Azurite(binary=tmp_path / "node_modules" / ".bin" / "azurite")
     with pytest.raises(AzuriteError, match="make deps"):

@@ -3,6 +3,7 @@ queue fallback on Azurite. The message is read back with every property a subscr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -88,3 +89,19 @@ async def test_without_service_bus_the_message_goes_to_the_storage_queue(azurite
         [received] = [m async for m in client.receive_messages()]
     body = json.loads(base64.b64decode(received.content))  # base64, as Functions queue triggers expect
     assert body == json.loads(sent.body())
+
+
+async def test_concurrent_publishes_share_one_sender():
+    """Activities publish concurrently in one worker; the SDK's sender must not be opened by two at once."""
+    with AmqpBroker() as broker:
+        settings = load_settings({**BASE, "COMPLETIONS_SERVICEBUS": broker.connection_string})
+        publisher = build_publisher(
+            settings, storage_account({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}), storage_credential
+        )
+        sent = [message() for _ in range(20)]
+        try:
+            await asyncio.gather(*(publisher.publish(m) for m in sent))
+        finally:
+            await publisher.close()
+        arrived = broker.wait_for("completions", len(sent))
+        assert sorted(m.message_id for m in arrived) == sorted(m.id for m in sent)

@@ -25,6 +25,9 @@ from tests.support.durable_standin import (
     CRASH_REASON,
     DurableEngine,
     DurableStandIn,
+    RuntimeStatus,
+    discover_durable_functions,
+    parse_crash_rate,
     parse_crash_setting,
     parse_time_scale,
 )
@@ -369,6 +372,42 @@ def test_settings_parsing() -> None:
             parse_time_scale(bad_scale)
     with pytest.raises(ValueError):
         parse_crash_setting("activity")
+    assert parse_crash_rate(None) == (0.0, 0)
+    assert parse_crash_rate("0.1", "42") == (0.1, 42)
+    for bad_rate, bad_seed in (("1.5", None), ("-0.1", None), ("often", None), ("0.1", "x")):
+        with pytest.raises(ValueError):
+            parse_crash_rate(bad_rate, bad_seed)
+
+
+async def run_with_random_crashes(seed: int, runs: int = 12) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+    """``record_with_retry`` run ``runs`` times one after another on an in-process engine crashing half of the
+    activity executions: the crashes injected, and per run (status, executions that ran, TaskFailed events)."""
+    functions = discover_durable_functions(durable_app.app)
+    engine = DurableEngine(functions.orchestrators, functions.activities, time_scale=0.001, crash_rate=0.5,
+                           crash_seed=seed)
+    runs_seen = []
+    try:
+        for number in range(runs):
+            key = f"crash-rate-{uuid.uuid4().hex}-{number}"
+            instance = engine.start_new("record_with_retry", json.dumps(json.dumps(key)))  # as the SDK client sends it
+            async with asyncio.timeout(10):
+                await engine.wait(instance.instance_id)
+            failed = [e for e in instance.history.events if e["EventType"] == EventType.TASK_FAILED]
+            assert {e["Reason"] for e in failed} <= {CRASH_REASON}
+            runs_seen.append((str(instance.runtime_status), durable_app._counts[key], len(failed)))
+    finally:
+        await engine.stop()
+    return engine.crashes, runs_seen
+
+
+async def test_random_crashes_come_before_or_after_the_activity_and_repeat_with_the_seed() -> None:
+    crashes, runs = await run_with_random_crashes(seed=5)
+    assert crashes["before"] > 0 and crashes["after"] > 0
+    executions = sum(failed + (status == RuntimeStatus.COMPLETED) for status, _, failed in runs)
+    assert sum(failed for _, _, failed in runs) == crashes["before"] + crashes["after"]
+    assert sum(ran for _, ran, _ in runs) == executions - crashes["before"]  # a crash before: it never ran
+    assert {status for status, _, _ in runs} <= {RuntimeStatus.COMPLETED, RuntimeStatus.FAILED}
+    assert await run_with_random_crashes(seed=5) == (crashes, runs)  # the same seed, the same run
 
 
 # -------------------------------------------------------------------- replay level (no host, no HTTP)

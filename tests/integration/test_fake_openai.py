@@ -249,6 +249,20 @@ async def test_cut_stream_stops_after_n_events(fake: FakeAzureOpenAI, session: a
     assert "[DONE]" not in "".join(events)
 
 
+async def test_error_event_ends_the_stream_with_an_error_and_no_done(
+    fake: FakeAzureOpenAI, session: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Fault.error_event(after_chunks=2), Fault.error_event(after_chunks=0))
+    events = await stream_chat(session, fake)
+    assert len(events) == 3 and "[DONE]" not in events
+    assert json.loads(events[1])["choices"][0]["delta"]["role"] == "assistant"
+    error = json.loads(events[2])
+    assert list(error) == ["error"] and error["error"]["type"] == "server_error"
+    async with session.post(op_url(fake, "chat/completions"), json={"messages": MESSAGES}, headers=KEY) as response:
+        assert response.status == 500  # not streamed: the same error as a plain answer
+        assert (await response.json())["error"]["type"] == "server_error"
+
+
 async def test_content_filter_answers_azure_body(fake: FakeAzureOpenAI, session: aiohttp.ClientSession) -> None:
     fake.enqueue(Fault.content_filter())
     async with session.post(op_url(fake, "chat/completions"), json={}, headers=KEY) as response:

@@ -19,6 +19,10 @@ needs to send messages and to receive and settle them:
   are the encoded messages; they are unpacked.
 * ``$management`` requests (peek, renew lock, schedule...) get status 501, so the SDK
   raises a clear error instead of timing out.
+* Fault injection: ``AmqpBroker(refuse_sends=0.05, seed=7)`` rejects that share of the
+  messages sent to entities (``amqp:internal-error``, a transient failure the SDK retries),
+  chosen by a seeded generator; a refused message is not kept. ``refused`` counts them.
+  ``stop()`` then ``start()`` is an outage: same port, the record of what arrived kept.
 
 Tests inspect what arrived with :meth:`AmqpBroker.messages` and
 :meth:`AmqpBroker.wait_for`; that record is kept whether or not a client has
@@ -28,6 +32,7 @@ consumed the messages.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
@@ -127,8 +132,11 @@ class AmqpBroker:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_sends: float = 0.0, seed: int | None = None) -> None:
         self.port: int | None = None
+        self.refuse_sends = refuse_sends
+        self.refused = 0  # messages rejected by fault injection so far
+        self._rng = random.Random(seed)
         self._arrived: dict[str, list[ReceivedMessage]] = {}
         self._changed = threading.Condition()
         self._injector: EventInjector | None = None
@@ -150,7 +158,7 @@ class AmqpBroker:
         if self._thread is not None:
             raise RuntimeError("broker already started")
         self._injector = EventInjector()
-        handler = _BrokerHandler(self._record, self._injector)
+        handler = _BrokerHandler(self._record, self._injector, self._refuse)
         container = Container(handler)
         container.selectable(self._injector)
         handler.acceptor = container.listen(f"{HOST}:{self.port or 0}")  # binds and listens now
@@ -162,6 +170,10 @@ class AmqpBroker:
         )
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close every connection and the listening socket, then join the reactor thread.
@@ -216,6 +228,14 @@ class AmqpBroker:
             with self._changed:
                 self._changed.notify_all()
 
+    def _refuse(self) -> bool:
+        """Called on the reactor thread for every message sent to an entity: reject this one?"""
+        if not self.refuse_sends or self._rng.random() >= self.refuse_sends:
+            return False
+        with self._changed:
+            self.refused += 1
+        return True
+
     def _record(self, address: str, messages: list[ReceivedMessage]) -> None:
         """Called on the reactor thread for every message that arrives (batches unpacked)."""
         with self._changed:
@@ -226,9 +246,15 @@ class AmqpBroker:
 class _BrokerHandler(Handler):
     """Reactor-thread side of the broker; nothing here is touched from other threads."""
 
-    def __init__(self, record: Callable[[str, list[ReceivedMessage]], None], injector: EventInjector) -> None:
+    def __init__(
+        self,
+        record: Callable[[str, list[ReceivedMessage]], None],
+        injector: EventInjector,
+        refuse: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._record = record
         self._injector = injector
+        self._refuse = refuse
         self.acceptor: Any = None  # proton's Acceptor, set by AmqpBroker.start()
         self._connections: set[Connection] = set()
         self._queues: dict[str, deque[bytes]] = {}
@@ -307,6 +333,8 @@ class _BrokerHandler(Handler):
             detail = "not implemented by the test AMQP broker"
             self._reply(link, encoded, {"statusCode": 501, "statusDescription": detail})
         else:
+            if self._refuse():
+                raise _Refused("refused by fault injection (refuse_sends)")
             messages = _unbatch(encoded)
             self._record(address, [ReceivedMessage.decode(m) for m in messages])
             self._queues.setdefault(address, deque()).extend(messages)
@@ -385,6 +413,10 @@ class _BrokerHandler(Handler):
             connection.close()
             connection.transport.close_tail()
         self._injector.close()
+
+
+class _Refused(Exception):
+    """A send rejected on purpose; the client sees amqp:internal-error."""
 
 
 def _links[L: Link](connection: Connection, kind: type[L]) -> list[L]:

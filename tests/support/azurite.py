@@ -5,8 +5,8 @@
 
 Each instance listens on 127.0.0.1 on three ports (blob, queue, table). Unless given, they are chosen once,
 by the OS on the first start (Azurite binds port 0 and prints the port it got; the ports and the connection
-string are known once started), so ``stop()`` followed by ``start()`` brings storage back on the same ports
-(with empty, in-memory data).
+string are known once started), so ``stop()`` followed by ``start()`` brings storage back on the same ports:
+with empty, in-memory data, or, with ``location=DIR``, with the data it held (an outage, not a new account).
 
 CLI: ``python -m tests.support.azurite [--blob-port 10000 --queue-port 10001 --table-port 10002]``
 runs Azurite until SIGINT/SIGTERM and prints the connection string.
@@ -52,12 +52,15 @@ class Azurite(ChildProcess):
         queue_port: int | None = None,
         table_port: int | None = None,
         binary: Path = AZURITE_BIN,
+        location: Path | None = None,
     ) -> None:
+        """``location``: keep the data in that directory (it survives ``stop()``/``start()``); else in memory."""
         # None: chosen by the OS on the first start, then kept.
         self.blob_port = blob_port
         self.queue_port = queue_port
         self.table_port = table_port
         self.binary = binary
+        self.location = location
         super().__init__()
 
     @property
@@ -95,7 +98,7 @@ class Azurite(ChildProcess):
         ports = self._launch(
             [
                 str(self.binary),
-                "--inMemoryPersistence",
+                *(["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]),
                 "--skipApiVersionCheck",
                 "--loose",
                 "--silent",
@@ -106,7 +109,7 @@ class Azurite(ChildProcess):
             ],
             host=HOST,
             ports=_reported_ports,
-            cwd=tempfile.gettempdir(),  # in-memory, but keep any stray files out of the repo
+            cwd=self.location or tempfile.gettempdir(),  # keep any stray files out of the repo
         )  # fmt: skip
         self.blob_port, self.queue_port, self.table_port = ports
         return self

@@ -38,6 +38,14 @@ Settings (read from the environment when the host starts):
     Fault injection: the first ``n`` executions of that activity run fully, then their result is lost and
     the orchestrator gets ``TaskFailed`` with reason ``"worker crashed (injected)"`` - as when a worker dies
     after the activity did its side effects. Orchestrators that retry see the activity run again.
+
+``DURABLE_STANDIN_CRASH_RATE`` (a fraction from 0 to 1, default 0) and ``DURABLE_STANDIN_CRASH_SEED`` (int)
+    Random fault injection: that share of all activity executions crash, each at random either *before* the
+    activity runs (it never runs: the worker died as it took the work) or *after* it (it ran fully, its
+    result is lost), with the same ``TaskFailed`` as above. The draws come from a generator seeded with
+    ``DURABLE_STANDIN_CRASH_SEED`` (default 0), so a run gets the same sequence of decisions (which
+    execution draws which one follows the order executions start). Every injected crash is logged as
+    ``durable-standin: injected crash before|after activity ...``; ``DurableEngine.crashes`` counts them.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import hmac
 import inspect
 import json
 import os
+import random
 import sys
 import traceback
 import uuid
@@ -74,7 +83,9 @@ from tests.support.durable_history import (
 
 __all__ = [
     "CRASH_ACTIVITY_SETTING",
+    "CRASH_RATE_SETTING",
     "CRASH_REASON",
+    "CRASH_SEED_SETTING",
     "DURABLE_CLIENT",
     "RPC_PREFIX",
     "TIME_SCALE_SETTING",
@@ -89,6 +100,7 @@ __all__ = [
     "UnknownOrchestratorError",
     "discover_durable_functions",
     "history_events",
+    "parse_crash_rate",
     "parse_crash_setting",
     "parse_time_scale",
     "read_task_hub",
@@ -97,6 +109,8 @@ __all__ = [
 
 TIME_SCALE_SETTING = "DURABLE_STANDIN_TIME_SCALE"
 CRASH_ACTIVITY_SETTING = "DURABLE_STANDIN_CRASH_ACTIVITY"
+CRASH_RATE_SETTING = "DURABLE_STANDIN_CRASH_RATE"
+CRASH_SEED_SETTING = "DURABLE_STANDIN_CRASH_SEED"
 CRASH_REASON = "worker crashed (injected)"
 
 ORCHESTRATION_TRIGGER = "orchestrationTrigger"
@@ -151,6 +165,21 @@ def parse_crash_setting(text: str | None) -> dict[str, int]:
             raise ValueError(f"{CRASH_ACTIVITY_SETTING}={text!r}: expected '<activityName>:<n>'")
         crashes[name.strip()] = int(count)
     return crashes
+
+
+def parse_crash_rate(rate: str | None, seed: str | None = None) -> tuple[float, int]:
+    """``DURABLE_STANDIN_CRASH_RATE`` (0 to 1, 0 when unset) and ``DURABLE_STANDIN_CRASH_SEED`` (int, 0 when unset)."""
+    try:
+        value = float(rate) if rate and rate.strip() else 0.0
+    except ValueError:
+        raise ValueError(f"{CRASH_RATE_SETTING}={rate!r}: expected a fraction such as 0.1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{CRASH_RATE_SETTING}={rate!r}: must be from 0 to 1")
+    try:
+        number = int(seed) if seed and seed.strip() else 0
+    except ValueError:
+        raise ValueError(f"{CRASH_SEED_SETTING}={seed!r}: expected an integer") from None
+    return value, number
 
 
 def read_task_hub(app_dir: Path | None, environ: Mapping[str, str] = os.environ) -> str:
@@ -303,12 +332,18 @@ class DurableEngine:
         *,
         time_scale: float = 1.0,
         crash_activity: Mapping[str, int] | None = None,
+        crash_rate: float = 0.0,
+        crash_seed: int = 0,
     ) -> None:
         self.orchestrators = dict(orchestrators)
         self.activities = dict(activities)
         self.time_scale = time_scale
         self.crash_activity = dict(crash_activity or {})
         self._crashes_left = dict(self.crash_activity)
+        self.crash_rate = crash_rate
+        self.crash_seed = crash_seed
+        self._crash_draws = random.Random(crash_seed)
+        self.crashes = {"before": 0, "after": 0}  # injected so far
         self.instances: dict[str, OrchestrationInstance] = {}
 
     # ------------------------------------------------------------------------------------ client API
@@ -573,19 +608,19 @@ class DurableEngine:
             message = _Message("failed", execution, event_id, {"reason": reason, "details": ""})
         else:
             crash = self._take_crash(name)
-            message = await self._call_activity(activity, execution, event_id, input_json)
-            if crash:
-                _log(
-                    f"activity {name!r} of instance {instance.instance_id} ran; its result is discarded "
-                    f"({CRASH_ACTIVITY_SETTING})"
-                )
+            if crash != "before":
+                message = await self._call_activity(activity, execution, event_id, input_json)
+            if crash is not None:
+                self.crashes[crash] += 1
+                what = "it never ran" if crash == "before" else "it ran; its result is discarded"
+                _log(f"injected crash {crash} activity {name!r} of instance {instance.instance_id}: {what}")
                 message = _Message(
                     "failed",
                     execution,
                     event_id,
                     {
                         "reason": CRASH_REASON,
-                        "details": f"{CRASH_ACTIVITY_SETTING}: the result of this execution of '{name}' was lost",
+                        "details": f"injected crash: the worker died {crash} running this execution of '{name}'",
                     },
                 )
         instance.inbox.put_nowait(message)
@@ -620,11 +655,15 @@ class DurableEngine:
             )
         return _Message("completed", execution, event_id, {"result_json": result_json})
 
-    def _take_crash(self, name: str) -> bool:
+    def _take_crash(self, name: str) -> str | None:
+        """None, or when this execution crashes: "before" it runs or "after" (its result lost)."""
         left = self._crashes_left.get(name, 0)
         if left > 0:
             self._crashes_left[name] = left - 1
-        return left > 0
+            return "after"
+        if self.crash_rate and self._crash_draws.random() < self.crash_rate:
+            return "before" if self._crash_draws.random() < 0.5 else "after"
+        return None
 
     def _continue_as_new(self, instance: OrchestrationInstance, input_json: str | None) -> None:
         self._cancel_work(instance, everything=True)
@@ -821,11 +860,14 @@ class DurableStandIn:
     ) -> DurableStandIn:
         """Discover the app's durable functions and read the stand-in's settings from ``environ``."""
         functions = discover_durable_functions(app)
+        crash_rate, crash_seed = parse_crash_rate(environ.get(CRASH_RATE_SETTING), environ.get(CRASH_SEED_SETTING))
         engine = DurableEngine(
             functions.orchestrators,
             functions.activities,
             time_scale=parse_time_scale(environ.get(TIME_SCALE_SETTING)),
             crash_activity=parse_crash_setting(environ.get(CRASH_ACTIVITY_SETTING)),
+            crash_rate=crash_rate,
+            crash_seed=crash_seed,
         )
         return cls(engine, system_key=system_key, task_hub=read_task_hub(app_dir, environ), functions=functions)
 
@@ -855,6 +897,11 @@ class DurableStandIn:
         if self.engine.crash_activity:
             crashes = ", ".join(f"{k}:{v}" for k, v in self.engine.crash_activity.items())
             lines.append(f" {CRASH_ACTIVITY_SETTING}={crashes}: those executions lose their result (fault injection).")
+        if self.engine.crash_rate:
+            lines.append(
+                f" {CRASH_RATE_SETTING}={self.engine.crash_rate:g} (seed {self.engine.crash_seed}): that "
+                "share of activity executions crash, before or after running (fault injection)."
+            )
         return "\n".join(lines)
 
     # ----------------------------------------------------------------------------- client binding

@@ -146,7 +146,7 @@ _CONTENT_FILTERED = {
 # --------------------------------------------------------------------------- faults and records
 
 
-FaultKind = Literal["status", "reset", "stall", "cut_stream", "content_filter"]
+FaultKind = Literal["status", "reset", "stall", "cut_stream", "error_event", "content_filter"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,13 @@ class Fault:
     def cut_stream(cls, after_chunks: int) -> Fault:
         """Send ``after_chunks`` SSE events, then abort the connection (a reset if not streamed)."""
         return cls("cut_stream", after_chunks=after_chunks)
+
+    @classmethod
+    def error_event(cls, after_chunks: int) -> Fault:
+        """Send ``after_chunks`` SSE events, then an error event (Azure's server_error body) and end the
+        stream without ``[DONE]``, as Azure does when generation fails mid-stream. A non-streamed request
+        gets that error as a 500 answer."""
+        return cls("error_event", after_chunks=after_chunks)
 
     @classmethod
     def content_filter(cls) -> Fault:
@@ -268,6 +275,7 @@ class _Call:
     record: RecordedRequest
     headers: dict[str, str]
     cut_after: int | None = None
+    error_after: int | None = None  # error_event: the SSE event index where the error event replaces the rest
     stall_gate: _Gate = field(default_factory=_Gate)
     payload: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, tuple[str | None, bytes]] = field(default_factory=dict)  # multipart operations only
@@ -744,6 +752,8 @@ class FakeAzureOpenAI:
             return _json(problem, call.headers, 400)
         if call.cut_after is not None and not call.payload.get("stream"):
             return _abort(request)
+        if call.error_after is not None and not call.payload.get("stream"):
+            return _json(_SERVER_ERROR, call.headers, status=500)
         return await operation(call)
 
     @staticmethod
@@ -813,6 +823,9 @@ class FakeAzureOpenAI:
         if fault.kind == "stall":
             await call.stall_gate.wait()
             return None
+        if fault.kind == "error_event":
+            call.error_after = fault.after_chunks  # applied while streaming
+            return None
         call.cut_after = fault.after_chunks  # cut_stream: applied while streaming
         return None
 
@@ -849,6 +862,9 @@ class FakeAzureOpenAI:
             for index, line in enumerate(lines):
                 if call.cut_after is not None and index == call.cut_after:
                     return _abort(call.request, response)
+                if call.error_after is not None and index == call.error_after:
+                    await response.write(f"data: {_dumps(_SERVER_ERROR)}\n\n".encode())
+                    break
                 if hold is not None and index == hold.after_chunks:
                     hold.reached.set()
                     await hold._gate.wait()

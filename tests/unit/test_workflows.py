@@ -187,3 +187,31 @@ def test_an_activity_that_keeps_crashing_still_ends_in_a_completion():
     state = replay(h)
     outcome = published(state)
     assert outcome["status"] == "failed" and outcome["error"]["code"] == "internal_error"
+
+
+def test_a_publish_that_keeps_failing_is_tried_again_on_a_backing_off_timer():
+    h = HistoryBuilder(workflows.RELAY_ORCHESTRATOR, input=request(), start=T0)
+    replay(h)
+    h.completed_activity(0, workflows.ATTEMPT_ACTIVITY, succeeded("weu"))
+    replay(h)
+    event_id = 1
+    for wait_s in (30, 60):  # each round: the activity's own retries fail, then a durable timer
+        for _ in range(3):  # attempt, retry timer, attempt, retry timer, attempt, final retry timer
+            h.failed_activity(event_id, workflows.PUBLISH_ACTIVITY, "Service Bus unreachable")
+            replay(h)
+            h.fired_timer(event_id + 1, h.now + timedelta(seconds=2))
+            event_id += 2
+        state = replay(h)
+        assert not state["isDone"] and state["actions"][-1]["actionType"] == CREATE_TIMER
+        fire_at = h.now + timedelta(seconds=wait_s)
+        assert state["customStatus"]["next_try_at"] == fire_at.isoformat()
+        assert state["customStatus"]["publish_failures"] == wait_s // 30
+        h.fired_timer(event_id, fire_at)
+        event_id += 1
+        state = replay(h)
+        assert state["actions"][-1]["functionName"] == workflows.PUBLISH_ACTIVITY  # and again
+        assert published(state) == {**succeeded("weu"), "attempts": 1}
+    message = {"id": "inst-1", "status": "succeeded", "result": {"object": "chat.completion"}}
+    h.completed_activity(event_id, workflows.PUBLISH_ACTIVITY, message)
+    state = replay(h)
+    assert state["isDone"] and state["output"] == message
