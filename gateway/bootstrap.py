@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .affinity import Affinity, affinity_table
 from .attempt import Attempts
 from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
@@ -51,11 +52,13 @@ class Services:
     completions: CompletionPublisher | None
     upstream: Upstream  # the aiohttp session (backends, unless a transport was given; Key Vault)
     auth: BackendAuth
+    affinity: Affinity  # which backend keeps each response id (Responses API)
 
     async def close(self) -> None:
         for part in (self.results, self.completions):
             if part is not None:
                 await part.close()
+        await self.affinity.close()
         await self.pool.close()
         if self.quotas.limiter is not None:
             await self.quotas.limiter.close()  # gives back unspent slices
@@ -77,6 +80,7 @@ def build_services(
     credential: TokenCredential | None = None,
     transport: Transport | None = None,
     limiter: Limiter | None = None,
+    affinity: Affinity | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none)."""
@@ -90,9 +94,22 @@ def build_services(
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
     usage = UsageRecorder(settings.usage_file)
     quotas = Quotas(limiter)
-    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage)
+    affinity = affinity or Affinity(None)  # None: response ids are known to this process only
+    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, affinity)
     return Services(
-        settings, pool, attempts, callers, governance, quotas, usage, pipeline, results, completions, upstream, auth
+        settings,
+        pool,
+        attempts,
+        callers,
+        governance,
+        quotas,
+        usage,
+        pipeline,
+        results,
+        completions,
+        upstream,
+        auth,
+        affinity,
     )
 
 
@@ -113,7 +130,10 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     limiter = Limiter(lambda: account.table_client(leases, storage_credential), instance)
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    services = build_services(settings, store=store, results=results, completions=completions, limiter=limiter)
+    affinity = Affinity(lambda: account.table_client(affinity_table(table), storage_credential))
+    services = build_services(
+        settings, store=store, results=results, completions=completions, limiter=limiter, affinity=affinity
+    )
     configure_exporter(env)
     services.usage.add_sink(UsageMetrics())
     return services
