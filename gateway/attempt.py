@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from . import translate
+from . import surface, translate
 from .config import Settings
 from .credentials import BackendAuth
 from .pool import BackendPool, Target
@@ -29,7 +29,6 @@ log = logging.getLogger("gateway.attempt")
 
 # Answers that say "this backend, not this request": try the next backend.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_COUNTED_OPERATIONS = frozenset({"chat/completions", "completions"})  # where include_usage can be injected
 
 
 @dataclass(slots=True)
@@ -79,13 +78,14 @@ class Attempts:
         *,
         total_s: float | None,
     ) -> Attempt:
-        """A client's request on one target, either API style; streams are asked for usage when we can count it."""
-        injected = False
-        if route.streaming and target.backend.parses_usage and route.operation in _COUNTED_OPERATIONS:
-            body, injected = prepare_stream_request(body, route.json or {})
-        attempt = await self.send(
-            target, method, translate.upstream_path(route, target.deployment), headers, body, total_s=total_s
-        )
+        """A client's request on one target, in that backend's API style (`translate.outgoing`); streams are asked
+        for usage when we can count it."""
+        backend = target.backend
+        upstream = translate.outgoing(route, backend.api, target.deployment, body, headers.get("content-type", ""))
+        body, injected = upstream.body, False
+        if route.streaming and backend.parses_usage and surface.OPERATIONS[route.operation].counted:
+            body, injected = prepare_stream_request(body, upstream.json or {})
+        attempt = await self.send(target, method, upstream.path, headers, body, total_s=total_s)
         attempt.injected = injected
         return attempt
 

@@ -14,12 +14,14 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .settings_schema import NAME as _NAME
+from .surface import BACKEND_APIS
 
 __all__ = ["Backend", "backend_from_fields", "parse_backend"]
 
 _BACKEND_KEYS = frozenset(
     {
         "host",
+        "api",
         "mode",
         "processor",
         "usemi",
@@ -47,6 +49,7 @@ class Backend:
 
     name: str
     host: str
+    api: str = "deployments"  # or "v1": /openai/v1/{operation}, the deployment as the body's model
     mode: str = "apim"
     processor: str = "openai"
     use_mi: bool = False
@@ -87,6 +90,7 @@ class Backend:
         return {
             "name": self.name,
             "host": self.host,
+            "api": self.api,
             "mode": self.mode,
             "processor": self.processor,
             "usemi": self.use_mi,
@@ -130,6 +134,9 @@ def backend_from_fields(fields: Mapping[str, Any], setting: str) -> Backend:
     name = str(fields.get("name") or parts.hostname.split(".")[0])
     if not _NAME.match(name):
         raise ConfigError(setting, "name must be 1-63 letters, digits, '.', '_' or '-'")
+    api = str(fields.get("api") or "deployments").lower()
+    if api not in BACKEND_APIS:
+        raise ConfigError(setting, "api must be 'deployments' or 'v1'")
     mode = str(fields.get("mode", "apim")).lower()
     if mode not in _MODES:
         raise ConfigError(setting, "mode must be 'direct' or 'apim'")
@@ -151,6 +158,7 @@ def backend_from_fields(fields: Mapping[str, Any], setting: str) -> Backend:
     return Backend(
         name=name,
         host=host,
+        api=api,
         mode=mode,
         processor=processor,
         use_mi=_bool(fields.get("usemi", False), setting, "usemi"),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .affinity import Affinity, affinity_table
 from .attempt import Attempts
 from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
@@ -53,11 +54,13 @@ class Services:
     completions: CompletionPublisher | None
     upstream: Upstream  # the aiohttp session (backends, unless a transport was given; Key Vault)
     auth: BackendAuth
+    affinity: Affinity  # which backend keeps each response id (Responses API)
 
     async def close(self) -> None:
         for part in (self.results, self.completions):
             if part is not None:
                 await part.close()
+        await self.affinity.close()
         await self.pool.close()
         if self.quotas.limiter is not None:
             await self.quotas.limiter.close()  # gives back unspent slices
@@ -80,6 +83,7 @@ def build_services(
     credential: TokenCredential | None = None,
     transport: Transport | None = None,
     leases: Callable[[], Any] | None = None,
+    affinity: Affinity | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none).
@@ -99,9 +103,22 @@ def build_services(
     instance = store.instance_id if store else "local"
     quotas = Quotas(Limiter(leases, instance) if leases else None)
     slots = Slots(settings.backends, leases, instance, settings.aging_s)
-    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots)
+    affinity = affinity or Affinity(None)  # None: response ids are known to this process only
+    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots, affinity)
     return Services(
-        settings, pool, attempts, callers, governance, quotas, usage, pipeline, results, completions, upstream, auth
+        settings,
+        pool,
+        attempts,
+        callers,
+        governance,
+        quotas,
+        usage,
+        pipeline,
+        results,
+        completions,
+        upstream,
+        auth,
+        affinity,
     )
 
 
@@ -120,12 +137,14 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     leases = leases_table(table)
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
+    affinity = Affinity(lambda: account.table_client(affinity_table(table), storage_credential))
     services = build_services(
         settings,
         store=store,
         results=results,
         completions=completions,
         leases=lambda: account.table_client(leases, storage_credential),
+        affinity=affinity,
     )
     configure_exporter(env)
     services.usage.add_sink(UsageMetrics())

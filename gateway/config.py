@@ -53,6 +53,7 @@ class Settings:
     entra_issuer: str = _D["entra_issuer"]  # "" = the tenant's public-cloud v2 and v1 issuers
     entra_jwks_url: str = _D["entra_jwks_url"]  # "" = the jwks_uri of the OpenID configuration
     api_version: str = _D["api_version"]
+    responses_api_version: str = _D["responses_api_version"]
     connect_timeout_s: float = _D["connect_timeout_s"]
     read_timeout_s: float = _D["read_timeout_s"]
     sync_budget_s: float = _D["sync_budget_s"]

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "bad_request",
+    "conversation_unavailable",
     "error_body",
     "error_object",
     "internal_error",
@@ -127,6 +128,18 @@ def unavailable(status: int, message: str, retry_after_s: int | None) -> Gateway
         type="rate_limit_error" if status == 429 else "service_unavailable",
         code="backends_unavailable",
         headers=headers,
+    )
+
+
+def conversation_unavailable(message: str, retry_after_s: int) -> GatewayError:
+    """503 for a request that must reach the backend keeping its response (affinity) when that cannot be done:
+    it is never sent elsewhere, where the conversation does not exist."""
+    return GatewayError(
+        503,
+        message,
+        type="service_unavailable",
+        code="conversation_unavailable",
+        headers={"Retry-After": str(max(1, retry_after_s))},
     )
 
 

@@ -56,6 +56,12 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
         """OpenAI v1 surface: `model` in the body picks the deployment."""
         return await _serve(services, req, client, start_async)
 
+    @bp.route(route="openai/v1/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
+    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
+    async def azure_openai_v1(req: Request, client: df.DurableOrchestrationClient) -> Response:
+        """Azure's v1 surface, served exactly as /v1: `OpenAI(base_url=<gateway>/openai/v1)` works."""
+        return await _serve(services, req, client, start_async)
+
     @bp.route(route="openai/models", methods=ALL_METHODS, auth_level=ANONYMOUS)
     async def azure_models(req: Request) -> Response:
         """The models the configured backends serve, for Azure-style clients."""

@@ -1,4 +1,5 @@
-"""The ids clients send back to the gateway, checked before they reach a blob name or a Durable instance id.
+"""The ids clients send back to the gateway, checked before they reach a blob name, a Durable instance id, a table
+row or an upstream path.
 
 Every id the gateway hands out has a fixed shape (it made them), so anything else is refused outright: a
 path like `/results/..%2F..%2Fx` must never become a blob name, nor `/v1/files/a/../b` a Durable query.
@@ -10,10 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TypeGuard
 
 from . import errors
 
-__all__ = ["batch_created_ms", "batch_id", "caller_tag", "file_id", "instance_id", "new_batch_id"]
+__all__ = [
+    "batch_created_ms",
+    "batch_id",
+    "caller_tag",
+    "file_id",
+    "instance_id",
+    "is_response_id",
+    "new_batch_id",
+    "response_id",
+]
 
 # uuid4().hex: the async path's instance ids (starter.accept).
 _INSTANCE = re.compile(r"[0-9a-f]{32}")
@@ -22,6 +33,8 @@ _BATCH = re.compile(r"batch_[0-9a-f]{32,48}")
 _TAGGED_BATCH = re.compile(r"batch_[0-9a-f]{12}(?P<ms>[0-9a-f]{12})[0-9a-f]{20}")
 # Uploads (file- + uuid4().hex), and the merged output and error files of a batch.
 _FILE = re.compile(r"file-[0-9a-f]{32}|batch_[0-9a-f]{32,48}-(?:output|errors)")
+# A backend's response ids (resp_ and hex on Azure and OpenAI): a table row key and a path segment here.
+_RESPONSE = re.compile(r"resp_[A-Za-z0-9_-]{1,128}")
 _TAG_CHARS = 12
 
 
@@ -38,6 +51,15 @@ def batch_id(value: str) -> str:
 def file_id(value: str) -> str:
     """A file id the gateway issued; 404 `file_not_found` otherwise."""
     return _checked(_FILE, value, "file")
+
+
+def response_id(value: str) -> str:
+    """A Responses API id, by the backends' shape (`resp_...`); 404 `response_not_found` otherwise."""
+    return _checked(_RESPONSE, value, "response")
+
+
+def is_response_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and _RESPONSE.fullmatch(value) is not None
 
 
 def caller_tag(caller: str) -> str:

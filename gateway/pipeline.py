@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import errors, guard, translate, validate
+from .affinity import Affinity
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Caller, Callers
 from .config import Settings
@@ -49,6 +50,8 @@ class _Call:
     started: float
     lane: Lane = DEFAULT_LANE
     admission: Admission = field(default_factory=Admission)
+    pinned: str | None = None  # the backend keeping the response this request continues (affinity)
+    avoid: frozenset[str] = frozenset()  # so every other backend is out of its reach
 
 
 @dataclass(slots=True)
@@ -73,6 +76,7 @@ class Pipeline:
         quotas: Quotas,
         usage: UsageRecorder,
         slots: Slots,
+        affinity: Affinity | None = None,
     ) -> None:
         self.settings = settings
         self.attempts = attempts
@@ -82,8 +86,9 @@ class Pipeline:
         self.quotas = quotas
         self.usage = usage
         self.slots = slots
+        self.affinity = affinity or Affinity(None)  # None: response ids known to this process only
         self.deferral = Deferral(settings, attempts.pool)
-        self.relay = Relay(attempts, usage, quotas)
+        self.relay = Relay(attempts, usage, quotas, self.affinity)
         self.requests = 0  # handled by this instance (the stats view divides storage operations by it)
         self._models_body = json.dumps(
             {
@@ -128,15 +133,21 @@ class Pipeline:
             inbound.headers.get("content-type", ""),
             inbound.body,
             self.settings.api_version,
+            self.settings.responses_api_version,
         )
         if route.json is not None:
             validate.check_body(route.operation, route.json)
         if route.api_style == "models":
-            profile = self.governance.admit(caller, None)
+            profile = self.governance.admit(caller, route.model or None)
             return Outbound(
-                200, {"content-type": "application/json", "x-request-id": request_id}, self._models(profile)
+                200, {"content-type": "application/json", "x-request-id": request_id}, self._models(profile, route)
             )
-        call = _Call(request_id, caller, NO_LIMITS, started)
+        route, pinned = await self.affinity.bind(route, caller.name)
+        if not route.deferrable:
+            defer = None  # Responses keep their own async mode (background); a realtime secret expires in minutes
+        call = _Call(request_id, caller, NO_LIMITS, started, pinned=pinned)
+        if pinned is not None:
+            call.avoid = frozenset(b.name for b in self.settings.backends if b.name != pinned)
         try:
             call.profile = self.governance.admit(caller, route.model)
             if missing := missing_header(inbound.headers, self.settings.required_headers | set(call.profile.headers)):
@@ -180,13 +191,16 @@ class Pipeline:
         out.headers |= self.quotas.headers(call.admission)
         return out
 
-    def _models(self, profile: Profile) -> bytes:
-        """The models list, as this caller's profile allows."""
+    def _models(self, profile: Profile, route: translate.Route) -> bytes:
+        """The models list, or the one model the route names, as this caller's profile allows."""
+        if route.model:
+            if route.model not in self.settings.models():
+                raise errors.not_found(f"The model '{route.model}' does not exist.", code="model_not_found")
+            return json.dumps(_model_object(route.model)).encode()
         if profile.models is None:
             return self._models_body
         allowed = [m for m in self.settings.models() if profile.allows_model(m)]
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "azure-ai-gateway"} for m in allowed]
-        return json.dumps({"object": "list", "data": data}).encode()
+        return json.dumps({"object": "list", "data": [_model_object(m) for m in allowed]}).encode()
 
     async def _forward(
         self,
@@ -206,7 +220,7 @@ class Pipeline:
         deadline = min(call.started + self.settings.sync_budget_s, time.monotonic() + lane.seconds_left(time.time()))
         headers = forwarded_headers(inbound.headers, call.request_id, self.settings.forward_headers)
         tries = _Tries()
-        tried: set[str] = set()
+        tried: set[str] = set(call.avoid)  # a continued response can go to its own backend only
         answered: Attempt | None = None
         answered_slot: Slot | None = None
         full: set[str] = set()  # backends at their concurrency on this instance
@@ -217,7 +231,7 @@ class Pipeline:
                 if target is None:
                     if full:  # what is left is at its concurrency: wait in priority order for a slot
                         target, slot = await self._queue(route.model, full, deadline, lane)
-                    elif await self._wait_for_backend(route.model, targets, tried, deadline, lane):
+                    elif await self._wait_for_backend(route.model, targets, tried, deadline, lane, call.avoid):
                         continue
                     else:
                         break
@@ -266,6 +280,13 @@ class Pipeline:
                 record = self._record(route, answered.target, call, answered.status or 0, tries.count)
                 return await self.relay.relay(answered, route, record, call.started, call.admission, answered_slot)
             error = self._exhausted(tries)
+        if call.pinned is not None and error.status != 408:
+            retry_after = int(error.headers.get("Retry-After") or round(self.settings.default_retry_after_s))
+            error = errors.conversation_unavailable(
+                f"This conversation lives on backend '{call.pinned}', which cannot serve it now; it cannot continue "
+                "elsewhere. Retry later.",
+                retry_after,
+            )
         last = tries.last  # throttled, failed and expired traffic is recorded too
         reason = last.failure if last is not None else error.code
         record = self._record(route, last.target if last else None, call, error.status, tries.count, reason)
@@ -287,16 +308,24 @@ class Pipeline:
         raise errors.cooling_down(1)
 
     async def _wait_for_backend(
-        self, model: str, targets: tuple[Target, ...], tried: set[str], deadline: float, lane: Lane
+        self,
+        model: str,
+        targets: tuple[Target, ...],
+        tried: set[str],
+        deadline: float,
+        lane: Lane,
+        avoid: frozenset[str] = frozenset(),
     ) -> bool:
         """Nothing is available now: waits for the first cooling backend if that fits, else answers 429 (or 408
         when the request's time to live would pass first).
 
         Returns False when there is nothing worth waiting for (every backend tried, disabled or down).
         """
-        allowed = [t for t in targets if lane.tiers is None or t.backend.tier in lane.tiers]
+        allowed = [
+            t for t in targets if (lane.tiers is None or t.backend.tier in lane.tiers) and t.backend.name not in avoid
+        ]
         only_one = len(allowed) == 1  # the only backend this caller may use may be tried again once free
-        free_at = self.pool.earliest_open_until(model, frozenset() if only_one else tried, lane.tiers)
+        free_at = self.pool.earliest_open_until(model, avoid if only_one else tried, lane.tiers)
         if free_at is None:
             return False
         now = self.pool.clock()
@@ -308,7 +337,7 @@ class Pipeline:
         log.info("Every backend for %s is cooling down; waiting %.2f s", model, delay)
         await asyncio.sleep(delay)
         if only_one:
-            tried.clear()  # the only backend may be tried again once it has freed up
+            tried.intersection_update(avoid)  # the only backend may be tried again once it has freed up
         return True
 
     @staticmethod
@@ -337,3 +366,7 @@ class Pipeline:
         if tries.all_throttled:
             return errors.unavailable(429, "Every backend for this model is rate limited; retry later.", retry_after)
         return errors.unavailable(503, "No backend could serve the request; retry later.", retry_after)
+
+
+def _model_object(model: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "azure-ai-gateway"}

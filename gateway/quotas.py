@@ -2,10 +2,10 @@
 
 The counting itself is `gateway.limiter` (slices of a shared budget leased from Table Storage, so the limits hold
 across instances without a storage call per request). Here: the request costs 1 against `rpm`; against `tpm` it
-reserves its prompt (estimated with the model's own tokenizer) plus `max_tokens` / `max_completion_tokens`, or the
-profile's `reserve=`; after the answer the reservation is settled against the reported usage (streams at their
-end). Callers with limits get OpenAI's `x-ratelimit-*` headers about their own budget on every answer; a refusal
-is 429 `rate_limit_exceeded` naming the limit, with `Retry-After`.
+reserves its prompt (estimated with the model's own tokenizer) plus `max_tokens` / `max_completion_tokens` /
+`max_output_tokens` (Responses), or the profile's `reserve=`; after the answer the reservation is settled against
+the reported usage (streams at their end). Callers with limits get OpenAI's `x-ratelimit-*` headers about their
+own budget on every answer; a refusal is 429 `rate_limit_exceeded` naming the limit, with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def reservation(route: translate.Route, profile: Profile) -> int:
         items = value if isinstance(value, list) else [value]
         texts = [v for v in items if isinstance(v, str)]
         prompt = sum(count_tokens(text, route.model) for text in texts)
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     completion = cap if isinstance(cap, int) and cap > 0 else profile.reserve or 0
     return max(1, prompt + completion)
 

@@ -1,18 +1,21 @@
-"""Relaying a backend's answer to the client, and the usage record it leaves.
+"""Relaying a backend's answer to the client, and what it leaves behind: the usage record, the response's affinity.
 
 JSON answers are read whole (usage parsed from the tail); streams and binary answers are relayed chunk by chunk
 as they arrive, with the SSE usage tap watching a stream's bytes. The record is written once, however the answer
-ends; a read that breaks off counts against the backend through the one attempt.
+ends; a read that breaks off counts against the backend through the one attempt. A created response's backend is
+recorded (`gateway.affinity`) before the client can have its id; a minted Realtime secret gets its endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from . import errors, translate
+from . import errors, ids, realtime, translate
+from .affinity import Affinity, keeps_response
 from .attempt import Attempt, Attempts
 from .headers import relayed_headers
 from .messages import Outbound
@@ -27,10 +30,11 @@ __all__ = ["Relay"]
 
 
 class Relay:
-    def __init__(self, attempts: Attempts, usage: UsageRecorder, quotas: Quotas) -> None:
+    def __init__(self, attempts: Attempts, usage: UsageRecorder, quotas: Quotas, affinity: Affinity) -> None:
         self.attempts = attempts
         self.usage = usage
         self.quotas = quotas
+        self.affinity = affinity
 
     async def relay(
         self,
@@ -56,7 +60,9 @@ class Relay:
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
             record.streaming = True
-            tap = SseUsageTap(strip_injected_usage=attempt.injected) if target.backend.parses_usage else None
+            responses = route.operation.startswith("responses")
+            watch = target.backend.parses_usage or keeps_response(route)  # a created id is read whatever `processor`
+            tap = SseUsageTap(strip_injected_usage=attempt.injected, responses=responses) if watch else None
             stream = self._relay_stream(attempt, tap, route, record, started, admission)
             return Outbound(response.status, headers, stream=stream)
         if not content_type.startswith("application/json"):
@@ -71,8 +77,12 @@ class Relay:
             self.finish(record, started, admission)
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
         if target.backend.parses_usage:
-            record.usage = usage_from_json_body(body)
+            record.usage = await self._counted(route, usage_from_json_body(body))
             self.attempts.finished(attempt, record.usage)
+        if response.status < 300 and keeps_response(route):
+            await self._remember(_response_id(body), record, route)
+        if response.status == 200 and route.operation == "realtime/client_secrets":
+            body = realtime.announce(body, headers, target.backend)
         self.finish(record, started, admission)
         return Outbound(response.status, headers, body)
 
@@ -93,12 +103,17 @@ class Relay:
         response = attempt.response
         assert response is not None
         complete = recorded = False
+        counts = attempt.target.backend.parses_usage  # processor=OpenAI: usage is read; none: only the response id
+        remember = response.status < 300 and keeps_response(route)
         try:
             async for data in response.chunks():
                 if tap is not None:
                     data = tap.feed(data)
+                    if remember and tap.response_id is not None:
+                        remember = False  # before the event with the id goes out
+                        await self._remember(tap.response_id, record, route)
                     if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started, admission)
+                        recorded = await self._finish_stream(record, tap, route, started, admission, counts)
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -113,16 +128,35 @@ class Relay:
             else:
                 response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
-                await self._finish_stream(record, tap, route, started, admission)
+                await self._finish_stream(record, tap, route, started, admission, counts)
 
     async def _finish_stream(
-        self, record: UsageRecord, tap: SseUsageTap | None, route: translate.Route, started: float, admission: Admission
+        self,
+        record: UsageRecord,
+        tap: SseUsageTap | None,
+        route: translate.Route,
+        started: float,
+        admission: Admission,
+        counts: bool,
     ) -> bool:
-        if tap is not None and record.status < 400:
-            # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
-            record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+        if tap is not None and record.status < 400 and counts:
+            if route.resource_id:  # a retrieved response: its tokens were counted when it was made
+                record.usage = await self._counted(route, tap.usage)
+            else:  # counting loads the tokenizer on first use (~0.2 s): keep it off the event loop
+                record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
         self.finish(record, started, admission)
         return True
+
+    async def _counted(self, route: translate.Route, usage: Usage | None) -> Usage | None:
+        """The tokens a call is charged with. Retrieving a response costs none, except the one retrieval that
+        first reports a background response's usage (it was made after the call that created it)."""
+        if not route.resource_id or usage is None:
+            return usage
+        return usage if await self.affinity.count_once(route.resource_id) else None
+
+    async def _remember(self, response_id: str | None, record: UsageRecord, route: translate.Route) -> None:
+        if ids.is_response_id(response_id) and record.backend is not None and record.caller is not None:
+            await self.affinity.remember(response_id, record.backend, route, record.caller)
 
     def finish(self, record: UsageRecord, started: float, admission: Admission = NOT_LIMITED) -> None:
         """Stamps the duration, settles the caller's token reservation, frees its backend slot, hands the record
@@ -132,6 +166,15 @@ class Relay:
             admission.slot.release()
         self.quotas.settle(admission, record.usage, answered=record.status < 400)
         self.usage.record(record)
+
+
+def _response_id(body: bytes) -> str | None:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    value = answer.get("id") if isinstance(answer, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _estimate(route: translate.Route, deployment: str | None, tap: SseUsageTap) -> Usage | None:

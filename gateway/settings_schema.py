@@ -248,6 +248,9 @@ ENTRIES: tuple[Setting, ...] = (
        "signing keys URL, instead of the one the OpenID configuration names"),
     _S("GATEWAY_API_VERSION", "api_version", "2024-10-21", _api_version,
        "api-version for v1 requests and Azure requests that carry none"),
+    _S("GATEWAY_RESPONSES_API_VERSION", "responses_api_version", "2025-04-01-preview", _api_version,
+       "api-version of the Responses API on `api=deployments` backends (`/openai/responses`), when the client"
+       " sent no dated one"),
     _S("GATEWAY_CONNECT_TIMEOUT_S", "connect_timeout_s", "5", _SECONDS, "TCP/TLS connect timeout per attempt"),
     _S("GATEWAY_READ_TIMEOUT_S", "read_timeout_s", "120", _SECONDS,
        "longest silence while waiting for headers or the next chunk"),

@@ -79,18 +79,29 @@ def _line_start(event: bytes, pos: int) -> int:
     return max(event.rfind(b"\n", 0, pos), event.rfind(b"\r", 0, pos)) + 1
 
 
+# Responses API streams end with one of these (no `[DONE]`); each carries the response with its usage.
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSE_CREATED = b'"response.created"'
+
+
 class SseUsageTap:
-    """Watches an SSE byte stream as it is relayed: captures usage, strips the usage-only event the gateway injected."""
+    """Watches an SSE byte stream as it is relayed: captures usage, strips the usage-only event the gateway injected.
 
-    __slots__ = ("_framer", "_raw", "_skip_lf", "_strip", "done", "usage")
+    With `responses`, it also reads the response id from the `response.created` event (for affinity) and counts
+    a stream as done at its final `response.*` event.
+    """
 
-    def __init__(self, strip_injected_usage: bool) -> None:
+    __slots__ = ("_framer", "_raw", "_responses", "_skip_lf", "_strip", "done", "response_id", "usage")
+
+    def __init__(self, strip_injected_usage: bool, *, responses: bool = False) -> None:
         self._strip = strip_injected_usage
+        self._responses = responses
         self._framer = SseFramer()
         self._skip_lf = False  # the LF of a CRLF whose event was dropped may open the next read
         self._raw: list[bytes] = []  # complete upstream blocks, parsed lazily by completion_text()
         self.usage: Usage | None = None
         self.done = False
+        self.response_id: str | None = None
 
     # -- hot path --
 
@@ -107,6 +118,8 @@ class SseUsageTap:
         # `find` rather than `in`: `in` first tries its operand as an int and pays for the TypeError.
         if data.find(b"[DONE]") >= 0:
             self._check_done(data)
+        if self._responses and self.response_id is None and data.find(_RESPONSE_CREATED) >= 0:
+            self._read_response_id(data)
         if data.find(_USAGE) < 0:
             return data
         if self._strip:
@@ -195,7 +208,17 @@ class SseUsageTap:
         usage = Usage.from_openai(raw)
         if usage is not None:
             self.usage = usage
+            if self._responses and obj.get("type") in _RESPONSE_ENDS:
+                self.done = True  # the last event: the record can be written before it is relayed
         return top
+
+    def _read_response_id(self, block: bytes) -> None:
+        for event in split_events(block):
+            obj = json_object(event_data(event)) if event.find(_RESPONSE_CREATED) >= 0 else None
+            response = obj.get("response") if obj is not None and obj.get("type") == "response.created" else None
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
+                return
 
     def _check_done(self, block: bytes) -> None:
         for line in block.splitlines():
@@ -207,9 +230,15 @@ class SseUsageTap:
 
     def completion_text(self) -> str:
         """Concatenated generated text over all events seen (chat ``delta.content`` and tool-call
-        arguments, completions ``text``), for the tiktoken estimate when no usage was reported."""
+        arguments, completions ``text``, Responses ``output_text`` deltas), for the tiktoken estimate when no
+        usage was reported."""
         pieces: list[str] = []
         for payload in iter_payloads(b"".join(self._raw)):
+            if self._responses and b'"response.output_text.delta"' in payload:
+                event = json_object(payload)
+                delta = event.get("delta") if event is not None else None
+                pieces.append(delta if isinstance(delta, str) else "")
+                continue
             if b'"choices"' not in payload:
                 continue
             obj = json_object(payload)

@@ -28,6 +28,8 @@ _OPERATIONS = {
     "completions": "text_completion",
     "embeddings": "embeddings",
     "images/generations": "generate_content",
+    "images/edits": "generate_content",
+    "responses": "chat",  # the semantic conventions' name for the Responses API's create call
 }
 
 

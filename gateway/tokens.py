@@ -182,6 +182,17 @@ def _prompt_tokens(prompt: Any, enc: Any) -> int:
     return 0
 
 
+def _response_input_tokens(body: Mapping[str, Any], enc: Any) -> int:
+    total = _count(body.get("instructions"), enc) if isinstance(body.get("instructions"), str) else 0
+    value = body.get("input")
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str):
+            total += _count(item, enc)
+        elif isinstance(item, Mapping):
+            total += _TOKENS_PER_MESSAGE + _count(item.get("role"), enc) + _content_tokens(item.get("content"), enc)
+    return total
+
+
 def estimate_prompt_tokens(request_json: Mapping[str, Any] | None, model: str | None = None) -> int:
     """Estimated prompt tokens of a request body (for when the backend reports no usage). Never raises.
 
@@ -189,7 +200,8 @@ def estimate_prompt_tokens(request_json: Mapping[str, Any] | None, model: str | 
     Chat (``messages``): OpenAI's recipe — 3 tokens per message, plus the tokens of role, content
     (string, or the "text" parts of a list) and name (+1), plus the name and arguments of the assistant's
     function calls (``tool_calls`` and legacy ``function_call``), plus 3 for the reply primer.
-    Completions (``prompt``): tokens of the prompt (str or list). Anything else: 0.
+    Completions (``prompt``): tokens of the prompt (str or list). Responses (``instructions``, ``input``):
+    the instructions, then the input text or each input item as a chat message. Anything else: 0.
     """
     try:
         if not isinstance(request_json, Mapping):
@@ -212,6 +224,8 @@ def estimate_prompt_tokens(request_json: Mapping[str, Any] | None, model: str | 
             return total
         if "prompt" in request_json:
             return _prompt_tokens(request_json.get("prompt"), enc)
+        if isinstance(request_json.get("instructions") or request_json.get("input"), str | list):
+            return _response_input_tokens(request_json, enc)
     except Exception:  # defensive: an estimate must never fail a request
         _log_once("estimate", "prompt token estimate failed")
     return 0

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import errors
+from . import errors, ids
 
 __all__ = ["MAX_TOKENS", "NAME_RULE", "RULES", "check_body", "is_name"]
 
@@ -66,6 +66,10 @@ def _stream_options(value: Any) -> str | None:
         return "must be an object"
     usage = value.get("include_usage")
     return None if usage is None or type(usage) is bool else "must have a boolean 'include_usage'"
+
+
+def _response_id(value: Any) -> str | None:
+    return None if ids.is_response_id(value) else "must be a response id ('resp_' and letters or digits)"
 
 
 STRING = _of(str, what="a string")
@@ -143,6 +147,28 @@ RULES: dict[str, dict[str, Check]] = {
         "response_format": STRING,
         "speed": _number(0.25, 4),
     },
+    "responses": {
+        "model": STRING,
+        "input": STRING_OR_ARRAY,
+        "instructions": STRING,
+        "stream": BOOL,
+        "background": BOOL,
+        "store": BOOL,
+        "previous_response_id": _response_id,  # becomes a table key and decides the backend (affinity)
+        "max_output_tokens": TOKENS,
+        "temperature": _number(0, 2),
+        "top_p": _number(0, 1),
+        "tools": ARRAY,
+        "tool_choice": STRING_OR_OBJECT,
+        "parallel_tool_calls": BOOL,
+        "include": ARRAY,
+        "metadata": OBJECT,
+        "reasoning": OBJECT,
+        "text": OBJECT,
+        "truncation": STRING,
+        "user": STRING,
+    },
+    "realtime/client_secrets": {"session": OBJECT, "expires_after": OBJECT},
     # The Batch API's create body.
     "batches": {
         "input_file_id": STRING,

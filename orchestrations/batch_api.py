@@ -1,4 +1,5 @@
-"""The Files and Batches API on both styles (`/v1/files…`, `/v1/batches…`, `/openai/files…`, `/openai/batches…`).
+"""The Files and Batches API on every surface (`/v1/files…`, `/v1/batches…`, `/openai/files…`, `/openai/batches…`,
+and Azure's v1 spellings `/openai/v1/files…`, `/openai/v1/batches…`).
 
 The gateway keeps uploaded files in Blob Storage under its own ids, so a batch is not tied to a backend at
 upload time; creating a batch starts the `batch_job` orchestration, and the batch object clients poll is
@@ -34,7 +35,9 @@ from .workflows import BATCH_ORCHESTRATOR, RUNNING
 __all__ = ["handle"]
 
 log = logging.getLogger("orchestrations.batch_api")
-_PATH = re.compile(r"^/(?:v1|openai)/(?P<kind>files|batches)(?:/(?P<id>[^/]+))?(?:/(?P<action>content|cancel))?/?$")
+_PATH = re.compile(
+    r"^/(?:v1|openai|openai/v1)/(?P<kind>files|batches)(?:/(?P<id>[^/]+))?(?:/(?P<action>content|cancel))?/?$"
+)
 MAX_JSON_BODY = 64 * 1024  # a batch create body: ids, endpoint, window, metadata (16 pairs of 512 characters)
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload
 MAX_FIELD = 1024  # a text field of the upload form (purpose)

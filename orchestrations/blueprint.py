@@ -88,6 +88,8 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
         ("v1_batches", "v1/batches/{*rest}"),
         ("azure_files", "openai/files/{*rest}"),
         ("azure_batches", "openai/batches/{*rest}"),
+        ("azure_v1_files", "openai/v1/files/{*rest}"),
+        ("azure_v1_batches", "openai/v1/batches/{*rest}"),
     ):
         bp.route(route=route, methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)(
             bp.durable_client_input(client_name="client")(_batch_route(services, function_name))

@@ -179,7 +179,8 @@ async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool
 
 async def housekeeping(client: Any, services: Services) -> dict[str, int]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
-    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS. Two filtered queries, not a full list."""
+    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS, and expired response-affinity rows.
+    Three filtered queries, not a full list."""
     from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
 
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.purge_after_days)
@@ -193,7 +194,8 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
         await services.results.delete(status.instance_id)
         await client.purge_instance_history(status.instance_id)
         purged += 1
-    return {"cancelled_published": cancelled, "purged": purged}
+    expired_responses = await services.affinity.purge_expired()  # rows of responses the backends no longer keep
+    return {"cancelled_published": cancelled, "purged": purged, "expired_responses": expired_responses}
 
 
 async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:

@@ -44,8 +44,10 @@ def devhost_env(azurite, weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, **extra: st
         "GATEWAY_API_KEYS": f"corpus:{GATEWAY_KEY}",
         "GATEWAY_MAX_WAIT_S": "1",
         # No backend takes batches: no legitimate request may reach /openai/files or /openai/batches.
+        # One backend of each api= style, taking turns, so the corpus goes through both translations.
         "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};api-key={WEU_KEY};priority=1;{common}",
-        "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};api-key={NEU_KEY};priority=2;{common}",
+        "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};api=v1;api-key={NEU_KEY};priority=1;{common}",
+        "GATEWAY_STRATEGY": "round-robin",
         **extra,
     }
 

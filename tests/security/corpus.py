@@ -2,7 +2,8 @@
 
 Each case is the exact bytes of one HTTP/1.1 request (see tests/support/raw_http.py), in one of the
 categories the hardening issue lists: paths, methods, headers, bodies, content types, multipart, ids,
-query strings, `Prefer` values and keys. Most cases carry the right gateway key, so they get past
+query strings, `Prefer` values and keys; and the 2026 surface (Azure v1 paths, Responses and their ids,
+realtime client secrets, models by id, image edits). Most cases carry the right gateway key, so they get past
 authentication and exercise what comes after it. The seed keeps the corpus the same on every run.
 """
 
@@ -358,9 +359,81 @@ def keys() -> list[Case]:
     return cases
 
 
+def surface_2026(rng: random.Random) -> list[Case]:
+    """Azure's v1 surface, Responses (ids, chains, background), realtime client secrets, models by id, image edits."""
+    cases = []
+    odd_paths = [
+        b"/openai/v1/chat/completions/../../files", b"/openai/v1/responses/resp_1/../../files",
+        b"/openai/v1/%2e%2e/deployments/gpt-4o-mini/chat/completions",
+        b"/openai/v1/deployments/gpt-4o-mini/chat/completions", b"/openai/v1/responses/resp_1/input_items/x",
+        b"/v1/responses/resp_%2F..", b"/v1/responses/resp_" + b"a" * 5000, b"/v1/responses/resp_a/cancel/x",
+        b"/v1/responses/resp_a%00", b"/v1/responses/resp_a;x", b"/v1/models/" + b"x" * 100, b"/v1/models/%2e%2e",
+        b"/openai/v1/models/gpt-4o-mini/x", b"/openai/v1/realtime/client_secrets/x", b"/openai/v1/realtime/calls",
+        b"/openai/v1/realtime", b"/openai/v1", b"/openai/v1/", b"/openai/v1/files/../batches",
+        b"/openai/v1/responses//cancel", b"/v1/responses/%72esp_1",
+    ]  # fmt: skip
+    for target in odd_paths:
+        for method in ("GET", "POST", "DELETE"):
+            cases.append(_case("2026", f"{method} {target[:50].decode('latin-1')}", method, target, [JSON], b"{}"))
+    routes = [b"/v1/responses", b"/openai/v1/responses/resp_abc", b"/v1/responses/resp_abc/cancel",
+              b"/openai/v1/responses/resp_abc/input_items", b"/v1/realtime/client_secrets",
+              b"/openai/v1/models/whisper", b"/openai/v1/images/edits"]  # fmt: skip
+    for route in routes:
+        for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+            body = b"{}" if verb != "GET" else None
+            cases.append(_case("2026", f"{verb} {route.decode()}", verb, route, [JSON], body))
+    responses = {"model": "gpt-4o-mini", "input": "hi"}
+    bad_ids = ["resp_../x", "../../x", "resp_" + "a" * 300, "resp_a/../b", "resp_a\u0000", "", "resp_a b"]
+    for field in ("previous_response_id", "input", "background", "stream", "store", "max_output_tokens", "model",
+                  "instructions", "tools", "metadata", "include"):  # fmt: skip
+        for value in [*BAD_VALUES, *(bad_ids if field == "previous_response_id" else [])]:
+            target = rng.choice([b"/v1/responses", b"/openai/v1/responses"])
+            name = f"responses {field}={json.dumps(value)[:20]}"
+            cases.append(_case("2026", name, "POST", target, [JSON], _json({**responses, field: value})))
+    for extra in ({"previous_response_id": "resp_" + "0" * 40}, {"background": True}, {"stream": True},
+                  {"stream": True, "stream_options": {"include_usage": True}}, {"store": False}):  # fmt: skip
+        body = _json({**responses, **extra})
+        cases.append(_case("2026", f"responses {extra}"[:60], "POST", b"/v1/responses", [JSON], body))
+    sessions = [
+        None, "x", [], {}, {"type": "realtime"}, {"type": "realtime", "model": "../../files"},
+        {"type": "realtime", "model": 5}, {"type": "transcription"}, {"type": "transcription", "audio": "x"},
+        {"type": "transcription", "audio": {"input": {"transcription": {"model": "../x"}}}},
+        {"type": "realtime", "model": "gpt-4o-mini"}, {"type": "realtime", "model": "gpt-4o-mini", "x": "y" * 9000},
+    ]  # fmt: skip
+    for session in sessions:
+        for target in (b"/v1/realtime/client_secrets", b"/openai/v1/realtime/client_secrets"):
+            body = _json({"session": session, "expires_after": rng.choice([None, "x", {"seconds": -5}])})
+            cases.append(_case("2026", f"realtime {json.dumps(session)[:30]}", "POST", target, [JSON], body))
+    mp = b"multipart/form-data; boundary=XyZ"
+    image = ("image", "a.png", b"PNG")
+    edits = [
+        ("edit ok", mp, _form([("model", None, b"dall-e-3"), ("prompt", None, b"hat"), image])),
+        ("edit no model", mp, _form([("prompt", None, b"hat"), image])),
+        ("edit model traversal", mp, _form([("model", None, b"../../files"), image])),
+        ("edit two models", mp, _form([("model", None, b"dall-e-3"), ("model", None, b"../x"), image])),
+        ("edit no boundary", b"multipart/form-data", _form([("model", None, b"dall-e-3")])),
+        ("edit json", b"application/json", _json({"model": "dall-e-3", "prompt": "x"})),
+    ]
+    for name, content_type, data in edits:
+        for target in (b"/v1/images/edits", b"/openai/v1/images/edits", b"/openai/deployments/dall-e-3/images/edits"):
+            headers = [(b"Content-Type", content_type)]
+            cases.append(_case("2026", f"{name} {target[:20].decode()}", "POST", target, headers, data))
+    queries = [b"api-version=preview", b"api-version=2024-10-21", b"api-version=latest&x=%2F..",
+               b"api-version=" + b"9" * 80, b"stream=true", b"stream=true&starting_after=abc",
+               b"include[]=x&limit=-1"]  # fmt: skip
+    targets = [("POST", b"/openai/v1/chat/completions"), ("GET", b"/v1/responses/resp_abc"),
+               ("POST", b"/openai/v1/responses")]  # fmt: skip
+    for query in queries:
+        for method, target in targets:
+            body = _json(CHAT if b"chat" in target else responses) if method == "POST" else None
+            name = f"{method} {target.decode()}?{query[:30].decode()}"
+            cases.append(_case("2026", name, method, target + b"?" + query, [JSON], body))
+    return cases
+
+
 def corpus(seed: int = 11) -> list[Case]:
     rng = random.Random(seed)
     return [
         *paths(), *methods(), *headers(), *bodies(rng), *content_types(), *multipart(), *ids(rng), *queries(),
-        *prefers(), *keys(),
+        *prefers(), *keys(), *surface_2026(rng),
     ]  # fmt: skip

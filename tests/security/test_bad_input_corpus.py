@@ -3,9 +3,10 @@
 Over every answer: no 500, no traceback, no secret (backend keys, the gateway key, the storage account key,
 connection-string markers); every error the gateway makes has OpenAI's shape, and a backend's error it relays
 at least has an `error` object. Over every request the fakes received: only known operations on valid
-deployment names. Two kinds of answer come from the host, not the gateway, and are counted apart: the HTTP
-server refusing bytes it cannot parse (only for cases marked `wire`), and the host's empty 404 for a path or
-method no function is registered for.
+deployment names, in a form Azure serves them in (the operation table of `gateway/surface.py`). Two kinds
+of answer come from the host, not the gateway, and are counted apart: the HTTP server refusing bytes it
+cannot parse (only for cases marked `wire`), and the host's empty 404 for a path or method no function is
+registered for.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import time
 from collections import Counter
 
-from gateway.translate import V1_OPERATIONS
+from gateway.surface import OPERATIONS, V1_OPERATIONS
 from tests.security.corpus import Case, corpus
 from tests.support.raw_http import RawResponse, build_request, send_raw
 
@@ -25,12 +26,16 @@ ALL = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 OWNED = [
     (re.compile(r"/openai/deployments/[^/]+(/.*)?"), ALL),
     (re.compile(r"/v1(/.*)?"), ALL),
+    (re.compile(r"/openai/v1(/.*)?"), ALL),
     (re.compile(r"/openai/models"), ALL),
     (re.compile(r"/openai/(files|batches)(/.*)?"), ALL),
     (re.compile(r"/results/[^/]+"), {"GET", "DELETE"}),
     (re.compile(r"/health"), {"GET"}),
 ]
 UPSTREAM = re.compile(r"/openai/deployments/(?P<deployment>[A-Za-z0-9_.-]{1,64})/(?P<operation>.+)")
+# The v1 surface (any operation) and the resource-level dated API (Responses); ids in their issued shape.
+UPSTREAM_V1 = re.compile(r"/openai/(?P<v1>v1/)?(?P<operation>.+)")
+RESPONSE_ID = re.compile(r"^responses/resp_[A-Za-z0-9_-]{1,128}(?=/|$)")
 SERVER_REFUSAL = b"Invalid HTTP request received."
 TRACEBACK = ("Traceback (most recent call last)", 'File "/')
 CONCURRENCY = 6
@@ -77,14 +82,31 @@ def _errors(log: str) -> str:
     return "\n".join(dict.fromkeys(found))
 
 
+def known_upstream(method: str, path: str) -> bool:
+    """A request a backend may get: a known operation, with its method, in a form Azure serves it in."""
+    if (match := UPSTREAM.fullmatch(path)) is not None:
+        return method == "POST" and match["operation"] in V1_OPERATIONS
+    if (match := UPSTREAM_V1.fullmatch(path)) is None or match["operation"].startswith("deployments/"):
+        return False
+    spec = OPERATIONS.get(RESPONSE_ID.sub("responses/{id}", match["operation"]))
+    return spec is not None and method in spec.methods and (bool(match["v1"]) or spec.legacy == "resource")
+
+
 def out_of_bounds(stack) -> list[str]:
-    bad = []
-    for fake in (stack.weu, stack.neu):
-        for request in fake.requests:
-            match = UPSTREAM.fullmatch(request.path)
-            if request.method != "POST" or match is None or match["operation"] not in V1_OPERATIONS:
-                bad.append(f"{fake.name}: {request.method} {request.path[:80]}")
-    return bad
+    return [
+        f"{fake.name}: {request.method} {request.path[:80]}"
+        for fake in (stack.weu, stack.neu)
+        for request in fake.requests
+        if not known_upstream(request.method, request.path)
+    ]
+
+
+def test_the_bounds_refuse_what_they_should():
+    assert known_upstream("POST", "/openai/v1/responses") and known_upstream("GET", "/openai/responses/resp_1")
+    assert known_upstream("POST", "/openai/deployments/gpt-4o/chat/completions")
+    assert not known_upstream("GET", "/openai/v1/responses")
+    assert not known_upstream("POST", "/openai/chat/completions")  # not a resource-level operation
+    assert not known_upstream("POST", "/openai/v1/files") and not known_upstream("GET", "/openai/responses/x/../y")
 
 
 async def run(stack, cases: list[Case]) -> list[RawResponse]:

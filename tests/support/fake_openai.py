@@ -14,7 +14,10 @@ Bodies Azure would refuse (wrong types, missing required fields, not JSON) get A
 500 (rules in ``fake_openai_requests.py``); audio answers follow ``response_format`` as Azure does
 (``fake_openai_audio.py``). A test with a sloppy body fails here as it would against Azure.
 
-It also serves the resource-level Files and Batches APIs (``/openai/files``, ``/openai/batches``).
+It also serves the resource-level Files and Batches APIs (``/openai/files``, ``/openai/batches``), the Responses
+API (``/openai/responses?api-version=``: kept per fake, see ``fake_openai_responses.py``), and Azure's v1 surface
+(``/openai/v1/{operation}``: no dated api-version, the deployment named by the body's ``model``) for every
+operation, Realtime client secrets (``/openai/v1/realtime/client_secrets``) included.
 Batches only move when the test says so, never on a timer:
 
     batch_id = ...                       # the client uploaded a JSONL and created a batch: "validating"
@@ -53,12 +56,17 @@ from aiohttp import web
 
 from tests.support.fake_openai_audio import transcript
 from tests.support.fake_openai_requests import (
+    JSON_OPERATIONS,
     MULTIPART_OPERATIONS,
+    check_image_edit,
     check_json,
     check_multipart,
+    check_realtime_secret,
     invalid_json,
     parse_json,
+    v1_version_problem,
 )
+from tests.support.fake_openai_responses import ResponseStore, not_found
 
 DEFAULT_DEPLOYMENTS = frozenset({"gpt-4o-mini", "text-embedding-3-small", "whisper", "tts", "dall-e-3"})
 
@@ -76,9 +84,15 @@ _OPERATIONS = {
     "audio/translations": "AudioTranslations_Create",
     "audio/speech": "AudioSpeech_Create",
     "images/generations": "ImageGenerations_Create",
+    "images/edits": "ImageEdits_Create",
+    "responses": "Responses_Create",
 }
 _DATA_PLANE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>.+?)/?$")
 _STATUS_PATHS = ("/status", "/openai/status")
+# Azure's v1 surface: every operation, the deployment in the body. Responses: also on the resource (dated API).
+_V1_PATH = re.compile(r"^/openai/v1/(?P<operation>.+?)/?$")
+_RESPONSES_PATH = re.compile(r"^/openai/(?:v1/)?responses(?:/(?P<id>[^/]+)(?P<action>/cancel|/input_items)?)?/?$")
+_RESPONSES_MIN_VERSION = "2025-03-01-preview"
 # Files and Batches live at the resource level, not under a deployment.
 _FILES_PATH = re.compile(r"^/openai/files(?:/(?P<file_id>[^/]+)(?P<content>/content)?)?/?$")
 _BATCHES_PATH = re.compile(r"^/openai/batches(?:/(?P<batch_id>[^/]+)(?P<cancel>/cancel)?)?/?$")
@@ -213,9 +227,12 @@ class RecordedRequest:
 
     @property
     def operation(self) -> str | None:
-        """The data-plane operation, e.g. ``"chat/completions"``; None outside ``/openai/deployments/``."""
-        match = _DATA_PLANE.match(self.path)
-        return match["operation"] if match else None
+        """The data-plane operation, e.g. ``"chat/completions"`` or ``"responses/resp_1/cancel"``; None for the
+        Files and Batches APIs and probes."""
+        match = _DATA_PLANE.match(self.path) or _V1_PATH.match(self.path)
+        if match:
+            return match["operation"]
+        return self.path.removeprefix("/openai/").rstrip("/") if _RESPONSES_PATH.match(self.path) else None
 
 
 class _Gate:
@@ -442,6 +459,8 @@ class FakeAzureOpenAI:
         self.batch_script: list[BatchStatus | BatchStep] | None = None
         self._files: dict[str, FakeFile] = {}
         self._batches: dict[str, FakeBatch] = {}
+        self.responses = ResponseStore()  # this fake's responses: an id made elsewhere is a 404 here
+        self.realtime_secrets: list[dict[str, Any]] = []  # the client secrets minted, as answered
         self._operations = {
             "chat/completions": self._chat_completions,
             "completions": self._completions,
@@ -450,6 +469,8 @@ class FakeAzureOpenAI:
             "audio/translations": self._translations,
             "audio/speech": self._speech,
             "images/generations": self._image_generations,
+            "images/edits": self._image_edits,
+            "realtime/client_secrets": self._realtime_client_secret,
         }
 
     # ----------------------------------------------------------------- lifecycle
@@ -737,6 +758,10 @@ class FakeAzureOpenAI:
 
         if (resource := _FILES_PATH.match(request.path) or _BATCHES_PATH.match(request.path)) is not None:
             return self._resource_api(call, resource)
+        if (responses := _RESPONSES_PATH.match(request.path)) is not None:
+            return await self._responses_api(call, responses)
+        if (v1 := _V1_PATH.match(request.path)) is not None:
+            return await self._v1_operation(call, v1["operation"])
 
         match = _DATA_PLANE.match(request.path)
         if match is None or "api-version" not in request.query:
@@ -746,7 +771,7 @@ class FakeAzureOpenAI:
         if self.deployments is not None and match["deployment"] not in self.deployments:
             return _json(_DEPLOYMENT_NOT_FOUND, call.headers, status=404)
         operation = self._operations.get(match["operation"])
-        if operation is None or request.method != "POST":
+        if operation is None or request.method != "POST" or match["operation"] == "realtime/client_secrets":
             return _json(_NOT_FOUND, call.headers, status=404)
         if (problem := self._read_body(call, match["operation"])) is not None:
             return _json(problem, call.headers, 400)
@@ -759,15 +784,38 @@ class FakeAzureOpenAI:
     @staticmethod
     def _read_body(call: _Call, operation: str) -> dict[str, Any] | None:
         """Parse the body into ``call``; Azure's 400 body when Azure would refuse it (see fake_openai_requests)."""
-        if operation in MULTIPART_OPERATIONS:
+        if operation in MULTIPART_OPERATIONS or operation == "images/edits":
             content_type = call.request.headers.get("Content-Type", "")
             call.parts = _multipart_parts(content_type, call.record.body)
-            return check_multipart(content_type, call.parts)
+            check = check_image_edit if operation == "images/edits" else check_multipart
+            return check(content_type, call.parts)
         payload = parse_json(call.record.body)
         if payload is None:
             return invalid_json()
         call.payload = payload
-        return check_json(operation, payload)
+        if operation == "realtime/client_secrets":
+            return check_realtime_secret(payload)
+        return check_json(operation, payload) if operation in JSON_OPERATIONS else None
+
+    async def _v1_operation(self, call: _Call, operation: str) -> web.StreamResponse:
+        """``/openai/v1/{operation}``: the deployment is the body's ``model``; a dated api-version is refused."""
+        request = call.request
+        if (problem := v1_version_problem(request.query.get("api-version"))) is not None:
+            return _json(problem, call.headers, 400)
+        if not self._authorized(request):
+            return _json(_UNAUTHORIZED, call.headers, status=401)
+        handler = self._operations.get(operation)
+        if handler is None or request.method != "POST":
+            return _json(_NOT_FOUND, call.headers, status=404)
+        if (problem := self._read_body(call, operation)) is not None:
+            return _json(problem, call.headers, 400)
+        if not call.record.deployment:
+            return _json(_bad_request("Missing required parameter: 'model'."), call.headers, 400)
+        if self.deployments is not None and call.record.deployment not in self.deployments:
+            return _json(_DEPLOYMENT_NOT_FOUND, call.headers, status=404)
+        if call.cut_after is not None and not call.payload.get("stream"):
+            return _abort(request)
+        return await handler(call)
 
     def _admit(self, request: web.Request, body: bytes, *, use_queue: bool) -> tuple[_Call, Fault | None]:
         """Record the request and pick its fault in one step, so a concurrent ``release_stalls()``
@@ -784,7 +832,7 @@ class FakeAzureOpenAI:
             query=dict(request.query),
             headers={key.lower(): value for key, value in request.headers.items()},
             body=body,
-            deployment=match["deployment"] if match else None,
+            deployment=match["deployment"] if match else _body_deployment(request, body, parsed),
             json=parsed,
         )
         call = _Call(request, record, self._answer_headers(request))
@@ -850,13 +898,19 @@ class FakeAzureOpenAI:
 
     # ----------------------------------------------------------------- streaming
 
-    async def _stream(self, call: _Call, events: list[dict[str, Any]]) -> web.StreamResponse:
-        """Send ``events`` as SSE, one write per event, then ``[DONE]``; honours holds and cut faults."""
+    async def _stream(self, call: _Call, events: list[dict[str, Any]], *, named: bool = False) -> web.StreamResponse:
+        """Send ``events`` as SSE, one write per event, then ``[DONE]``; honours holds and cut faults.
+
+        ``named``: the Responses API's form, each event with its ``event:`` line and no ``[DONE]`` at the end.
+        """
         response = web.StreamResponse(headers=call.headers)
         response.content_type = "text/event-stream"
         response.headers["Cache-Control"] = "no-cache"
         hold = self._next_hold()
-        lines = [f"data: {_dumps(event)}\n\n" for event in events] + ["data: [DONE]\n\n"]
+        if named:
+            lines = [f"event: {event['type']}\ndata: {_dumps(event)}\n\n" for event in events]
+        else:
+            lines = [f"data: {_dumps(event)}\n\n" for event in events] + ["data: [DONE]\n\n"]
         try:
             await response.prepare(call.request)
             for index, line in enumerate(lines):
@@ -1022,6 +1076,82 @@ class FakeAzureOpenAI:
         data = [{"url": "https://fake/img.png", "revised_prompt": prompt} for _ in range(count)]
         return _json({"created": int(time.time()), "data": data}, call.headers)
 
+    async def _image_edits(self, call: _Call) -> web.StreamResponse:
+        images = [data for name, (filename, data) in call.parts.items() if name.startswith("image") and filename]
+        prompt = call.parts["prompt"][1].decode(errors="replace")
+        data = [{"b64_json": base64.b64encode(f"edited {len(images[0])} bytes: {prompt}".encode()).decode()}]
+        tokens = _word_count(prompt)
+        usage = {"input_tokens": tokens + 100, "output_tokens": 200, "total_tokens": tokens + 300}
+        usage["input_tokens_details"] = {"text_tokens": tokens, "image_tokens": 100}
+        return _json({"created": int(time.time()), "data": data, "usage": usage}, call.headers)
+
+    async def _realtime_client_secret(self, call: _Call) -> web.StreamResponse:
+        session = dict(call.payload["session"])
+        seconds = int((call.payload.get("expires_after") or {}).get("seconds", 600))
+        session |= {"object": "realtime.session", "id": f"sess_{uuid.uuid4().hex[:20]}", "expires_at": 0}
+        answer = {"value": f"ek_{uuid.uuid4().hex}", "expires_at": int(time.time()) + seconds, "session": session}
+        with self._lock:
+            self.realtime_secrets.append(answer)
+        return _json(answer, call.headers)
+
+    # ----------------------------------------------------------------- responses
+
+    async def _responses_api(self, call: _Call, match: re.Match[str]) -> web.StreamResponse:
+        """``/openai/responses…?api-version=`` (dated, from 2025-03-01-preview) or ``/openai/v1/responses…``."""
+        request = call.request
+        version = request.query.get("api-version")
+        if request.path.startswith("/openai/v1/"):
+            if (problem := v1_version_problem(version)) is not None:
+                return _json(problem, call.headers, 400)
+        elif version is None:
+            return _json(_NOT_FOUND, call.headers, status=404)
+        elif version < _RESPONSES_MIN_VERSION:
+            message = f"Azure OpenAI Responses API is enabled only for api-version {_RESPONSES_MIN_VERSION} and later"
+            return _json(_bad_request(message), call.headers, 400)
+        if not self._authorized(request):
+            return _json(_UNAUTHORIZED, call.headers, status=401)
+        response_id, action, method = match["id"], match["action"], request.method
+        if response_id is None:
+            return await self._create_response(call) if method == "POST" else _json(_NOT_FOUND, call.headers, 404)
+        if action == "/cancel" and method == "POST":
+            status, body = self.responses.cancel(response_id)
+            return _json(body, call.headers, status)
+        if action == "/input_items" and method == "GET":
+            items = self.responses.input_items(response_id)
+            return _json(items or not_found(response_id), call.headers, 200 if items else 404)
+        if action is None and method == "DELETE":
+            if not self.responses.delete(response_id):
+                return _json(not_found(response_id), call.headers, 404)
+            return _json({"id": response_id, "object": "response", "deleted": True}, call.headers)
+        if action is not None or method != "GET":
+            return _json(_NOT_FOUND, call.headers, status=404)
+        stored = self.responses.retrieve(response_id)
+        if stored is None:
+            return _json(not_found(response_id), call.headers, 404)
+        if request.query.get("stream") == "true":
+            self.responses.finish(stored)
+            after = int(request.query.get("starting_after", "-1"))
+            return await self._stream(call, [e for e in stored.events if e["sequence_number"] > after], named=True)
+        return _json(stored.current(), call.headers)
+
+    async def _create_response(self, call: _Call) -> web.StreamResponse:
+        payload = parse_json(call.record.body)
+        if payload is None:
+            return _json(invalid_json(), call.headers, 400)
+        call.payload = payload
+        deployment = call.record.deployment
+        if not deployment:
+            return _json(_bad_request("Missing required parameter: 'model'."), call.headers, 400)
+        if self.deployments is not None and deployment not in self.deployments:
+            return _json(_DEPLOYMENT_NOT_FOUND, call.headers, status=404)
+        if call.cut_after is not None and not payload.get("stream"):
+            return _abort(call.request)
+        model = _MODEL_NAMES.get(deployment, deployment)
+        status, answer, stored = self.responses.create(payload, model, self.reply_text().rstrip("."), self.chunks)
+        if stored is None or payload.get("stream") is not True:
+            return _json(answer, call.headers, status)
+        return await self._stream(call, stored.events, named=True)
+
     # ----------------------------------------------------------------- files and batches
 
     def _resource_api(self, call: _Call, resource: re.Match[str]) -> web.StreamResponse:
@@ -1179,6 +1309,24 @@ def embedding_for(text: str) -> list[float]:
 def _float32_base64(vector: list[float]) -> str:
     """What Azure sends for ``encoding_format: "base64"``: little-endian float32s, base64-encoded."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _body_deployment(request: web.Request, body: bytes, parsed: dict[str, Any] | None) -> str | None:
+    """The deployment a v1 or Responses request names in its body (``model``; a realtime ``session.model``)."""
+    if not (_V1_PATH.match(request.path) or _RESPONSES_PATH.match(request.path)):
+        return None
+    if parsed is not None:
+        session = parsed.get("session")
+        if isinstance(session, dict):
+            nested = session.get("audio", {}).get("input", {}).get("transcription", {})
+            model = session.get("model") or (nested.get("model") if isinstance(nested, dict) else None)
+        else:
+            model = parsed.get("model")
+        return model if isinstance(model, str) else None
+    if request.content_type == "multipart/form-data":
+        value = _multipart_parts(request.headers.get("Content-Type", ""), body).get("model")
+        return value[1].decode(errors="replace") if value and value[0] is None else None
+    return None
 
 
 def _bad_request(message: str) -> dict[str, Any]:

@@ -18,10 +18,13 @@ __all__ = [
     "JSON_OPERATIONS",
     "MULTIPART_OPERATIONS",
     "TRANSCRIPT_FORMATS",
+    "check_image_edit",
     "check_json",
     "check_multipart",
+    "check_realtime_secret",
     "invalid_json",
     "parse_json",
+    "v1_version_problem",
 ]
 
 ErrorBody = dict[str, Any]
@@ -267,3 +270,36 @@ def check_multipart(content_type: str, fields: Mapping[str, tuple[str | None, by
             message = f"Invalid 'temperature': expected a number between 0 and 1, but got '{temperature}' instead."
             return error(message, "temperature", "invalid_value")
     return None
+
+
+def check_image_edit(content_type: str, fields: Mapping[str, tuple[str | None, bytes]]) -> ErrorBody | None:
+    """Azure's 400 body for an image edit it would refuse: an `image` file part and a `prompt` are required."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        message = f"Invalid Content-Type header ({content_type or 'none'}): expected multipart/form-data."
+        return error(message, None, "invalid_content_type")
+    if not any(name.startswith("image") and filename for name, (filename, _) in fields.items()):
+        return error("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    if "prompt" not in fields:
+        return error("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+    return None
+
+
+def check_realtime_secret(payload: Mapping[str, Any]) -> ErrorBody | None:
+    """Azure's 400 body for a client secret request it would refuse: a session naming its model is required."""
+    session = payload.get("session")
+    if not isinstance(session, dict):
+        return error("Missing required parameter: 'session'.", "session", "missing_required_parameter")
+    if session.get("type", "realtime") == "realtime" and not isinstance(session.get("model"), str):
+        return error("Missing required parameter: 'session.model'.", "session.model", "missing_required_parameter")
+    return None
+
+
+def v1_version_problem(api_version: str | None) -> ErrorBody | None:
+    """The v1 surface takes no dated api-version: only none, `preview` or `latest`."""
+    if api_version in (None, "preview", "latest"):
+        return None
+    message = (
+        f"The api-version '{api_version}' is not supported on the v1 API: send no api-version, or "
+        "api-version=preview for preview features."
+    )
+    return error(message, "api-version", "BadRequest")

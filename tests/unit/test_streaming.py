@@ -386,3 +386,58 @@ def test_prepare_noop_when_client_asked_or_not_streaming():
         body = json.dumps(parsed).encode()
         out, injected = prepare_stream_request(body, parsed)
         assert out is body and injected is False
+
+
+# --- Responses API streams: usage from the final response.* event, the id from response.created -------------------
+
+
+def _responses_stream(final: str, usage: dict | None) -> list[bytes]:
+    response = {"id": "resp_abc", "object": "response", "status": "in_progress", "usage": None}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": response},
+        {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hello "},
+        {"type": "response.output_text.delta", "sequence_number": 2, "delta": "there"},
+        {"type": final, "sequence_number": 3, "response": {**response, "status": final[9:], "usage": usage}},
+    ]
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+
+
+RESPONSES_USAGE = {
+    "input_tokens": 12,
+    "input_tokens_details": {"cached_tokens": 4},
+    "output_tokens": 7,
+    "output_tokens_details": {"reasoning_tokens": 3},
+    "total_tokens": 19,
+}
+
+
+@pytest.mark.parametrize("final", ["response.completed", "response.incomplete", "response.failed"])
+def test_responses_usage_comes_from_the_final_event(final):
+    tap = SseUsageTap(strip_injected_usage=False, responses=True)
+    chunks = _responses_stream(final, RESPONSES_USAGE)
+    out = [tap.feed(chunk) for chunk in chunks]
+    assert out == chunks  # relayed untouched: nothing is injected into a Responses stream
+    assert tap.response_id == "resp_abc"
+    assert tap.usage == Usage(12, 7, 19, cached_tokens=4, reasoning_tokens=3)
+    assert tap.done  # the record is written before the last event is relayed
+
+
+def test_responses_stream_read_one_byte_at_a_time():
+    tap = SseUsageTap(strip_injected_usage=False, responses=True)
+    raw = b"".join(_responses_stream("response.completed", RESPONSES_USAGE))
+    relayed = b"".join(tap.feed(raw[i : i + 1]) for i in range(len(raw))) + tap.flush()
+    assert relayed == raw and tap.response_id == "resp_abc" and tap.usage.total_tokens == 19
+
+
+def test_a_responses_stream_without_usage_falls_back_to_its_text():
+    tap = SseUsageTap(strip_injected_usage=False, responses=True)
+    for chunk in _responses_stream("response.failed", None):
+        tap.feed(chunk)
+    assert tap.usage is None and not tap.done and tap.completion_text() == "Hello there"
+
+
+def test_a_chat_tap_does_not_look_for_response_ids():
+    tap = SseUsageTap(strip_injected_usage=False)
+    for chunk in _responses_stream("response.completed", RESPONSES_USAGE):
+        tap.feed(chunk)
+    assert tap.response_id is None and not tap.done

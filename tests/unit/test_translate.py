@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.translate import resolve, upstream_path
+from gateway.translate import multipart_field, outgoing, resolve, upstream_path, with_multipart_field
 
 V = "2024-10-21"
 JSON = "application/json"
@@ -79,3 +79,145 @@ def test_bad_requests_become_openai_errors(method, path, ctype, body, status, co
 
 def test_models_route():
     assert resolve("GET", "/v1/models", "", "", b"", V).api_style == "models"
+
+
+# --- the Azure v1 surface inbound, and backends of either `api=` style --------------------------------------------
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _route(path: str, body: dict | bytes = CHAT, query: str = "", ctype: str = JSON, method: str = "POST"):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return resolve(method, path, query, ctype, raw, V, "2025-04-01-preview")
+
+
+def test_the_azure_v1_surface_is_served_like_v1():
+    assert _route("/openai/v1/chat/completions") == _route("/v1/chat/completions")
+    assert _route("/openai/v1/models", b"", method="GET", ctype="").api_style == "models"
+
+
+@pytest.mark.parametrize(
+    ("inbound", "api", "path", "model_in_body"),
+    [
+        ("/openai/deployments/gpt-4o/chat/completions", "deployments",
+         f"/openai/deployments/gpt-4o-weu/chat/completions?api-version={V}", None),  # untouched: byte for byte
+        ("/openai/deployments/gpt-4o/chat/completions", "v1", "/openai/v1/chat/completions", "gpt-4o-weu"),
+        ("/v1/chat/completions", "deployments", f"/openai/deployments/gpt-4o-weu/chat/completions?api-version={V}",
+         "gpt-4o"),  # Azure ignores the body's model under a deployment path: not rewritten
+        ("/v1/chat/completions", "v1", "/openai/v1/chat/completions", "gpt-4o-weu"),
+    ],
+)  # fmt: skip
+def test_either_inbound_style_reaches_either_backend_style(inbound, api, path, model_in_body):
+    body = {"messages": CHAT["messages"]} if inbound.startswith("/openai/deployments/") else CHAT
+    raw = json.dumps(body).encode()
+    route = _route(inbound, raw)
+    sent = outgoing(route, api, "gpt-4o-weu", raw)
+    assert sent.path == path
+    assert json.loads(sent.body).get("model") == model_in_body
+    assert sent.json == json.loads(sent.body) and json.loads(sent.body)["messages"] == CHAT["messages"]
+    if model_in_body in (None, "gpt-4o"):
+        assert sent.body is raw
+    assert route.json == body  # pure: the route is not changed, so a retry on another backend starts afresh
+
+
+def test_an_undated_api_version_is_passed_to_v1_backends_only():
+    route = _route("/openai/v1/chat/completions", query="api-version=preview")
+    assert outgoing(route, "v1", "d", b"{}").path.endswith("/openai/v1/chat/completions?api-version=preview")
+    assert upstream_path(route, "d") == f"/openai/deployments/d/chat/completions?api-version={V}"
+    dated = _route("/openai/deployments/gpt-4o/chat/completions", {"messages": []}, "api-version=2025-01-01-preview")
+    assert upstream_path(dated, "d", "v1") == "/openai/v1/chat/completions"
+
+
+def test_responses_live_on_the_resource_with_the_deployment_as_model():
+    route = _route("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True})
+    assert route.streaming and route.creates_response and not route.deferrable
+    legacy = outgoing(route, "deployments", "gpt-4o-weu", b"")
+    assert legacy.path == "/openai/responses?api-version=2025-04-01-preview"
+    assert legacy.json == {"model": "gpt-4o-weu", "input": "hi", "stream": True}
+    assert outgoing(route, "v1", "gpt-4o-weu", b"").path == "/openai/v1/responses"
+    # A client's dated api-version wins over the Responses default.
+    dated = _route("/openai/v1/responses", {"model": "gpt-4o"}, "api-version=2025-05-01-preview")
+    assert upstream_path(dated, "x") == "/openai/responses?api-version=2025-05-01-preview"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation", "legacy", "v1"),
+    [
+        ("GET", "/v1/responses/resp_abc123", "responses/{id}",
+         "/openai/responses/resp_abc123?api-version=2025-04-01-preview", "/openai/v1/responses/resp_abc123"),
+        ("DELETE", "/openai/v1/responses/resp_abc123", "responses/{id}", None, "/openai/v1/responses/resp_abc123"),
+        ("POST", "/v1/responses/resp_abc123/cancel", "responses/{id}/cancel", None,
+         "/openai/v1/responses/resp_abc123/cancel"),
+        ("GET", "/v1/responses/resp_abc123/input_items", "responses/{id}/input_items", None,
+         "/openai/v1/responses/resp_abc123/input_items?limit=5"),
+    ],
+)  # fmt: skip
+def test_response_id_routes(method, path, operation, legacy, v1):
+    query = "limit=5" if path.endswith("input_items") else ""
+    route = resolve(method, path, query, "", b"", V, "2025-04-01-preview")
+    assert (route.operation, route.resource_id, route.model) == (operation, "resp_abc123", "")
+    assert outgoing(route, "v1", "ignored", b"").path == v1
+    if legacy:
+        assert upstream_path(route, "ignored") == legacy
+
+
+def test_a_retrieved_response_may_be_streamed():
+    route = resolve("GET", "/v1/responses/resp_1", "stream=true&starting_after=3", "", b"", V)
+    assert route.streaming and route.query == "stream=true&starting_after=3"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/responses/..", 404, "response_not_found"),  # (guard.check_path refuses it first)
+        ("GET", "/v1/responses/not-an-id", 404, "response_not_found"),
+        ("GET", "/v1/responses/resp_" + "a" * 200, 404, "response_not_found"),
+        ("PUT", "/v1/responses/resp_1", 405, "method_not_allowed"),
+        ("GET", "/v1/responses/resp_1/cancel", 405, "method_not_allowed"),
+        ("GET", "/v1/responses/resp_1/other", 404, "route_not_found"),
+        ("POST", "/openai/deployments/gpt-4o/responses", 404, "route_not_found"),  # not an Azure-native operation
+        ("GET", "/v1/models/..", 404, "model_not_found"),
+    ],
+)
+def test_bad_response_routes(method, path, status, code):
+    with pytest.raises(GatewayError) as info:
+        resolve(method, path, "", "", b"", V)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_realtime_secrets_take_the_model_from_the_session():
+    route = _route("/v1/realtime/client_secrets", {"session": {"type": "realtime", "model": "gpt-realtime"}})
+    assert route.model == "gpt-realtime" and not route.deferrable
+    for api in ("deployments", "v1"):  # only the v1 surface mints them
+        sent = outgoing(route, api, "realtime-weu", b"")
+        assert sent.path == "/openai/v1/realtime/client_secrets"
+        assert sent.json == {"session": {"type": "realtime", "model": "realtime-weu"}}
+    transcription = {"session": {"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper"}}}}}
+    assert _route("/v1/realtime/client_secrets", transcription).model == "whisper"
+    with pytest.raises(GatewayError) as info:
+        _route("/v1/realtime/client_secrets", {"session": {"type": "realtime"}})
+    assert (info.value.code, info.value.param) == ("missing_model", "session.model")
+
+
+def _form(*fields: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, data in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + b"--XyZ--\r\n"
+
+
+def test_multipart_model_is_rewritten_for_v1_backends_only():
+    ctype = "multipart/form-data; boundary=XyZ"
+    raw = _form(("image", "a.png", b'\x89PNG name="model"'), ("model", None, b"gpt-image-1"), ("prompt", None, b"p"))
+    route = _route("/v1/images/edits", raw, ctype=ctype)
+    assert route.model == "gpt-image-1" and route.operation == "images/edits"
+    assert outgoing(route, "deployments", "img-weu", raw, ctype).body is raw
+    sent = outgoing(route, "v1", "img-weu", raw, ctype)
+    expected = _form(("image", "a.png", b'\x89PNG name="model"'), ("model", None, b"img-weu"), ("prompt", None, b"p"))
+    assert sent.body == expected
+    # An Azure-style upload names no model: a v1 backend gets one.
+    azure = _form(("file", "a.wav", b"RIFF"))
+    route = resolve("POST", "/openai/deployments/whisper/audio/translations", "", ctype, azure, V)
+    assert with_multipart_field(ctype, azure, "model", "w") == outgoing(route, "v1", "w", azure, ctype).body
+    assert multipart_field(ctype, outgoing(route, "v1", "w", azure, ctype).body, "model") == "w"

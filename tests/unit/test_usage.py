@@ -239,11 +239,19 @@ def test_estimate_counts_the_function_calls_of_assistant_messages():
     assert expected > estimate_prompt_tokens(plain)
 
 
+def test_estimate_prompt_tokens_of_a_responses_request():
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "hello world"}]}, "again"]
+    body = {"model": "gpt-4o", "instructions": "be brief", "input": items}
+    # instructions (2) + one message (3 per message + role 1 + text 2) + a plain text item (1)
+    assert estimate_prompt_tokens(body) == 2 + 3 + 1 + 2 + 1
+
+
 def test_estimate_prompt_tokens_completions_and_other():
     assert estimate_prompt_tokens({"prompt": "hello world"}) == 2
     assert estimate_prompt_tokens({"prompt": ["hello world", "hello"]}) == 3
     assert estimate_prompt_tokens({"prompt": [1, 2, 3]}) == 3
-    assert estimate_prompt_tokens({"input": "embed me"}) == 0
+    assert estimate_prompt_tokens({"input": "embed me"}) == 2  # an input text (embeddings, Responses) counts
+    assert estimate_prompt_tokens({"input": {"not": "text"}}) == 0
     assert estimate_prompt_tokens(None) == 0
     assert estimate_prompt_tokens({"messages": "nope"}) == 0
     assert estimate_prompt_tokens({"messages": [None, 3]}) == 3  # reply primer only

@@ -1,0 +1,243 @@
+"""Response affinity: which backend keeps each response, so a conversation goes on where it lives.
+
+Azure keeps a response, and what `previous_response_id` needs of it, on the resource that created it, for 30
+days. The gateway records the backend, model and caller of each response it sees created, once, when the answer
+carries the id (the JSON body, or a stream's `response.created` event), before the client can have the id. The
+row sits in its own table (one row per id, with its expiry; not the state table, which every refresh reads
+whole). A request naming an id, or a `previous_response_id`, then goes to that backend whatever the strategy;
+an id this caller did not create gets the same 404 as an unknown one.
+
+Lookups are cheap: an in-process cache of the ids this instance created or looked up, and a point read for any
+other. Rows past their expiry are ignored and deleted when read; `purge_expired` (housekeeping) removes the rest.
+
+Tokens are counted once per response: on the call that created it, or, for a `background` response (created
+before any token was generated), on the first retrieval that reports its usage, claimed with an ETag-conditional
+update of its row so two instances cannot both count it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from . import errors
+from .state_sync import STORAGE_ERRORS
+from .translate import Route
+
+__all__ = ["RETENTION_S", "Affinity", "Holder", "affinity_table", "keeps_response"]
+
+log = logging.getLogger("gateway.affinity")
+
+RETENTION_S = 30 * 24 * 3600.0  # how long Azure keeps a stored response
+CACHE_SIZE = 10_000  # ids this instance remembers (most recently used)
+_LOOKUP_RETRY_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Where a response lives and whose it is."""
+
+    backend: str
+    model: str  # the model alias it was created with: what its follow-up requests are governed as
+    caller: str
+    expires_at: float
+    background: bool = False  # created with `background: true`: its tokens are counted when first retrieved
+
+
+def affinity_table(state_table: str) -> str:
+    """The table of response rows, beside the state table (Table names are at most 63 characters)."""
+    return state_table[:54] + "responses"
+
+
+def keeps_response(route: Route) -> bool:
+    """A created response the backend keeps (`store: false` ones cannot be named again: no row for them)."""
+    return route.creates_response and not (route.json and route.json.get("store") is False)
+
+
+class Affinity:
+    """Response id → backend, in Table Storage (None: this process only, e.g. without storage in tests)."""
+
+    def __init__(self, table_client_factory: Callable[[], Any] | None, clock: Callable[[], float] = time.time) -> None:
+        self._factory = table_client_factory
+        self._table: Any = None
+        self._table_ready = False
+        self._clock = clock
+        self._cache: OrderedDict[str, Holder] = OrderedDict()
+        self._counted: OrderedDict[str, None] = OrderedDict()  # background responses whose tokens are counted
+        self.operations = 0  # storage calls made (the chain test counts them)
+
+    async def bind(self, route: Route, caller: str) -> tuple[Route, str | None]:
+        """The route (with the model of the response its path names) and the backend it must go to, if any."""
+        if route.resource_id:
+            holder = await self._owned(route.resource_id, caller, None)
+            return replace(route, model=holder.model), holder.backend
+        if (previous := route.previous_response_id) is not None:
+            return route, (await self._owned(previous, caller, "previous_response_id")).backend
+        return route, None
+
+    async def remember(self, response_id: str, backend: str, route: Route, caller: str) -> None:
+        """Records a created response once. If storage fails, this instance still knows it (logged)."""
+        if response_id in self._cache:
+            return
+        background = bool(route.json and route.json.get("background") is True)
+        holder = Holder(backend, route.model, caller, self._clock() + RETENTION_S, background)
+        self._keep(response_id, holder)
+        if self._factory is None:
+            return
+        entity = {
+            "PartitionKey": _partition(response_id),
+            "RowKey": response_id,
+            "Backend": backend,
+            "Model": route.model,
+            "Caller": caller,
+            "ExpiresAt": holder.expires_at,
+            "Background": background,
+        }
+        try:
+            table = await self._ready()
+            self.operations += 1
+            await table.create_entity(entity)
+        except ResourceExistsError:
+            pass  # written already (the same answer seen twice): ids are never reused
+        except STORAGE_ERRORS as exc:
+            log.warning("Could not record response %s (%s): other instances will not find it", response_id, exc)
+
+    async def count_once(self, response_id: str) -> bool:
+        """True for the one retrieval that counts a background response's tokens; False for any other."""
+        holder = self._cache.get(response_id)
+        if holder is None or not holder.background or response_id in self._counted:
+            return False
+        self._counted[response_id] = None
+        if len(self._counted) > CACHE_SIZE:
+            self._counted.popitem(last=False)
+        if self._factory is None:
+            return True
+        try:
+            table = await self._ready()
+            self.operations += 2
+            entity = await table.get_entity(_partition(response_id), response_id)
+            if entity.get("Counted"):
+                return False
+            await table.update_entity(
+                {"PartitionKey": entity["PartitionKey"], "RowKey": response_id, "Counted": True},
+                mode=UpdateMode.MERGE,
+                etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False  # another instance counted it just now (or the row is gone)
+        except STORAGE_ERRORS as exc:  # counted here; another instance might count it too: said in the log
+            log.warning("Could not mark response %s as counted (%s)", response_id, exc)
+        return True
+
+    async def lookup(self, response_id: str) -> Holder | None:
+        """Where the response lives; None when unknown or expired. 503 when storage cannot say."""
+        now = self._clock()
+        holder = self._cache.get(response_id)
+        if holder is not None:
+            if holder.expires_at > now:
+                self._cache.move_to_end(response_id)
+                return holder
+            del self._cache[response_id]
+        if self._factory is None:
+            return None
+        try:
+            table = await self._ready()
+            self.operations += 1
+            entity = await table.get_entity(_partition(response_id), response_id)
+        except ResourceNotFoundError:
+            return None
+        except STORAGE_ERRORS:
+            log.warning("Response affinity storage unreachable; cannot route %s", response_id, exc_info=True)
+            raise errors.conversation_unavailable(
+                "The gateway cannot tell now which backend keeps this response; retry later.", _LOOKUP_RETRY_S
+            ) from None
+        holder = Holder(
+            str(entity["Backend"]),
+            str(entity["Model"]),
+            str(entity["Caller"]),
+            float(entity["ExpiresAt"]),
+            bool(entity.get("Background")),
+        )
+        if holder.expires_at <= now:
+            await self._delete(_partition(response_id), response_id)
+            return None
+        self._keep(response_id, holder)
+        return holder
+
+    async def purge_expired(self) -> int:
+        """Deletes the rows past their expiry (the housekeeping timer); returns how many."""
+        if self._factory is None:
+            return 0
+        try:
+            table = await self._ready()
+            self.operations += 1
+            expired = table.query_entities(
+                "ExpiresAt lt @now", parameters={"now": self._clock()}, select=["PartitionKey", "RowKey"]
+            )
+            rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in expired]
+        except STORAGE_ERRORS as exc:  # reads ignore expired rows anyway: the next run purges them
+            log.warning("Could not list expired response rows (%s)", exc)
+            return 0
+        for partition, row in rows:
+            await self._delete(partition, row)
+        return len(rows)
+
+    async def close(self) -> None:
+        if self._table is not None:
+            await self._table.close()
+            self._table, self._table_ready = None, False
+
+    async def _owned(self, response_id: str, caller: str, param: str | None) -> Holder:
+        holder = await self.lookup(response_id)
+        if holder is None or holder.caller != caller:  # someone else's id gets the answer an unknown one gets
+            what = "Previous response" if param else "Response"
+            raise errors.GatewayError(
+                404,
+                f"{what} with id '{response_id}' not found.",
+                code="previous_response_not_found" if param else "response_not_found",
+                param=param,
+            )
+        return holder
+
+    def _keep(self, response_id: str, holder: Holder) -> None:
+        self._cache[response_id] = holder
+        self._cache.move_to_end(response_id)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def _delete(self, partition: str, row: str) -> None:
+        try:
+            self.operations += 1
+            await self._table.delete_entity(partition, row)
+        except ResourceNotFoundError:
+            pass
+        except STORAGE_ERRORS as exc:  # it stays ignored (expired); the next purge tries again
+            log.warning("Could not delete the expired response row %s (%s)", row, exc)
+
+    async def _ready(self) -> Any:
+        if self._table is None:
+            assert self._factory is not None
+            self._table = self._factory()
+        if not self._table_ready:
+            try:
+                self.operations += 1
+                await self._table.create_table()
+            except ResourceExistsError:
+                pass
+            self._table_ready = True
+        return self._table
+
+
+def _partition(response_id: str) -> str:
+    """Rows spread over 256 partitions, so creating many responses at once is not one partition's load."""
+    return hashlib.sha256(response_id.encode()).hexdigest()[:2]
