@@ -34,7 +34,7 @@ CLIENT_OPTIONS: dict[str, Any] = {
 
 # Blob and queue clients build the storage SDK's own ExponentialRetry from these (its default first backoff is
 # 15 s, and it ignores retry_backoff_factor): without them a storage outage held an async submission ~20 s.
-STORAGE_RETRY: dict[str, Any] = {"initial_backoff": 1, "increment_base": 2, "random_jitter_range": 1}
+STORAGE_RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1, "random_jitter_range": 0.2}
 # Downloads in 4 MiB ranges: the SDK's default first range (32 MiB) would be held in memory whole.
 BLOB_OPTIONS: dict[str, Any] = {"max_single_get_size": 4 * 1024 * 1024, "max_chunk_get_size": 4 * 1024 * 1024}
 
