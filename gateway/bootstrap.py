@@ -87,7 +87,7 @@ def build_services(
     entra = EntraValidator(settings, upstream.get_json) if settings.entra_tenant_id else None
     callers = Callers(settings, entra)
     governance = Governance(settings, store)
-    pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
+    pool.sync.listeners.append(governance.apply)  # the breakers' periodic read also carries governance rows
     usage = UsageRecorder(settings.usage_file)
     quotas = Quotas(limiter)
     pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage)

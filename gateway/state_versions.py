@@ -56,8 +56,9 @@ def parse(entity: Mapping[str, Any] | None) -> Versions:
 
 
 def changed_buckets(seen: Versions | None, now: Versions) -> set[int] | None:
-    """The buckets to re-read; None when only a full read will do (never read, or another epoch)."""
-    if seen is None or seen.epoch != now.epoch:
+    """The buckets to re-read; None when only a full read will do (never read, or another epoch). A reader
+    that found no entity has every counter at 0: the first bump creates the entity, and only its buckets moved."""
+    if seen is None or (seen.epoch != now.epoch and seen.epoch != ""):
         return None
     return {b for b in set(seen.counters) | set(now.counters) if seen.get(b) != now.get(b)}
 

@@ -183,3 +183,26 @@ async def test_a_429_storm_writes_the_breaker_once(backends, azurite, table):
     assert ops <= 3 * n + 2, ops
     for gateway in gateways:
         await gateway.close()
+
+
+async def test_rows_of_the_previous_layout_are_read_and_moved(backends, azurite, table):
+    env = env_for(backends, azurite.connection_string, table)
+    a, b = instance(env, "A"), instance(env, "B")
+    client = storage_account(env).table_client(table, storage_credential)
+    async with client:
+        await client.create_table()
+        await client.create_entity({"PartitionKey": "caller", "RowKey": "team-old", "Suspended": True, "Reason": "r"})
+        until = time.time() + 300
+        await client.create_entity({"PartitionKey": "breaker", "RowKey": "weu", "OpenUntil": until, "Tripped": True})
+        await a.pool.refresh()  # its full read understands them at once, and moves them
+        assert suspended(a) == {"team-old"} and a.pool.status("weu") == "open"
+        await a.pool.settle()
+        left = [e["PartitionKey"] async for e in client.list_entities() if e["PartitionKey"] in ("caller", "breaker")]
+        assert left == []
+    await b.pool.refresh()
+    assert suspended(b) == {"team-old"} and b.pool.status("weu") == "open"
+    await a.governance.set_suspended("team-old", False)  # the moved row is an ordinary row now
+    await b.pool.refresh()
+    assert suspended(b) == set() and b.pool.sync.reads["partial"] == 1
+    for gateway in (a, b):
+        await gateway.close()

@@ -23,7 +23,12 @@ def test_a_reader_that_never_read_or_sees_another_epoch_reads_everything():
     now = Versions("e1", {3: 2})
     assert changed_buckets(None, now) is None
     assert changed_buckets(Versions("e0", {3: 2}), now) is None  # a wiped table: its counters start again
+    assert changed_buckets(Versions("e1", {3: 2}), ABSENT) is None  # the table was wiped
     assert changed_buckets(ABSENT, ABSENT) == set()  # nothing written yet, nothing to read
+
+
+def test_the_first_bump_moves_only_its_own_bucket_for_a_reader_that_found_no_entity():
+    assert changed_buckets(ABSENT, Versions("e1", {3: 1})) == {3}
 
 
 def test_only_moved_counters_are_re_read():
