@@ -79,6 +79,8 @@ def stats(pool: BackendPool, requests: int) -> dict[str, Any]:
         "instance": pool.instance_id,
         "requests": requests,
         "storage_operations": store.operations if store else 0,
+        "storage_reads": store.meter.reads if store else 0,
+        "storage_writes": store.meter.writes if store else 0,
         "storage_ops_per_s": store.meter.per_second() if store else {"reads": 0.0, "writes": 0.0, "window_s": 0.0},
         "state_reads": dict(pool.sync.reads),
         "storage_ok": pool.storage_ok,
