@@ -64,7 +64,7 @@ class Governance:
     # ------------------------------------------------------------------ shared state
 
     def apply(self, snapshot: Snapshot) -> None:
-        """What the state table says now (called by each refresh that found a change)."""
+        """What the state table says now (called by every refresh)."""
         self._suspended = dict(snapshot.suspended)
         if snapshot.profiles != self._overrides:
             self._overrides = dict(snapshot.profiles)

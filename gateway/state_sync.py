@@ -89,11 +89,10 @@ class SharedState:
     async def refresh(self) -> None:
         """The changed rows (or all of them, when a full read is due); then the transitions storage missed."""
         assert self.store is not None
-        first = self.loaded_at is None
         try:
             if self.store.pending_bumps:
                 await self.store.flush_bumps()
-            changed = await self._read(self.store)
+            await self._read(self.store)
         except Exception as exc:
             self._failed(exc, "refresh")
             self.seen = None  # whatever we missed meanwhile: the next read is a full one
@@ -122,9 +121,8 @@ class SharedState:
                 backend.health = probe
                 if probe.latency_ms is not None and backend.backend.mode == "apim":
                     backend.observe_latency(probe.latency_ms)
-        if changed or first:
-            for listener in self.listeners:
-                listener(snapshot)  # governance: suspensions and profile overrides
+        for listener in self.listeners:
+            listener(snapshot)  # governance: suspensions and profile overrides (storage is the truth, as above)
         self.loaded_at = time.monotonic()
 
     async def _read(self, store: StateStore) -> bool:
