@@ -5,10 +5,11 @@ limit overshoot. It is a model, not a measurement; its single-instance part is c
                               [--refresh-s 1] [--rps 5] [--rows breaker=18,health=6,callers=50] [--latency-ms 10]
 
 It reports, for each instance count: Table operations per second on the busiest partition and on the account
-for the six read-path designs of bench/sim_readpath.py (steady traffic, and an incident where breakers move
-every half second), how long a change takes to reach the instances, where each design stops scaling (the
-instance count at which it exceeds a published Table target), and the recommended design; the writes of a
-429 storm and of usage flushes (bench/sim_writes.py); and the lease design's overshoot, admitted share and
+for the six read-path designs of bench/sim_readpath.py (b+c as built: buckets of rows, a resync a minute;
+steady traffic, and an incident where breakers move every half second), how long a change takes to reach the
+instances, where each design stops scaling (the instance count at which it exceeds a published Table target),
+and the recommended design; the writes of a 429 storm before issue 17 and as built, and of usage flushes
+(bench/sim_writes.py); and the lease design's overshoot, admitted share and
 storage operations for five caller profiles (bench/sim_leases.py). Targets and assumptions:
 bench/sim_targets.py. The method and the latest figures: docs/capacity.md.
 """
@@ -58,8 +59,8 @@ def run(sc: Scenario, instances: tuple[int, ...] = INSTANCES, quick: bool = Fals
     out = {
         "scenario": asdict(sc), "instances": list(instances), "calibration": asdict(CALIBRATED),
         "readpath": readpath, "stops": stops,
-        "storms": {label: [asdict(breaker_storm(n, sc, tolerant)) for n in instances]
-                   for label, tolerant in (("today", False), ("tolerant", True))},
+        "storms": {label: [asdict(breaker_storm(n, sc, built)) for n in instances]
+                   for label, built in (("before", False), ("built", True))},
         "flushes": [flush_rate(n) for n in instances],
         "leases": leases,
     }
@@ -92,7 +93,8 @@ def account_total(out: dict[str, Any], sc: Scenario) -> dict[str, float] | None:
     typical = out["leases"].get("tokens: 1M/min")
     leases = CALLERS_AT_LIMIT * typical[-1]["ops_per_s"] if typical else 0.0
     flushes = out["flushes"][-1]["account"]
-    storm = out["storms"]["tolerant"][-1]["peak_ops_per_s"]
+    built = out["storms"]["built"][-1]
+    storm = built["operations"] + built["bump_operations"]  # within about a second
     total = reads + leases + flushes + storm
     return {"reads": reads, "leases": leases, "flushes": flushes, "storm": storm, "total": total,
             "target": TARGETS["table_account"].limit}
@@ -129,11 +131,13 @@ def markdown(out: dict[str, Any]) -> str:
     lines.append(f"Recommended read path: **{rec}** ({NAMES.get(rec, 'none qualifies')})." if rec else
                  "Recommended read path: none qualifies under these assumptions.")
     lines += ["", "**Breaker transition in a 429 storm** (one backend, every busy instance; writes to one row)", "",
-              "| instances | writers | operations today | failed after 10 tries | peak ops/s | "
-              "operations if a near-equal open-until is not rewritten | peak ops/s |", "|--:|--:|--:|--:|--:|--:|--:|"]
-    for today, tolerant in zip(out["storms"]["today"], out["storms"]["tolerant"], strict=True):
-        lines.append(f"| {today['instances']} | {today['writers']} | {today['operations']:,} | {today['failed']} | "
-                     f"{_n(today['peak_ops_per_s'])} | {tolerant['operations']:,} | {_n(tolerant['peak_ops_per_s'])} |")
+              "| instances | before: writers | operations | failed after 10 tries | peak ops/s | as built: writers | "
+              "row operations | rows written | version bump operations | failed | peak ops/s |",
+              "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for old, new in zip(out["storms"]["before"], out["storms"]["built"], strict=True):
+        lines.append(f"| {old['instances']} | {old['writers']} | {old['operations']:,} | {old['failed']} | "
+                     f"{_n(old['peak_ops_per_s'])} | {new['writers']} | {new['operations']:,} | {new['writes']} | "
+                     f"{new['bump_operations']} | {new['failed']} | {_n(new['peak_ops_per_s'])} |")
     lines += ["", "Usage flushes (3 counters per instance, every 10 s): " + ", ".join(
         f"{n}: {f['account']:,.0f}/s" for n, f in zip(ns, out["flushes"], strict=True)), "",
         "**Leases** (demand 1.5 x the limit): overshoot mean / max, share of the limit admitted, Table ops/s, "

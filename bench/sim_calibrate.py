@@ -10,7 +10,9 @@ What it measures, and what the model predicts for it:
 - breaker propagation: host A's backend `weu` answers 429 (A's `weu` is its own fake, so only A sees it);
   the other hosts keep sending and the delay until each stops using `weu` is taken; an operator reset on A
   then gives the delay back the other way. The model says: uniform over one interval plus a read;
-- one whole-table query and one conditional update against Azurite, timed directly.
+- storage calls of each host (reads and writes, from /gateway/stats) while idle, busy and during a 429
+  storm (every observer's backend answers 429 at once, so each sees its own before it learns from the others);
+- one whole-table query, one point read and one conditional update against Azurite, timed directly.
 
 The hosts are real processes (tests.support.devhost) and the fakes are the test fakes; nothing is mocked.
 """
@@ -75,7 +77,20 @@ class Driver(threading.Thread):
 
 
 def _ops(client: httpx.Client, host: DevHost) -> int:
-    return int(client.get(f"{host.url}/gateway/stats", headers=OPERATOR).json()["storage_operations"])
+    return int(_stats(client, host)["storage_operations"])
+
+
+def _stats(client: httpx.Client, host: DevHost) -> dict[str, Any]:
+    return dict(client.get(f"{host.url}/gateway/stats", headers=OPERATOR).json())
+
+
+def _calls(client: httpx.Client, hosts: list[DevHost], window_s: float, wait: threading.Event) -> dict[str, Any]:
+    """Reads and writes per second of each host over a window (whatever the hosts are doing meanwhile)."""
+    before, t0 = [_stats(client, h) for h in hosts], time.monotonic()
+    wait.wait(window_s)  # the measurement window (a fixed duration), not a synchronisation
+    after, elapsed = [_stats(client, h) for h in hosts], time.monotonic() - t0
+    return {kind: [round((a[f"storage_{kind}"] - b[f"storage_{kind}"]) / elapsed, 2) for b, a in zip(
+        before, after, strict=True)] for kind in ("reads", "writes")} | {"window_s": round(elapsed, 1)}  # fmt: skip
 
 
 def _ops_rate(client: httpx.Client, host: DevHost, driver: Driver, window_s: float) -> dict[str, float]:
@@ -90,7 +105,8 @@ def _ops_rate(client: httpx.Client, host: DevHost, driver: Driver, window_s: flo
 
 
 def table_latency(connection_string: str, rows: int = 74, repeats: int = 30) -> dict[str, float]:
-    """Median ms of one whole-table query (`rows` entities) and one ETag-conditional update on Azurite."""
+    """Median ms of one whole-table query (`rows` entities), one point read and one ETag-conditional update
+    on Azurite."""
     from azure.core import MatchConditions
     from azure.data.tables import TableClient, UpdateMode
 
@@ -99,18 +115,21 @@ def table_latency(connection_string: str, rows: int = 74, repeats: int = 30) -> 
         table.create_table()
         for i in range(rows):
             table.create_entity({"PartitionKey": "p" + str(i % 3), "RowKey": str(i), "Value": i})
-        reads, writes = [], []
+        reads, points, writes = [], [], []
         for _ in range(repeats):
             t = time.perf_counter()
             list(table.list_entities())
             reads.append(time.perf_counter() - t)
+            t = time.perf_counter()
             entity = table.get_entity("p0", "0")
+            points.append(time.perf_counter() - t)
             t = time.perf_counter()
             table.update_entity(entity, mode=UpdateMode.REPLACE, etag=entity.metadata["etag"],
                                 match_condition=MatchConditions.IfNotModified)
             writes.append(time.perf_counter() - t)
         table.delete_table()
     return {"query_ms": round(statistics.median(reads) * 1000, 2),
+            "point_read_ms": round(statistics.median(points) * 1000, 2),
             "update_ms": round(statistics.median(writes) * 1000, 2)}
 
 
@@ -134,12 +153,16 @@ def calibrate(hosts: int = 3, trials: int = 3, window_s: float = 10.0) -> dict[s
         devhosts = [stack.enter_context(DevHost(env=env(victim.url if i == 0 else shared.url))) for i in range(hosts)]
         a, observers = devhosts[0], devhosts[1:]
         client = stack.enter_context(httpx.Client(headers={"api-key": KEY}, timeout=30))
+        for h in devhosts:  # each has loaded the shared state once
+            client.post(f"{h.url}/v1/chat/completions", json=CHAT).raise_for_status()
         drivers = [Driver(h.url) for h in observers]
+        idle = _calls(client, devhosts, window_s / 2, drivers[0].stop)  # started, not yet sending
         for d in drivers:
             d.start()
             stack.callback(d.join, 10)
             stack.callback(d.stop.set)
         busy = _ops_rate(client, observers[0], drivers[0], window_s)
+        busy_calls = _calls(client, observers, window_s / 2, drivers[0].stop)
         delays: list[float] = []
         phase = threading.Event()
         rng = random.Random(17)
@@ -162,6 +185,10 @@ def calibrate(hosts: int = 3, trials: int = 3, window_s: float = 10.0) -> dict[s
             if not all(e.wait(30) for e in events):
                 raise RuntimeError("an observer never came back to the reset backend")
             delays += [d.seen_at - reset for d in drivers]
+        # A storm: every observer's backend answers 429 at once; each may see its own before it learns.
+        shared.always(Fault.status(429, retry_after=30))
+        storm = _calls(client, observers, 3.0, phase)
+        shared.always(None)
         for d in drivers:
             d.stop.set()
         paced = Driver(observers[0].url, paced_rps=2.0)
@@ -175,6 +202,7 @@ def calibrate(hosts: int = 3, trials: int = 3, window_s: float = 10.0) -> dict[s
     query_s = latency["query_ms"] / 1000
     return {
         "hosts": hosts, "refresh_s": 1.0, "busy": busy, "paced": slow,
+        "calls_per_s": {"idle": idle, "busy": busy_calls, "storm": storm},
         "refresh_ratio": round(statistics.fmean(ratios), 3),
         "propagation_s": {"samples": len(delays), "mean": round(statistics.fmean(delays), 3),
                           "max": round(max(delays), 3), "min": round(min(delays), 3),

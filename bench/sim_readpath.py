@@ -2,12 +2,14 @@
 
 Designs (issue 17, item 2; the lead chooses, this module only measures them in a model):
 
-  a    today: every instance queries the whole table at most once per refresh interval (traffic-triggered)
+  a    until issue 17: every instance queries the whole table at most once per refresh interval (traffic-triggered)
   b    one small version entity read per interval; the whole table only when the version changed
   c    the same full read as (a), but the rows spread over many partitions (one query per partition)
   d    (a) with an interval that grows with the instance count, so the reads stay within a budget
   e    changes pushed over a Service Bus topic (one subscription per instance), a slow full read to reconcile
-  b+c  the version entity lists one version per row, each row in its own partition; only changed rows re-read
+  b+c  as built (gateway/state_versions.py): the version entity holds one counter per bucket of rows (64
+       buckets), each row in its own partition; an instance re-reads a changed bucket with one range query
+       (all its rows), and reads everything about once a minute (the resync)
 
 Each instance refreshes on the first request after its state is older than the interval, so one instance
 receiving `lambda` requests per second refreshes at `lambda / (1 + lambda * T)` per second: the renewal
@@ -23,20 +25,31 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from bench.sim_targets import CALIBRATED, TARGETS, Scenario
+from gateway.state_rows import bucket_of
+from gateway.state_sync import RESYNC_S
 
 DESIGNS = ("a", "b", "c", "d", "e", "b+c")
 NAMES = {
-    "a": "today: full-table query per interval",
+    "a": "until issue 17: full-table query per interval",
     "b": "version entity per interval, full read on change",
     "c": "full read spread over partitions",
     "d": "adaptive interval from the instance count",
     "e": "push over a Service Bus topic",
-    "b+c": "version entity + one row per partition, changed rows only",
+    "b+c": "version entity + one row per partition, changed buckets only (as built)",
 }
 SPREAD_PARTITIONS = 16  # (c): 6 backend partitions + 10 caller shards (ASSUMPTION)
 # Which partition a change touches (ASSUMPTION): steady = mostly probe results; incident = breakers.
 STEADY_MIX = {"health": 0.7, "breaker": 0.2, "callers": 0.1}
 INCIDENT_MIX = {"breaker": 0.9, "health": 0.1}
+
+
+def buckets(sc: Scenario) -> dict[int, list[tuple[str, int]]]:
+    """The rows of each bucket, assigned as the gateway assigns them (crc32 of kind and key)."""
+    out: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for part, rows in sc.rows.items():
+        for row in range(rows):
+            out[bucket_of(part, f"{part}-{row}")].append((part, row))
+    return out
 
 
 def refresh_rate(per_instance_rps: float, refresh_s: float, ratio: float | None = None) -> float:
@@ -144,6 +157,27 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
                 entities[part][second] += rows
                 tx[second] += 1  # a cross-partition query returns a page (a transaction) per partition
 
+    members = buckets(sc)
+    bucket_of_row = {row: b for b, rows in members.items() for row in rows}
+
+    def bucket_read(t: float, bucket: int) -> None:
+        """b+c: one range query over a bucket, every row in its own partition (a page per partition, pessimistic)."""
+        for part, row in members.get(bucket, []):
+            entities[f"{part}#{row}"][int(t)] += 1
+        tx[int(t)] += max(1, len(members.get(bucket, [])))
+
+    def resync(t: float) -> None:
+        """b+c: the periodic full read, one entity from every row's partition."""
+        for part, rows in sc.rows.items():
+            for row in range(rows):
+                entities[f"{part}#{row}"][int(t)] += 1
+        tx[int(t)] += sc.entities()
+
+    if design in ("b", "b+c"):  # every change bumps the version entity: a read and a conditional merge
+        for t in change_times:
+            entities["version"][int(t)] += 2
+            tx[int(t)] += 2
+
     def learned(k: int, t_known: float) -> None:
         delay = t_known - change_times[k]
         delays.append(delay)
@@ -160,6 +194,7 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
                 t += sc.reconcile_s
             continue
         seen = 0  # changes this instance has read
+        next_full = rng.uniform(0, RESYNC_S) if design == "b+c" else math.inf  # instances started at random
         for t in times:
             if design in ("a", "c", "d"):
                 full_read(t)
@@ -171,10 +206,12 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
                 new = bisect.bisect_left(change_times, t) - seen
                 if new and design == "b":
                     full_read(t + lat)
-                elif new:  # b+c: one point read per changed row (each in its own partition)
-                    for part, row in {(part, row) for _t, part, row in changes[seen : seen + new]}:
-                        entities[f"{part}#{row}"][int(t + lat)] += 1
-                        tx[int(t + lat)] += 1
+                elif design == "b+c" and t >= next_full:
+                    resync(t + lat)
+                    next_full = t + RESYNC_S * rng.uniform(0.9, 1.1)
+                elif new:  # b+c: one range query per changed bucket
+                    for bucket in {bucket_of_row[(part, row)] for _t, part, row in changes[seen : seen + new]}:
+                        bucket_read(t + lat, bucket)
             while seen < len(changes) and change_times[seen] <= t:
                 learned(seen, known_at)
                 seen += 1
@@ -215,7 +252,12 @@ def stops_scaling(design: str, sc: Scenario, incident: bool = False) -> float:
     changed = 1 - math.exp(-sc.changes_per_s / r)  # share of version reads that find a change
     if design == "b":
         return min(part / r, part / (r * changed * hottest), account / (r * (1 + changed * pages)))
+    # b+c as built: a bucket is re-read when any of its rows changed in the interval; a row's partition is read
+    # with its bucket, and by the resync; the version entity takes a read per refresh and two calls per change.
     mix = _mix(sc, incident)
-    hot_row = max(sc.changes_per_s * w / sc.rows[p] for p, w in mix.items())
-    row_reads = sum(r * (1 - math.exp(-sc.changes_per_s * w / sc.rows[p] / r)) * sc.rows[p] for p, w in mix.items())
-    return min(part / r, part / (r * (1 - math.exp(-hot_row / r))), account / (r + row_reads))
+    rate = {(p, row): sc.changes_per_s * w / sc.rows[p] for p, w in mix.items() for row in range(sc.rows[p])}
+    per_bucket = {b: r * (1 - math.exp(-sum(rate.get(m, 0.0) for m in rows) / r)) for b, rows in buckets(sc).items()}
+    hottest_row = max(per_bucket.values()) + 1 / RESYNC_S
+    queries = sum(reads * max(1, len(buckets(sc)[b])) for b, reads in per_bucket.items())
+    version = (part - 2 * sc.changes_per_s) / r
+    return min(version, part / hottest_row, (account - 2 * sc.changes_per_s) / (r + queries + sc.entities() / RESYNC_S))

@@ -98,7 +98,7 @@ def build_services(
     entra = EntraValidator(settings, upstream.get_json) if settings.entra_tenant_id else None
     callers = Callers(settings, entra)
     governance = Governance(settings, store)
-    pool.sync.listeners.append(governance.apply)  # the breakers' periodic query also carries governance rows
+    pool.sync.listeners.append(governance.apply)  # the breakers' periodic read also carries governance rows
     usage = UsageRecorder(settings.usage_file)
     instance = store.instance_id if store else "local"
     quotas = Quotas(Limiter(leases, instance) if leases else None)

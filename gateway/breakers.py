@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, replace
 
-__all__ = ["CLOSED", "DISABLED", "HALF_OPEN", "OPEN", "FailureWindow", "SharedBreaker"]
+__all__ = ["CLOSED", "DISABLED", "HALF_OPEN", "OPEN", "SAME_UNTIL_S", "FailureWindow", "SharedBreaker"]
 
 CLOSED, OPEN, HALF_OPEN, DISABLED = "closed", "open", "half-open", "disabled"
+# Open-untils this close are one transition. In a 429 storm every instance computes its own (its clock plus
+# Retry-After), always a little later than the stored one; rewriting it for a few milliseconds would cost
+# about 16,000 conflicting operations on one row at 1,000 instances instead of about 900 (docs/capacity.md).
+SAME_UNTIL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +50,9 @@ class SharedBreaker:
         )
 
     def extended_to(self, until: float, reason: str) -> SharedBreaker | None:
-        """`tripped_until`, or None when the breaker is already tripped at least that long (nothing to write)."""
-        if self.tripped and self.open_until >= until:
+        """`tripped_until`, or None when the breaker is already tripped until `until` or at most SAME_UNTIL_S
+        before it (nothing worth writing)."""
+        if self.tripped and self.open_until >= until - SAME_UNTIL_S:
             return None
         return self.tripped_until(until, reason)
 

@@ -2,8 +2,8 @@
 
 Profiles come from configuration; an operator can override a profile's keys (`PUT /gateway/profiles/{name}`)
 or suspend a caller (`POST /gateway/callers/{name}/suspend`) with no redeploy. Both are rows of the state table,
-read by the same periodic query as the breakers, so every instance applies them within one refresh interval;
-the instance that took the action applies it at once.
+each bumping its bucket in the version entity that every instance reads each refresh interval, so every
+instance applies them within one interval (plus a read); the instance that took the action applies it at once.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
 
     @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
     async def stats(req: Request) -> JSONResponse:
-        """Counters of this instance: requests handled and storage operations made."""
+        """Counters of this instance: requests handled, storage operations made and per second (last minute)."""
         return JSONResponse(operations.stats(pool, pipeline.requests))
 
     @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)

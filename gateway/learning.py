@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from .breakers import HALF_OPEN, OPEN, SharedBreaker
+from .breakers import HALF_OPEN, OPEN, SAME_UNTIL_S, SharedBreaker
 from .pool_state import BackendState, DeploymentState, PoolState, Target, _Scope
 from .state_sync import SharedState
 
@@ -83,8 +83,8 @@ class Learner:
     def trip(self, scope: _Scope, until: float, reason: str) -> None:
         """Opens a scope's breaker until `until` (only ever later), here and, in the background, everywhere."""
         now = self._state.clock()
-        if scope.breaker.status(now) == OPEN and scope.breaker.open_until >= until:
-            return  # already open at least that long: no transition, no write
+        if scope.breaker.status(now) == OPEN and scope.breaker.open_until >= until - SAME_UNTIL_S:
+            return  # already open about that long (in-flight requests' 429s): no transition, no write
         scope.breaker = scope.breaker.tripped_until(until, reason)
         log.warning("Breaker of %s open for %.1f s (%s)", scope.key, until - now, reason)
         self._sync.persist(scope.key, lambda current: current.extended_to(until, reason))

@@ -72,11 +72,17 @@ async def override_profile(governance: Governance, name: str, body: bytes) -> di
 
 
 def stats(pool: BackendPool, requests: int) -> dict[str, Any]:
+    """This instance's counters. `storage_ops_per_s` (state table reads and writes per second over the last
+    minute) times the instance count is what the account and the version entity's partition see."""
     store = pool.store
     return {
         "instance": pool.instance_id,
         "requests": requests,
         "storage_operations": store.operations if store else 0,
+        "storage_reads": store.meter.reads if store else 0,
+        "storage_writes": store.meter.writes if store else 0,
+        "storage_ops_per_s": store.meter.per_second() if store else {"reads": 0.0, "writes": 0.0, "window_s": 0.0},
+        "state_reads": dict(pool.sync.reads),
         "storage_ok": pool.storage_ok,
         "unexpected_storage_errors": pool.sync.unexpected_errors,
     }

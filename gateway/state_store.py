@@ -1,60 +1,41 @@
 """Breaker, health and governance state shared by every instance, in one Azure Table.
 
-Rows: PartitionKey `breaker` (one per backend and per deployment: open-until, tripped, disabled, trial claim),
-`health` (probe results), `caller` (an operator's suspension) and `profile` (an operator's profile override).
-Reads are one query for the whole table; breaker writes are conditional on the ETag read just before
-(`MatchConditions.IfNotModified`), and a conflict re-reads and merges, so two instances opening the same
-breaker end with the later open-until. Every call is counted: the benchmark reports storage operations per
-request, and the happy path must cost none.
+The layout (state_rows.py) puts every row in a partition of its own; the version entity (state_versions.py)
+says which buckets of rows changed. So the periodic read is one small entity, plus one range query per
+bucket that changed; a full read (`read_all`) is for start, resync after an outage, and once a minute.
+
+Every write changes its row, then bumps the row's bucket (ETag-conditional merge, retried on conflict). A
+breaker write is conditional on the ETag read just before, and a conflict re-reads and merges, so two
+instances opening the same breaker end with the later open-until. A bump that cannot be made now (storage
+trouble, or too many concurrent bumps) is kept in `pending_bumps` and made at the next refresh. Every call is
+counted in `meter`: the happy path must cost none, and `/gateway/stats` reports the rates.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
+from . import state_rows as rows
+from . import state_versions as versions
 from .breakers import SharedBreaker
+from .ops_meter import OpsMeter
+from .state_rows import BREAKER, CALLER, HEALTH, KINDS, PROFILE, Health, Row, RowView, Snapshot, bucket_of
+from .state_versions import Versions
 
 __all__ = ["BREAKER", "CALLER", "HEALTH", "PROFILE", "Health", "Snapshot", "StateStore"]
 
 log = logging.getLogger("gateway.state")
 
-BREAKER, HEALTH, CALLER, PROFILE = "breaker", "health", "caller", "profile"
 _CONFLICT_RETRIES = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """The last probe of an APIM-mode backend."""
-
-    ok: bool
-    latency_ms: float | None
-    probed_at: float
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The whole shared state, as one query read it."""
-
-    breakers: dict[str, SharedBreaker]
-    health: dict[str, Health]
-    suspended: dict[str, str]  # caller -> reason
-    profiles: dict[str, dict[str, Any]]  # profile name -> the operator's override (JSON object)
 
 
 class StateStore:
@@ -63,111 +44,183 @@ class StateStore:
         self._table: Any = None
         self._table_ready = False
         self.instance_id = instance_id
-        self.operations = 0  # every storage call made, for the stats view and the benchmark
+        self.meter = OpsMeter()
+        self.pending_bumps: set[int] = set()  # buckets whose rows changed and whose counter is not bumped yet
+
+    @property
+    def operations(self) -> int:
+        """Every storage call made (the benchmark's storage operations per request)."""
+        return self.meter.total
+
+    # ------------------------------------------------------------------ reading
+
+    async def read_versions(self) -> Versions:
+        """The version entity (one point read); `versions.ABSENT` while no one has written."""
+        table = await self._ready()
+        self.meter.read()
+        try:
+            return versions.parse(await table.get_entity(versions.PARTITION, versions.ROW))
+        except ResourceNotFoundError as exc:
+            self._lost(exc)
+            return versions.ABSENT
+
+    async def read_buckets(self, buckets: Iterable[int]) -> dict[int, list[Row]]:
+        """The rows of each bucket, one range query per bucket, concurrently."""
+        table = await self._ready()
+        wanted = sorted(buckets)
+        found = await asyncio.gather(*(self._query(table, rows.bucket_filter(b)) for b in wanted))
+        return {b: [row for e in entities if (row := rows.decode(e)) is not None] for b, entities in zip(
+            wanted, found, strict=True)}  # fmt: skip
+
+    async def read_all(self) -> tuple[list[Row], list[Mapping[str, Any]]]:
+        """Every row (old-layout rows first, so a current row of the same kind and key wins) and the
+        old-layout entities, which `migrate` moves."""
+        table = await self._ready()
+        current: list[Mapping[str, Any]] = []
+        legacy: list[Mapping[str, Any]] = []
+        pages = 0
+        try:
+            async for page in table.list_entities().by_page():  # a page is one call
+                pages += 1
+                async for entity in page:
+                    (legacy if entity["PartitionKey"] in KINDS else current).append(entity)
+        except ResourceNotFoundError as exc:  # the table itself is gone (a new or wiped account): recreate it
+            self._lost(exc)
+            await self._ready()
+        finally:
+            self.meter.read(max(pages, 1))
+        decoded = [row for e in (*legacy, *current) if (row := rows.decode(e)) is not None]
+        return decoded, legacy
 
     async def load(self) -> Snapshot:
-        """The whole table in one query: breakers by scope, health by backend, suspensions, profile overrides."""
-        table = await self._ready()
-        breakers: dict[str, SharedBreaker] = {}
-        health: dict[str, Health] = {}
-        suspended: dict[str, str] = {}
-        profiles: dict[str, dict[str, Any]] = {}
-        self.operations += 1
-        try:
-            entities = [entity async for entity in table.list_entities()]
-        except ResourceNotFoundError:  # the table itself is gone (a new or wiped account): recreate it
-            self._table_ready = False
-            await self._ready()
-            entities = []
-        for entity in entities:
-            if entity["PartitionKey"] == BREAKER:
-                breakers[entity["RowKey"]] = _breaker(entity)
-            elif entity["PartitionKey"] == HEALTH:
-                health[entity["RowKey"]] = Health(
-                    bool(entity.get("Ok")),
-                    entity.get("LatencyMs"),
-                    float(entity.get("ProbedAt", 0)),
-                    entity.get("Error", ""),
-                )
-            elif entity["PartitionKey"] == CALLER and entity.get("Suspended"):
-                suspended[entity["RowKey"]] = str(entity.get("Reason", ""))
-            elif entity["PartitionKey"] == PROFILE:
-                try:
-                    override = json.loads(entity.get("Override", "{}"))
-                except ValueError:
-                    log.error("Ignoring the unreadable override of profile %s", entity["RowKey"])
-                    continue
-                if isinstance(override, dict):
-                    profiles[entity["RowKey"]] = override
-        return Snapshot(breakers, health, suspended, profiles)
+        """The whole table as one snapshot (a full read; tests and the operator's tools)."""
+        view = RowView()
+        view.replace_all((await self.read_all())[0])
+        return view.snapshot()
 
-    async def put_row(self, partition: str, key: str, properties: dict[str, Any]) -> None:
-        """An operator's row (suspension, profile override), replaced whole."""
-        table = await self._ready()
-        self.operations += 1
-        row = {"PartitionKey": partition, "RowKey": key, **properties, "UpdatedBy": self.instance_id}
-        await table.upsert_entity(row, mode=UpdateMode.REPLACE)
-
-    async def delete_row(self, partition: str, key: str) -> None:
-        table = await self._ready()
-        self.operations += 1
-        try:
-            await table.delete_entity(partition, key)
-        except ResourceNotFoundError:
-            pass
+    # ------------------------------------------------------------------ writing
 
     async def update_breaker(
-        self, name: str, change: Callable[[SharedBreaker], SharedBreaker | None]
+        self, name: str, change: Callable[[SharedBreaker], SharedBreaker | None], *, bump_now: bool = True
     ) -> SharedBreaker | None:
         """Applies `change` to the stored breaker with optimistic concurrency; None if `change` declined.
 
         `change` sees the freshest stored state on every try, so merges are computed against what another
-        instance just wrote, never against a stale copy.
+        instance just wrote, never against a stale copy. With `bump_now` False the bump is left in
+        `pending_bumps` for the caller to make later (a half-open claim must not wait for it).
         """
         table = await self._ready()
         for _ in range(_CONFLICT_RETRIES):
             try:
-                self.operations += 1
-                entity = await table.get_entity(BREAKER, name)
-                current, etag = _breaker(entity), entity.metadata["etag"]
+                self.meter.read()
+                entity = await table.get_entity(rows.partition_key(BREAKER, name), "")
+                current, etag = rows.decode(entity), entity.metadata["etag"]
+                stored = current.value if current is not None else SharedBreaker()
             except ResourceNotFoundError as exc:
-                current, etag = SharedBreaker(), None
-                if getattr(exc, "error_code", None) == "TableNotFound":
-                    self._table_ready = False
-            new = change(current)
-            if new is None or new == current:
+                stored, etag = SharedBreaker(), None
+                self._lost(exc)
+            new = change(stored)
+            if new is None or new == stored:
                 return new  # declined, or nothing to change: no write
-            row = _row(name, new, self.instance_id)
+            row = rows.breaker_entity(name, new, self.instance_id, time.time())
             if etag is None:
-                await self._ready()  # the table may be gone, not just the row
+                table = await self._ready()  # the table may be gone, not just the row
             try:
-                self.operations += 1
+                self.meter.write()
                 if etag is None:
                     await table.create_entity(row)
                 else:
                     await table.update_entity(
                         row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
-                return new
             except (ResourceModifiedError, ResourceExistsError):
                 # Someone wrote in between: read again and merge with theirs, after a short jittered pause.
                 await asyncio.sleep(random.uniform(0, 0.02))
+                continue
+            await self._changed(BREAKER, name, bump_now)
+            return new
         raise ResourceModifiedError(f"breaker {name}: too many concurrent updates")
 
-    async def write_health(self, name: str, health: Health) -> None:
+    async def put_row(self, kind: str, key: str, properties: dict[str, Any]) -> None:
+        """An operator's row (suspension, profile override), replaced whole; bumped before returning."""
+        await self._upsert(rows.entity(kind, key, properties, self.instance_id))
+        await self._changed(kind, key)
+
+    async def delete_row(self, kind: str, key: str) -> None:
         table = await self._ready()
-        self.operations += 1
-        await table.upsert_entity(
-            {
-                "PartitionKey": HEALTH,
-                "RowKey": name,
-                "Ok": health.ok,
-                "LatencyMs": health.latency_ms,
-                "ProbedAt": health.probed_at,
-                "Error": health.error[:500],
-                "UpdatedBy": self.instance_id,
-            }
-        )
+        self.meter.write()
+        try:
+            await table.delete_entity(rows.partition_key(kind, key), "")
+        except ResourceNotFoundError as exc:
+            self._lost(exc)
+            return  # nothing was there: nothing changed
+        await self._changed(kind, key)
+
+    async def write_health(self, name: str, health: Health) -> None:
+        await self._upsert(rows.health_entity(name, health, self.instance_id))
+        await self._changed(HEALTH, name)
+
+    # ------------------------------------------------------------------ the version entity
+
+    async def bump(self, bucket: int) -> bool:
+        """Counts one change of `bucket`, on top of any concurrent bump; False (and pending) after too many
+        conflicts. A storage error propagates, with the bump left pending."""
+        self.pending_bumps.add(bucket)
+        for _ in range(_CONFLICT_RETRIES):
+            current = await self.read_versions()
+            entity = versions.bump_entity(current, bucket)
+            table = await self._ready()  # again: reading may have found the table gone
+            try:
+                self.meter.write()
+                if current.etag is None:
+                    await table.create_entity(entity)
+                else:
+                    await table.update_entity(
+                        entity, mode=UpdateMode.MERGE, etag=current.etag, match_condition=MatchConditions.IfNotModified
+                    )
+            except (ResourceModifiedError, ResourceExistsError):
+                await asyncio.sleep(random.uniform(0, 0.02))  # another bump won: read theirs and count on top
+                continue
+            self.pending_bumps.discard(bucket)
+            return True
+        log.warning("Version bump of bucket %d deferred: too many concurrent bumps", bucket)
+        return False
+
+    async def flush_bumps(self) -> int:
+        """Makes the bumps that could not be made when their rows changed; returns how many it made. One bump
+        covers every earlier change of its bucket: a reader that sees it re-reads all of them."""
+        made = 0
+        for bucket in sorted(self.pending_bumps):
+            if not await self.bump(bucket):
+                break
+            made += 1
+        return made
+
+    async def migrate(self, legacy: Iterable[Mapping[str, Any]]) -> int:
+        """Moves rows of the old layout (partition = kind) into the current one; a current row already there
+        is newer and stays. Returns the rows moved."""
+        table = await self._ready()
+        moved = 0
+        for old in legacy:
+            kind, key = old["PartitionKey"], old["RowKey"]
+            properties = {k: v for k, v in old.items() if k not in ("PartitionKey", "RowKey", "UpdatedBy")}
+            try:
+                self.meter.write()
+                await table.create_entity(rows.entity(kind, key, properties, self.instance_id))
+                moved += 1
+                await self._changed(kind, key)
+            except ResourceExistsError:
+                pass
+            self.meter.write()
+            try:
+                await table.delete_entity(kind, key)
+            except ResourceNotFoundError:
+                pass
+        if moved:
+            log.warning("Moved %d state row(s) of the previous table layout", moved)
+        return moved
+
+    # ------------------------------------------------------------------ housekeeping
 
     async def close(self) -> None:
         if self._table is not None:
@@ -175,40 +228,47 @@ class StateStore:
             self._table = None
             self._table_ready = False
 
+    async def _changed(self, kind: str, key: str, now: bool = True) -> None:
+        bucket = bucket_of(kind, key)
+        if now:
+            await self.bump(bucket)
+        else:
+            self.pending_bumps.add(bucket)
+
+    async def _upsert(self, entity: dict[str, Any]) -> None:
+        """Replaces a row whole; once more if the table turned out to be gone (a new or wiped account)."""
+        for last in (False, True):
+            table = await self._ready()
+            self.meter.write()
+            try:
+                await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+                return
+            except ResourceNotFoundError as exc:
+                self._lost(exc)
+                if last or self._table_ready:
+                    raise
+
+    async def _query(self, table: Any, query: str) -> list[Any]:
+        self.meter.read()
+        try:
+            return [entity async for entity in table.query_entities(query)]
+        except ResourceNotFoundError as exc:
+            self._lost(exc)
+            return []
+
+    def _lost(self, exc: ResourceNotFoundError) -> None:
+        """A missing row is normal; a missing table (a new or wiped account) is created again on next use."""
+        if getattr(exc, "error_code", None) == "TableNotFound":
+            self._table_ready = False
+
     async def _ready(self) -> Any:
         if self._table is None:
             self._table = self._factory()
         if not self._table_ready:
             try:
-                self.operations += 1
+                self.meter.write()
                 await self._table.create_table()
             except ResourceExistsError:
                 pass
             self._table_ready = True
         return self._table
-
-
-def _breaker(entity: Any) -> SharedBreaker:
-    return SharedBreaker(
-        open_until=float(entity.get("OpenUntil", 0.0)),
-        tripped=bool(entity.get("Tripped", False)),
-        disabled=bool(entity.get("Disabled", False)),
-        trial_owner=entity.get("TrialOwner", ""),
-        trial_until=float(entity.get("TrialUntil", 0.0)),
-        reason=entity.get("Reason", ""),
-    )
-
-
-def _row(name: str, state: SharedBreaker, instance_id: str) -> dict[str, Any]:
-    return {
-        "PartitionKey": BREAKER,
-        "RowKey": name,
-        "OpenUntil": float(state.open_until),
-        "Tripped": state.tripped,
-        "Disabled": state.disabled,
-        "TrialOwner": state.trial_owner,
-        "TrialUntil": float(state.trial_until),
-        "Reason": state.reason[:500],
-        "UpdatedBy": instance_id,
-        "UpdatedAt": time.time(),
-    }

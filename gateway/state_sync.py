@@ -1,8 +1,11 @@
 """Shared-state sync: the pool's breakers and probe results, kept in step with the state table.
 
-Reads are one query for the whole table, at most every `GATEWAY_STATE_REFRESH_MS`, in the background so
-requests do not wait. Writes happen only on transitions, in the background, ETag-conditional with merges.
-The half-open trial claim is the one storage call a request awaits: it must know it holds the trial.
+Reads happen at most every `GATEWAY_STATE_REFRESH_MS`, in the background so requests do not wait: the version
+entity (one small row), then only the buckets of rows whose counter moved (state_versions.py). A full read
+happens on the first refresh, after any failed one (a storage outage), and about once a minute
+(`RESYNC_S`), so a bump lost with a writer that died between its row and its bump leaves no instance stale
+for long. Writes happen only on transitions, in the background, ETag-conditional with merges. The half-open
+trial claim is the one storage call a request awaits (it must know it holds the trial); its bump does not.
 
 If storage is unreachable (a storage or network error) the pool keeps working on local state, says so once,
 and pushes its transitions when storage comes back. Any other exception is a bug: it is logged with its
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -23,7 +27,9 @@ from azure.core.exceptions import AzureError
 
 from .breakers import CLOSED, HALF_OPEN, SharedBreaker
 from .pool_state import PoolState, Target, _Scope
-from .state_store import Health, Snapshot, StateStore
+from .state_rows import RowView, Snapshot
+from .state_store import Health, StateStore
+from .state_versions import Versions, changed_buckets
 
 __all__ = ["STORAGE_ERRORS", "SharedState"]
 
@@ -34,6 +40,7 @@ STORAGE_ERRORS: tuple[type[BaseException], ...] = (AzureError, aiohttp.ClientErr
 TRIAL_TTL_S = 30.0  # a half-open trial claim lapses after this, in case its holder died
 STALE_FACTOR = 5  # state older than this many refresh intervals is awaited, not refreshed in the background
 INITIAL_LOAD_TIMEOUT_S = 2.0
+RESYNC_S = 60.0  # a full read at least this often (jittered by 10 %, so instances do not read in step)
 
 Change = Callable[[SharedBreaker], SharedBreaker | None]
 
@@ -49,7 +56,13 @@ class SharedState:
         self._pending: dict[str, SharedBreaker] = {}  # transitions storage has not taken yet, by scope key
         self._inflight: dict[str, int] = {}  # breaker writes under way, by scope key
         self._tasks: set[asyncio.Task[None]] = set()
-        self.listeners: list[Callable[[Snapshot], None]] = []  # others that share this one query
+        self.listeners: list[Callable[[Snapshot], None]] = []  # others that share these reads (governance)
+        self.view = RowView()  # the table as last read
+        self.seen: Versions | None = None  # the counters the view reflects; None: the next read is a full one
+        self.resync_s = RESYNC_S
+        self._full_at: float | None = None
+        self._jitter = 1.0
+        self.reads = {"full": 0, "partial": 0, "buckets": 0}  # refreshes by kind, and buckets re-read
 
     # ------------------------------------------------------------------ reading
 
@@ -74,17 +87,21 @@ class SharedState:
                 pass  # go on with what we know; the refresh completes in the background
 
     async def refresh(self) -> None:
-        """One query for the whole table; then the transitions storage missed while it was away."""
+        """The changed rows (or all of them, when a full read is due); then the transitions storage missed."""
         assert self.store is not None
         try:
-            snapshot = await self.store.load()
+            if self.store.pending_bumps:
+                await self.store.flush_bumps()
+            await self._read(self.store)
         except Exception as exc:
             self._failed(exc, "refresh")
+            self.seen = None  # whatever we missed meanwhile: the next read is a full one
             self.loaded_at = time.monotonic()  # retry after one interval, not on every request
             return
         if not self.storage_ok:
             log.warning("State storage is reachable again; resynchronising %d pending change(s)", len(self._pending))
             self.storage_ok = True
+        snapshot = self.view.snapshot()
         breakers, health = snapshot.breakers, snapshot.health
         for key in breakers:
             self._state.scope(key)  # deployments another instance learnt about
@@ -105,8 +122,39 @@ class SharedState:
                 if probe.latency_ms is not None and backend.backend.mode == "apim":
                     backend.observe_latency(probe.latency_ms)
         for listener in self.listeners:
-            listener(snapshot)  # governance: suspensions and profile overrides
+            listener(snapshot)  # governance: suspensions and profile overrides (storage is the truth, as above)
         self.loaded_at = time.monotonic()
+
+    async def _read(self, store: StateStore) -> bool:
+        """Brings the view up to date: the version entity, then changed buckets or everything. True if the
+        view changed. The counters are read first, so rows read after them are at least that new."""
+        now = time.monotonic()
+        full_due = self._full_at is None or now - self._full_at >= self.resync_s * self._jitter or not self.storage_ok
+        current = await store.read_versions()
+        buckets = None if full_due else changed_buckets(self.seen, current)
+        if buckets is None:
+            found, legacy = await store.read_all()
+            changed = self.view.replace_all(found)
+            self._full_at, self._jitter = now, random.uniform(0.9, 1.1)
+            self.reads["full"] += 1
+            if legacy:
+                self._spawn(self._migrate(legacy))
+        else:
+            self.reads["partial"] += 1
+            self.reads["buckets"] += len(buckets)
+            changed = False
+            if buckets:
+                for bucket, rows in (await store.read_buckets(buckets)).items():
+                    changed = self.view.replace_bucket(bucket, rows) or changed
+        self.seen = current
+        return changed
+
+    async def _migrate(self, legacy: Any) -> None:
+        assert self.store is not None
+        try:
+            await self.store.migrate(legacy)
+        except Exception as exc:
+            self._failed(exc, "migration")
 
     # ------------------------------------------------------------------ the half-open trial
 
@@ -132,10 +180,12 @@ class SharedState:
 
         if self.store is not None and self.storage_ok:
             try:
-                result = await self.store.update_breaker(scope.key, claim)
+                result = await self.store.update_breaker(scope.key, claim, bump_now=False)
             except Exception as exc:  # storage trouble: decide locally
                 self._failed(exc, "trial claim")
             else:
+                if self.store.pending_bumps:
+                    self._spawn(self._flush_bumps())  # others learn of the claim; this request need not wait
                 if result is None:
                     return False  # another instance holds the trial
                 scope.breaker = result
@@ -201,6 +251,13 @@ class SharedState:
         local = scope.breaker
         if not (local.tripped and local.open_until > stored.open_until):
             scope.breaker = stored  # unless a later local transition is on its way
+
+    async def _flush_bumps(self) -> None:
+        assert self.store is not None
+        try:
+            await self.store.flush_bumps()
+        except Exception as exc:
+            self._failed(exc, "version bump")
 
     def _breaker(self, key: str) -> SharedBreaker:
         scope = self._state.scope(key)

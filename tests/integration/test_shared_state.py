@@ -16,6 +16,7 @@ import pytest
 
 from gateway import errors, operations
 from gateway.bootstrap import Services, build_services
+from gateway.breakers import SAME_UNTIL_S
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
 from gateway.messages import Inbound
@@ -133,7 +134,10 @@ async def test_concurrent_writers_merge_to_the_latest_open_until(azurite, table,
             for i, u in enumerate(untils)
         )
     )
-    assert (await stored_breakers(gateways[0]))["weu"].open_until == max(untils)
+    # The latest open-until wins, except that one within SAME_UNTIL_S of the stored one is not worth a write
+    # (40 after 39 here): no writer's open-until is lost by more than that.
+    stored = (await stored_breakers(gateways[0]))["weu"].open_until
+    assert max(untils) - SAME_UNTIL_S <= stored <= max(untils)
     for gw in gateways:
         await gw.close()
 

@@ -46,3 +46,11 @@ def test_failure_window_slides_and_restarts_after_tripping():
     assert not w.add(10.5)  # the failure at 0 has left the window
     assert w.add(12)  # 5, 10.5, 12
     assert len(w) == 0 and not w.add(13)
+
+
+def test_an_open_until_within_a_second_of_the_stored_one_is_not_rewritten():
+    stored = SharedBreaker().tripped_until(100.0, "429")
+    assert stored.extended_to(100.9, "429") is None  # a storm's near-equal open-untils: no write
+    assert stored.extended_to(101.0, "429") is None
+    assert stored.extended_to(101.5, "429").open_until == 101.5  # later than that: extended
+    assert SharedBreaker().extended_to(50.0, "429").open_until == 50.0  # closed: always written
