@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from . import translate
+from . import tracing, translate
 from .config import Settings
 from .credentials import BackendAuth
 from .pool import BackendPool, Target
@@ -76,9 +76,8 @@ class Attempts:
         injected = False
         if route.streaming and target.backend.parses_usage and route.operation in _COUNTED_OPERATIONS:
             body, injected = prepare_stream_request(body, route.json or {})
-        attempt = await self.send(
-            target, method, translate.upstream_path(route, target.deployment), headers, body, total_s=total_s
-        )
+        path = translate.upstream_path(route, target.deployment)
+        attempt = await self.send(target, method, path, headers, body, total_s=total_s, route=route)
         attempt.injected = injected
         return attempt
 
@@ -92,19 +91,29 @@ class Attempts:
         *,
         total_s: float | None,
         probe: bool = False,
+        route: translate.Route | None = None,
     ) -> Attempt:
         """Sends to the target's backend with its credential and learns from what comes back.
 
         A retryable answer is released here and reported as a failure; any other answer is returned for the
         caller to read (`read`, or chunk by chunk with `broke` on a break). A probe teaches latency only.
+        Every attempt but a probe is a client span; the span of an answer to relay ends with its usage record.
         """
         backend = target.backend
+        url = backend.host + path
         headers = {**headers, **await self.auth.headers(backend)}
+        span = None
+        if not probe and tracing.enabled():
+            operation, model = (route.operation, route.model) if route else (path.rsplit("/", 1)[-1], "")
+            span = tracing.start_attempt(backend.host, method, url, backend.name, target.deployment, operation, model)
+            if span is not None:
+                tracing.inject(span, headers)
         sent_at = time.monotonic()
         try:
-            response = await self.transport.send(method, backend.host + path, headers, body, total_s=total_s)
+            response = await self.transport.send(method, url, headers, body, total_s=total_s)
         except TransportError as exc:
             log.warning("Backend %s: %s", backend.name, exc)
+            tracing.end_attempt(span, None, exc.kind)
             if not probe:
                 self.pool.on_transport_error(target, exc.kind)
             return Attempt(target, failure=exc.kind, sent_at=sent_at)
@@ -117,10 +126,12 @@ class Attempts:
         retry_after = retry_after_seconds(response.headers) if retryable else None
         self.pool.on_answer(target, status, ttfb_ms, response.headers, retry_after)
         if not retryable:
+            tracing.end_attempt(span, status, None, relayed=route is not None)
             return Attempt(target, response, status, sent_at=sent_at)
         log.info("Backend %s answered %d", backend.name, status)
         response.release()
         failure = "throttled" if status == 429 else "failed"
+        tracing.end_attempt(span, status, failure)
         return Attempt(target, None, status, retry_after_s=retry_after, failure=failure, sent_at=sent_at)
 
     async def read(self, attempt: Attempt) -> bytes:
@@ -173,6 +184,7 @@ def usage_record(
         usage=None,
         caller=caller,
         error=error,
+        trace=tracing.hold(),
     )
 
 

@@ -19,12 +19,14 @@ from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
 from .config import Settings, load_settings
 from .credentials import BackendAuth, TokenCredential, storage_credential
+from .metrics import UsageMetrics
 from .pipeline import Pipeline
 from .pool import BackendPool
 from .results import ResultStore
 from .state_store import StateStore
 from .storage import storage_account
-from .telemetry import UsageMetrics, configure_exporter
+from .telemetry import configure_exporter
+from .tracing import TraceSink
 from .upstream import Transport, Upstream
 from .usage import UsageRecorder
 
@@ -91,6 +93,7 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
     services = build_services(settings, store=store, results=results, completions=completions)
-    configure_exporter(env)
+    if configure_exporter(env):
+        services.usage.add_sink(TraceSink())
     services.usage.add_sink(UsageMetrics())
     return services

@@ -2,8 +2,8 @@
 
 Independent of the hosting layer: it takes an `Inbound` and returns an `Outbound` whose body is either bytes
 or an async iterator relayed chunk by chunk. Backend answers are passed through unchanged apart from the
-headers the gateway owns; only the gateway's own errors use the OpenAI error shape. Every request that
-reached a backend leaves one usage record, whether or not an answer was relayed.
+headers the gateway owns; only the gateway's own errors use the OpenAI error shape. Every request routed to a
+model leaves one usage record, whether or not an answer was relayed, and one server span (gateway.tracing).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import errors, translate
+from . import errors, tracing, translate
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Callers
 from .config import Settings
@@ -27,7 +27,7 @@ from .pool import Target
 from .streaming import SseUsageTap
 from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
-from .usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
+from .usage import Usage, UsageRecord, UsageRecorder, response_model, usage_from_json_body
 
 __all__ = [
     "Defer",
@@ -116,14 +116,16 @@ class Pipeline:
         """
         request_id = inbound.headers.get("x-request-id") or os.urandom(16).hex()
         self.requests += 1
+        span = tracing.start_request(inbound.method, inbound.path, inbound.headers)
         try:
-            return await self._handle(inbound, request_id, defer)
+            out = await self._handle(inbound, request_id, defer)
         except errors.GatewayError as exc:
-            error = exc
+            out = error_outbound(exc, request_id)
         except Exception:
             log.exception("Unexpected failure (request %s)", request_id)  # the trace goes to logs, not the client
-            error = errors.internal_error()
-        return error_outbound(error, request_id)
+            out = error_outbound(errors.internal_error(), request_id)
+        tracing.leave(span, out.status, streaming=out.stream is not None)
+        return out
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()
@@ -158,6 +160,7 @@ class Pipeline:
         except errors.CoolingDown:
             # Only a client that said it can take a 202 gets one; everyone else gets 429 with Retry-After.
             if defer is None or not Preference.of(inbound.headers).respond_async:
+                self._finish(usage_record(route, None, request_id, 429, 0, caller, "throttled"), started)
                 raise
             reason = "every backend is cooling down past the client's wait"
             return await defer(Deferred(inbound, route, request_id, caller, reason))
@@ -247,10 +250,12 @@ class Pipeline:
                 tries.retry_after_s.append(wait if wait is not None else self.settings.default_retry_after_s)
                 tries.all_throttled &= attempt.failure == "throttled"
         error = self._exhausted(tries)
-        if tries.last is not None:  # it reached a backend: throttled and failed traffic is recorded too
-            last = tries.last
-            record = usage_record(route, last.target, request_id, error.status, tries.count, caller, last.failure)
-            self._finish(record, started)
+        # Throttled, failed and unavailable traffic is recorded too (with the last backend tried, if any).
+        last = tries.last
+        failure = last.failure if last else "unavailable"
+        target = last.target if last else None
+        record = usage_record(route, target, request_id, error.status, tries.count, caller, failure)
+        self._finish(record, started)
         raise error
 
     async def _wait_for_backend(
@@ -299,6 +304,9 @@ class Pipeline:
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
         if target.backend.parses_usage:
             record.usage = usage_from_json_body(body)
+            record.response_model = response_model(body)
+            if response.status == 400 and body.find(b'"content_filter"') >= 0:
+                record.outcome = "content_filtered"
             self.attempts.finished(attempt, record.usage)
         self._finish(record, started)
         return Outbound(response.status, headers, body)
@@ -321,6 +329,8 @@ class Pipeline:
         complete = recorded = False
         try:
             async for data in response.chunks():
+                if record.first_chunk_ms is None:  # time to first chunk, from the start of the request
+                    record.first_chunk_ms = round((time.monotonic() - started) * 1000, 3)
                 if tap is not None:
                     data = tap.feed(data)
                     if tap.done and not recorded:
@@ -347,6 +357,7 @@ class Pipeline:
         if tap is not None and record.status < 400:
             # Counting loads the tokenizer on first use (~0.2 s): keep it off the event loop.
             record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+            record.response_model = tap.response_model()
         self._finish(record, started)
         return True
 

@@ -15,14 +15,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import errors, translate
+from gateway import errors, tracing, translate
 from gateway.assemble import AssembleError, assemble_completion, parse_sse
 from gateway.attempt import usage_record
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.headers import forwarded_headers
 from gateway.upstream import TransportError
-from gateway.usage import Usage, usage_from_json_body
+from gateway.usage import Usage, response_model, usage_from_json_body
 
 __all__ = ["attempt_backend", "completion_message", "ended", "publish_completion", "result_url", "status_url"]
 
@@ -44,7 +44,26 @@ def ended(status: str, message: str, code: str) -> dict[str, Any]:
 
 
 async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
-    """One attempt on one backend. Returns succeeded | failed (a final answer) | retry (with retry_at) | expired."""
+    """One attempt on one backend. Returns succeeded | failed (a final answer) | retry (with retry_at) | expired.
+
+    Each attempt is a span in the trace of the request that was deferred; an answer's span ends with its usage
+    record, any other outcome's when the attempt returns.
+    """
+    span = tracing.start_activity(payload["request"], payload["attempt"])
+    result: dict[str, Any] = {}
+    try:
+        result = await _attempt_backend(services, payload)
+        return result
+    finally:
+        attributes = {"gateway.outcome": str(result.get("status", "failed")), "gateway.async": True}
+        if reason := result.get("reason") or (result.get("error") or {}).get("code"):
+            attributes["error.type"] = str(reason)
+        if backend := result.get("backend"):
+            attributes["gateway.backend"] = str(backend)
+        tracing.leave(span, result.get("http_status"), attributes=attributes)
+
+
+async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     request, attempt_no = payload["request"], payload["attempt"]
     now = time.time()
     if now >= request["deadline"]:
@@ -83,7 +102,7 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         return _retry(now, target.backend.name, status, "the answer broke off")
 
     content_type = attempt.response.headers.get("content-type", "application/octet-stream")
-    body, usage, streamed = raw, None, False
+    body, usage, streamed, model = raw, None, False, None
     if content_type.startswith("text/event-stream"):
         streamed = True
         try:
@@ -93,12 +112,17 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         else:
             body, content_type = json.dumps(assembled).encode(), "application/json"
             usage = Usage.from_openai(assembled.get("usage"))
+            model = assembled.get("model")
     elif content_type.startswith("application/json") and target.backend.parses_usage:
         usage = usage_from_json_body(raw)
+        model = response_model(raw)
     attempts.finished(attempt, usage)
     await services.results.put_result(request["id"], body, content_type, status)
     record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"])
-    record.streaming, record.usage = streamed, usage
+    record.streaming, record.usage, record.is_async = streamed, usage, True
+    record.response_model = model if isinstance(model, str) else None
+    if status == 400 and body.find(b'"content_filter"') >= 0:
+        record.outcome = "content_filtered"
     record.duration_ms = round((time.monotonic() - started) * 1000, 3)
     services.usage.record(record)
     inline = None
@@ -158,7 +182,9 @@ def _record_unanswered(services: Services, request: dict[str, Any], outcome: dic
     status = {"expired": 504, "cancelled": 499}.get(outcome["status"], 503)
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
-    services.usage.record(usage_record(route, None, request["request_id"], status, attempts, request["caller"], code))
+    record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
+    record.is_async = True
+    services.usage.record(record)
 
 
 def _stream_error(exc: AssembleError) -> dict[str, Any]:

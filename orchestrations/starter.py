@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway import errors
+from gateway import errors, tracing
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
 from gateway.headers import forwarded_headers
@@ -99,6 +99,8 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "submitted_at": datetime.now(UTC).isoformat(),
         "max_attempts": services.settings.async_max_attempts,
         "reason": deferred.reason,
+        # The deferred request's span, so each attempt of the async path continues its trace (W3C).
+        "traceparent": tracing.traceparent() or inbound.headers.get("traceparent"),
     }
 
 
