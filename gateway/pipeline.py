@@ -116,7 +116,7 @@ class Pipeline:
         """
         request_id = inbound.headers.get("x-request-id") or os.urandom(16).hex()
         self.requests += 1
-        span = tracing.start_request(inbound.method, inbound.path, inbound.headers)
+        span = tracing.start_request(inbound.method, inbound.path, inbound.headers, request_id)
         try:
             out = await self._handle(inbound, request_id, defer)
         except errors.GatewayError as exc:

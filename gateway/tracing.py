@@ -106,7 +106,7 @@ def _parent(carrier: Mapping[str, str]) -> otel_context.Context | None:
     return _PROPAGATOR.extract(carrier) if carrier.get("traceparent") else None
 
 
-def start_request(method: str, path: str, headers: Mapping[str, str]) -> RequestTrace | None:
+def start_request(method: str, path: str, headers: Mapping[str, str], request_id: str) -> RequestTrace | None:
     """Opens the server span of a gateway request and makes it current; None when spans are off."""
     tracer = _tracer
     if tracer is None:
@@ -115,7 +115,7 @@ def start_request(method: str, path: str, headers: Mapping[str, str]) -> Request
         f"{method} {path}",
         context=_parent(headers),
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "url.path": path},
+        attributes={"http.request.method": method, "url.path": path, "gateway.request_id": request_id},
     )
     return _attach(span, None)
 
@@ -183,9 +183,10 @@ def leave(
 
 
 @functools.lru_cache(maxsize=256)
-def _host(base_url: str) -> str:
-    """`server.address` of a backend's base URL."""
-    return urlsplit(base_url).hostname or base_url
+def _server(base_url: str) -> tuple[str, int]:
+    """`server.address` and `server.port` of a backend's base URL."""
+    parts = urlsplit(base_url)
+    return parts.hostname or base_url, parts.port or (80 if parts.scheme == "http" else 443)
 
 
 def start_attempt(
@@ -200,13 +201,15 @@ def start_attempt(
     if rt is not None:
         rt.attempts += 1
         attempt = rt.attempts
+    address, port = _server(base_url)
     return tracer.start_span(
         f"{operation_name(operation)} {deployment}".strip(),
         kind=SpanKind.CLIENT,
         attributes={
             "http.request.method": method,
             "url.full": url,
-            "server.address": _host(base_url),
+            "server.address": address,
+            "server.port": port,
             "gen_ai.provider.name": PROVIDER,
             "gen_ai.operation.name": operation_name(operation),
             "gen_ai.request.model": model,

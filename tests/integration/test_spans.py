@@ -22,6 +22,7 @@ from gateway.pipeline import Inbound
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 KEY = "span-key"
+MODELS = "deployments=gpt-4o-mini"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 CLIENT_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -44,8 +45,8 @@ async def gateway(spans: InMemorySpanExporter) -> AsyncIterator[tuple[Services, 
         services = build_services(
             load_settings(
                 {
-                    "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;deployments=gpt-4o-mini",
-                    "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;deployments=gpt-4o-mini",
+                    "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;{MODELS}",
+                    "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;{MODELS}",
                     "GATEWAY_API_KEYS": f"team-a:{KEY}",
                 }
             )
