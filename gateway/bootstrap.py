@@ -29,6 +29,7 @@ from .telemetry import configure_exporter
 from .tracing import TraceSink
 from .upstream import Transport, Upstream
 from .usage import UsageRecorder
+from .usage_store import UsageCounters, UsageTable
 
 __all__ = ["Services", "build_gateway", "build_services", "instance_id"]
 
@@ -47,9 +48,10 @@ class Services:
     completions: CompletionPublisher | None
     upstream: Upstream  # the aiohttp session (backends, unless a transport was given; Key Vault)
     auth: BackendAuth
+    usage_counters: UsageCounters | None = None  # per-minute usage shared by instances (None: not counted)
 
     async def close(self) -> None:
-        for part in (self.results, self.completions):
+        for part in (self.usage_counters, self.results, self.completions):
             if part is not None:
                 await part.close()
         await self.pool.close()
@@ -71,6 +73,7 @@ def build_services(
     credential: TokenCredential | None = None,
     transport: Transport | None = None,
     clock: Callable[[], float] = time.time,
+    usage_table: UsageTable | None = None,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none)."""
     pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
@@ -80,7 +83,10 @@ def build_services(
     callers = Callers(settings)
     usage = UsageRecorder(settings.usage_file)
     pipeline = Pipeline(settings, attempts, callers, usage)
-    return Services(settings, pool, attempts, callers, usage, pipeline, results, completions, upstream, auth)
+    counters = UsageCounters(usage_table, settings.usage_flush_s, clock) if usage_table else None
+    if counters is not None:
+        usage.add_sink(counters)
+    return Services(settings, pool, attempts, callers, usage, pipeline, results, completions, upstream, auth, counters)
 
 
 def build_gateway(env: Mapping[str, str] | None = None) -> Services:
@@ -92,7 +98,8 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     store = StateStore(lambda: account.table_client(table, storage_credential), instance_id(env))
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
-    services = build_services(settings, store=store, results=results, completions=completions)
+    usage_table = UsageTable(lambda: account.table_client(settings.usage_table, storage_credential), store.instance_id)
+    services = build_services(settings, store=store, results=results, completions=completions, usage_table=usage_table)
     if configure_exporter(env):
         services.usage.add_sink(TraceSink())
     services.usage.add_sink(UsageMetrics())

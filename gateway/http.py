@@ -78,10 +78,18 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
         except errors.GatewayError as exc:
             return to_response(error_outbound(exc))
 
+    @bp.route(route="gateway/usage", methods=["GET"], auth_level=FUNCTION)
+    async def usage(req: Request) -> Response:
+        """Requests and tokens per caller/model/backend/deployment over a window, summed over every instance."""
+        try:
+            return JSONResponse(await operations.usage_view(services.usage_counters, dict(req.query_params)))
+        except errors.GatewayError as exc:
+            return to_response(error_outbound(exc))
+
     @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
     async def stats(req: Request) -> JSONResponse:
         """Counters of this instance: requests handled and storage operations made."""
-        return JSONResponse(operations.stats(pool, pipeline.requests))
+        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters))
 
     @bp.timer_trigger(arg_name="timer", schedule=services.settings.probe_schedule, run_on_startup=False)
     async def probe_backends(timer: func.TimerRequest) -> None:
