@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -51,6 +51,7 @@ class Attempts:
         self.transport = transport
         self.auth = auth
         self.settings = settings
+        self.in_flight: dict[str, int] = {}  # backend name -> answers being awaited or read on this instance
 
     async def next_target(self, model: str, exclude: set[str] | None = None, *, batch: bool = False) -> Target | None:
         """The pool's choice, with the half-open trial claimed; a backend whose trial another instance holds
@@ -109,9 +110,14 @@ class Attempts:
             if span is not None:
                 tracing.inject(span, headers)
         sent_at = time.monotonic()
+        counted = not probe
+        if counted:
+            self.in_flight[backend.name] = self.in_flight.get(backend.name, 0) + 1
         try:
             response = await self.transport.send(method, url, headers, body, total_s=total_s)
         except TransportError as exc:
+            if counted:
+                self.in_flight[backend.name] -= 1
             log.warning("Backend %s: %s", backend.name, exc)
             tracing.end_attempt(span, None, exc.kind)
             if not probe:
@@ -127,7 +133,8 @@ class Attempts:
         self.pool.on_answer(target, status, ttfb_ms, response.headers, retry_after)
         if not retryable:
             tracing.end_attempt(span, status, None, relayed=route is not None)
-            return Attempt(target, response, status, sent_at=sent_at)
+            return Attempt(target, _InFlight(response, self.in_flight, backend.name), status, sent_at=sent_at)
+        self.in_flight[backend.name] -= 1
         log.info("Backend %s answered %d", backend.name, status)
         response.release()
         failure = "throttled" if status == 429 else "failed"
@@ -158,6 +165,36 @@ class Attempts:
         """A complete successful answer: its completion tokens over its duration is the generation speed."""
         if usage is not None and attempt.status == 200:
             self.pool.observe_generation(attempt.target, usage.completion_tokens, time.monotonic() - attempt.sent_at)
+
+
+class _InFlight:
+    """An answer that counts as in flight on its backend until it is released or closed (once)."""
+
+    __slots__ = ("_counts", "_inner", "_name", "headers", "status")
+
+    def __init__(self, inner: UpstreamResponse, counts: dict[str, int], name: str) -> None:
+        self._inner, self._name = inner, name
+        self._counts: dict[str, int] | None = counts
+        self.status, self.headers = inner.status, inner.headers
+
+    async def read(self) -> bytes:
+        return await self._inner.read()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._inner.chunks()
+
+    def release(self) -> None:
+        self._done()
+        self._inner.release()
+
+    def close(self) -> None:
+        self._done()
+        self._inner.close()
+
+    def _done(self) -> None:
+        if self._counts is not None:
+            self._counts[self._name] -= 1
+            self._counts = None
 
 
 def usage_record(

@@ -67,7 +67,7 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     async def list_backends(req: Request) -> JSONResponse:
         """Every backend and its deployments: configuration (secrets masked), breakers, latency, capacity, probe."""
         await pool.refresh_if_due()
-        return JSONResponse(operations.backends_view(pool))
+        return JSONResponse(operations.backends_view(pool, services.attempts.in_flight))
 
     @bp.route(route="gateway/backends/{name}/{action}", methods=["POST"], auth_level=FUNCTION)
     async def change_backend(req: Request) -> Response:

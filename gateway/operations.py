@@ -25,11 +25,15 @@ _MINUTES = {"m": 1, "h": 60, "d": 1440}
 MAX_WINDOW_MINUTES = 31 * 1440
 
 
-def backends_view(pool: BackendPool) -> dict[str, Any]:
+def backends_view(pool: BackendPool, in_flight: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Every backend's configuration and state; `in_flight`: answers awaited or being read on this instance."""
+    backends = pool.describe()
+    for backend in backends:
+        backend["in_flight"] = (in_flight or {}).get(backend["config"]["name"], 0)
     return {
         "instance": pool.instance_id,
         "storage": {"ok": pool.storage_ok, "operations": pool.store.operations if pool.store else 0},
-        "backends": pool.describe(),
+        "backends": backends,
     }
 
 
