@@ -17,7 +17,7 @@ import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
 
-from . import errors, operations
+from . import console, errors, operations
 from .bootstrap import Services
 from .pipeline import Deferred, Inbound, Outbound, error_outbound
 
@@ -77,6 +77,12 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
             return JSONResponse(await operations.change_backend(pool, name, action))
         except errors.GatewayError as exc:
             return to_response(error_outbound(exc))
+
+    @bp.route(route="gateway/console", methods=["GET"], auth_level=FUNCTION)
+    async def operator_console(req: Request) -> Response:
+        """The operator console (open it with ?code=<function key>): backends, callers, tokens, recent work."""
+        body, headers = console.page()
+        return Response(body, status_code=200, headers=headers)
 
     @bp.route(route="gateway/usage", methods=["GET"], auth_level=FUNCTION)
     async def usage(req: Request) -> Response:
