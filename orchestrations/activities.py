@@ -24,7 +24,16 @@ from gateway.headers import forwarded_headers
 from gateway.upstream import TransportError
 from gateway.usage import Usage, response_model, usage_from_json_body
 
-__all__ = ["attempt_backend", "completion_message", "ended", "publish_completion", "result_url", "status_url"]
+__all__ = [
+    "attempt_backend",
+    "completion_message",
+    "ended",
+    "publish_completion",
+    "record_unanswered",
+    "result_url",
+    "since_submitted",
+    "status_url",
+]
 
 # One activity call may not run longer than this (host.json functionTimeout is 10 minutes).
 ACTIVITY_BUDGET_S = 540.0
@@ -84,7 +93,6 @@ async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[
         free_at = pool.earliest_open_until(route.model)
         return _retry(free_at or now + settings.default_retry_after_s, None, None, "no backend available")
 
-    started = time.monotonic()
     headers = forwarded_headers(request["headers"], request["request_id"])
     remaining = min(request["deadline"] - now, ACTIVITY_BUDGET_S)
     attempt = await attempts.forward(target, "POST", route, stored.body, headers, total_s=remaining)
@@ -123,7 +131,7 @@ async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[
     record.response_model = model if isinstance(model, str) else None
     if status == 400 and body.find(b'"content_filter"') >= 0:
         record.outcome = "content_filtered"
-    record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    record.duration_ms = since_submitted(request)
     services.usage.record(record)
     inline = None
     if content_type.startswith("application/json") and len(body) <= settings.result_inline_bytes:
@@ -152,7 +160,7 @@ async def publish_completion(services: Services, payload: dict[str, Any]) -> dic
     if await publish_once(services.completions, services.results, message):
         await services.results.delete_request(request["id"])
         if not outcome.get("http_status"):
-            _record_unanswered(services, request, outcome)
+            record_unanswered(services, request, outcome)
     else:  # retried after a successful publish: answer with what was sent
         message = CompletionMessage(**await services.results.get_completion(request["id"]))
     return {**json.loads(message.body()), "result": outcome.get("result")}
@@ -177,14 +185,24 @@ def completion_message(request: dict[str, Any], outcome: dict[str, Any]) -> Comp
     )
 
 
-def _record_unanswered(services: Services, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+def record_unanswered(services: Services, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """The usage record of async work that ended without a backend answer: expired, cancelled, failed."""
     route = translate.Route(request["api_style"], request["operation"], request["model"], "", "", None)
     status = {"expired": 504, "cancelled": 499}.get(outcome["status"], 503)
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
     record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
-    record.is_async = True
+    record.is_async, record.duration_ms = True, since_submitted(request)
     services.usage.record(record)
+
+
+def since_submitted(request: dict[str, Any]) -> float:
+    """Milliseconds since the request was submitted: an async request's duration is end to end."""
+    try:
+        submitted = datetime.fromisoformat(request["submitted_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return round(max(0.0, time.time() - submitted) * 1000, 3)
 
 
 def _stream_error(exc: AssembleError) -> dict[str, Any]:

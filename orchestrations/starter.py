@@ -22,7 +22,7 @@ from gateway.headers import forwarded_headers
 from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
 from gateway.state_sync import STORAGE_ERRORS
 
-from .activities import completion_message, ended, result_url, status_url
+from .activities import completion_message, ended, record_unanswered, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
 
 __all__ = ["accept", "cancel", "get_result", "get_status", "housekeeping", "publish_cancelled", "start"]
@@ -166,10 +166,11 @@ async def cancel(client: Any, services: Services, inbound: Inbound, instance_id:
 
 async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool:
     """The completion for terminated work; skipped when one was already published for this request."""
-    message = completion_message(request, ended("cancelled", "The request was cancelled.", "cancelled"))
-    if not await publish_once(services.completions, services.results, message):
+    outcome = ended("cancelled", "The request was cancelled.", "cancelled")
+    if not await publish_once(services.completions, services.results, completion_message(request, outcome)):
         return False
     await services.results.delete_request(request["id"])
+    record_unanswered(services, request, outcome)  # cancelled work is counted like every other outcome
     return True
 
 
