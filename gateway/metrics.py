@@ -13,6 +13,8 @@ call and nothing is kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from opentelemetry import metrics
 
 from .usage import UsageRecord, outcome_of
@@ -69,7 +71,12 @@ class UsageMetrics:
         self._first_chunk = meter.create_histogram(
             TIME_TO_FIRST_CHUNK, unit="s", description="Time from the request to the first streamed chunk relayed"
         )
-        self._requests = meter.create_counter(REQUESTS, unit="{request}", description="Requests by outcome")
+        # Counted here and observed at each export: a counter the SDK fed per request would clean and hash
+        # every attribute of every request, the largest part of the metrics' cost per request.
+        self._request_counts: dict[tuple[tuple[str, str | bool | int], ...], int] = {}
+        meter.create_observable_counter(
+            REQUESTS, callbacks=[self._observe_requests], unit="{request}", description="Requests by outcome"
+        )
         self._batch_lines = meter.create_counter(BATCH_LINES, unit="{line}", description="Finished batch lines")
         self._batch_tokens = meter.create_counter(BATCH_TOKENS, unit="{token}", description="Tokens of batch lines")
 
@@ -78,17 +85,26 @@ class UsageMetrics:
             self._batch(record)
             return
         attributes = request_attributes(record)
-        self._requests.add(1, attributes)
+        key = tuple(attributes.items())
+        counts = self._request_counts
+        counts[key] = counts.get(key, 0) + 1
         self._duration.record(record.duration_ms / 1000, attributes)
         if record.first_chunk_ms is not None:
             self._first_chunk.record(record.first_chunk_ms / 1000, attributes)
         usage = record.usage
         if usage is None:
             return
-        attributes["gateway.usage_estimated"] = usage.estimated
-        self._tokens.record(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
+        # Tokens carry what chargeback splits by, not how the request went: every attribute costs the SDK
+        # work per measurement, and this is the one metric recorded twice per request.
+        tokens = token_attributes(record, attributes)
+        tokens["gateway.usage_estimated"] = usage.estimated
+        self._tokens.record(usage.prompt_tokens, {**tokens, "gen_ai.token.type": "input"})
         if usage.completion_tokens or record.operation != "embeddings":
-            self._tokens.record(usage.completion_tokens, {**attributes, "gen_ai.token.type": "output"})
+            self._tokens.record(usage.completion_tokens, {**tokens, "gen_ai.token.type": "output"})
+
+    def _observe_requests(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        """Requests so far per attribute set (cumulative; the exporter sends the difference each interval)."""
+        return [metrics.Observation(n, dict(key)) for key, n in self._request_counts.copy().items()]
 
     def _batch(self, record: UsageRecord) -> None:
         lines = record.batch
@@ -116,7 +132,6 @@ def request_attributes(record: UsageRecord) -> dict[str, str | bool | int]:
         "gateway.streaming": record.streaming,
         "gateway.async": record.is_async,
         "gateway.outcome": outcome_of(record),
-        "http.response.status_code": record.status,
     }
     if record.response_model:
         attributes["gen_ai.response.model"] = record.response_model
@@ -127,6 +142,14 @@ def request_attributes(record: UsageRecord) -> dict[str, str | bool | int]:
     if record.error or record.status >= 400:
         attributes["error.type"] = record.error or str(record.status)
     return attributes
+
+
+_NOT_ON_TOKENS = ("gateway.outcome", "gateway.streaming", "gateway.async", "error.type")
+
+
+def token_attributes(record: UsageRecord, attributes: dict[str, str | bool | int]) -> dict[str, str | bool | int]:
+    """The request's attributes that chargeback and tokens-per-minute group by (see docs/queries)."""
+    return {k: v for k, v in attributes.items() if k not in _NOT_ON_TOKENS}
 
 
 _transitions: metrics.Counter | None = None

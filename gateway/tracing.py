@@ -201,6 +201,8 @@ def start_attempt(
     if rt is not None:
         rt.attempts += 1
         attempt = rt.attempts
+        if not rt.span.is_recording():
+            return None  # the request's trace was sampled out: its attempts would be too
     address, port = _server(base_url)
     return tracer.start_span(
         f"{operation_name(operation)} {deployment}".strip(),
@@ -289,4 +291,6 @@ class TraceSink:
     def __call__(self, record: UsageRecord) -> None:
         rt = record.trace
         if isinstance(rt, RequestTrace) and not rt.ended:
-            rt.end(record_attributes(record), error=record.status >= 500 or outcome_of(record) == "failed")
+            recording = rt.span.is_recording()  # a sampled-out request: end its spans, skip its attributes
+            attributes = record_attributes(record) if recording else {}
+            rt.end(attributes, error=recording and (record.status >= 500 or outcome_of(record) == "failed"))
