@@ -29,11 +29,12 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from .state_sync import STORAGE_ERRORS
 from .usage import UsageRecord, outcome_of
 
-__all__ = ["DIMENSIONS", "Counts", "UsageCounters", "UsageTable", "minute_key"]
+__all__ = ["DIMENSIONS", "RETENTION_DAYS", "Counts", "UsageCounters", "UsageTable", "minute_key"]
 
 log = logging.getLogger("gateway.usage_store")
 
 DIMENSIONS = ("caller", "model", "backend", "deployment")
+RETENTION_DAYS = 32  # the usage API's longest window is 31 days; housekeeping deletes older rows
 _BATCH = 100  # operations per Table transaction (the service's limit)
 
 Key = tuple[int, str, str, str, str]  # (epoch minute, caller, model, backend, deployment)
@@ -118,6 +119,25 @@ class UsageTable:
                 counts = Counts(**{f: int(e.get(column) or 0) for f, column in _COLUMNS.items()})
                 out.append((key, str(e.get("Instance", "")), counts))
         return out
+
+    async def purge(self, before_minute: int) -> int:
+        """Deletes every instance's rows of the minutes before `before_minute` (housekeeping); returns how many."""
+        table = await self._client()
+        self.operations += 1
+        old: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        with contextlib.suppress(ResourceNotFoundError):
+            query = table.query_entities(
+                "PartitionKey lt @before", parameters={"before": minute_key(before_minute)}, select=["PartitionKey", "RowKey"]
+            )
+            async for e in query:
+                old.setdefault(e["PartitionKey"], []).append(
+                    ("delete", {"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"]})
+                )
+        for operations in old.values():
+            for start in range(0, len(operations), _BATCH):
+                self.operations += 1
+                await table.submit_transaction(operations[start : start + _BATCH])
+        return sum(len(ops) for ops in old.values())
 
     async def close(self) -> None:
         if self._table is not None:

@@ -21,6 +21,7 @@ from gateway.completions import publish_once
 from gateway.headers import forwarded_headers
 from gateway.pipeline import Deferred, Inbound, Outbound, prefers_async
 from gateway.state_sync import STORAGE_ERRORS
+from gateway.usage_store import RETENTION_DAYS
 
 from .activities import completion_message, ended, record_unanswered, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
@@ -176,7 +177,8 @@ async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool
 
 async def housekeeping(client: Any, services: Services) -> dict[str, int]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
-    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS. Two filtered queries, not a full list."""
+    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS, and usage rows older than the usage API's
+    longest window. Filtered queries, not full lists."""
     from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
 
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.purge_after_days)
@@ -190,7 +192,11 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
         await services.results.delete(status.instance_id)
         await client.purge_instance_history(status.instance_id)
         purged += 1
-    return {"cancelled_published": cancelled, "purged": purged}
+    usage_rows = 0
+    if services.usage_counters is not None:  # per-minute usage rows past the usage API's longest window
+        before = int(time.time() // 60) - RETENTION_DAYS * 1440
+        usage_rows = await services.usage_counters.table.purge(before)
+    return {"cancelled_published": cancelled, "purged": purged, "usage_rows_purged": usage_rows}
 
 
 async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:

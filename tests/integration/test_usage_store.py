@@ -118,3 +118,17 @@ async def test_a_storage_outage_keeps_the_counts_for_the_next_flush():
             assert [c.requests for _, c in rows] == [2]  # the row is written whole: both records, once each
         finally:
             await counters.close()
+
+
+async def test_housekeeping_purges_rows_older_than_the_usage_windows(azurite):
+    name = "usage" + uuid.uuid4().hex[:10]
+    old = UsageCounters(table(azurite, name, "i1"), flush_interval_s=3600)
+    try:
+        old(record(timestamp=THIS_MINUTE - 40 * 86400))  # 40 days ago
+        old(record())
+        await old.flush()
+        assert await old.table.purge(int(THIS_MINUTE // 60) - 32 * 1440) == 1
+        rows, _ = await old.query(0, int(time.time() // 60))
+        assert [key[0] for key, _ in rows] == [int(THIS_MINUTE // 60)]
+    finally:
+        await old.close()
