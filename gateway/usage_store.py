@@ -127,7 +127,9 @@ class UsageTable:
         old: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         with contextlib.suppress(ResourceNotFoundError):
             query = table.query_entities(
-                "PartitionKey lt @before", parameters={"before": minute_key(before_minute)}, select=["PartitionKey", "RowKey"]
+                "PartitionKey lt @before",
+                parameters={"before": minute_key(before_minute)},
+                select=["PartitionKey", "RowKey"],
             )
             async for e in query:
                 old.setdefault(e["PartitionKey"], []).append(
