@@ -720,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench.start_gateway(name, root)
             if args.with_exporter:
                 ingestion = bench.stack.enter_context(_local_ingestion())
-                bench.start_gateway(EXPORTER_TARGET, extra_env=_exporter_env(ingestion, args.exporter_sampler))
+                retry_files = bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-otel-"))
+                env = _exporter_env(ingestion, args.exporter_sampler) | {"TMPDIR": retry_files}
+                bench.start_gateway(EXPORTER_TARGET, extra_env=env)
                 extras[EXPORTER_TARGET] = args.gateway_root
                 bench.stack.callback(lambda: bench.notes.append(
                     f"{EXPORTER_TARGET}: the local ingestion endpoint received {len(ingestion.items)} telemetry items"))
