@@ -12,7 +12,7 @@ STAMP_NPM := node_modules/.installed
 PORT ?= 7071
 FAKE_PORT ?= 18080
 
-.PHONY: help venv deps run test typecheck lint clean bench smoke
+.PHONY: help venv deps browser run test typecheck lint clean bench smoke
 
 help:
 	@echo "make run    - run the gateway locally (func start if Core Tools exist, else the development host)"
@@ -41,9 +41,16 @@ local.settings.json:
 run: deps local.settings.json
 	@$(PY) -m tests.support.run_local --port $(PORT) --fake-port $(FAKE_PORT)
 
-test: deps
+test: deps browser
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# Chromium for the operator console's browser test (tests/e2e/test_console.py), driven by the playwright package:
+# installed with apt-get when missing and we are root; otherwise that test skips and says why. No browser download.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null || true; }; } || true
+	@command -v chromium >/dev/null || echo "chromium not available: the console's browser test will skip"
 
 typecheck: venv
 	$(PY) -m mypy

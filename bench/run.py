@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import concurrency, concurrency_report, loadgen, procstat
 from gateway.config import SETTINGS
@@ -56,6 +57,7 @@ API_VERSION = "2024-10-21"
 AZURE_PATH = f"/openai/deployments/{MODEL}/chat/completions?api-version={API_VERSION}"
 STREAM_CHUNKS = 50
 TARGET_ORDER = ("direct", "floor-aiohttp", "floor-asgi", "gateway", "litellm")
+EXPORTER_TARGET = "gateway+otel"  # --with-exporter: the gateway exporting to a local ingestion endpoint
 ROW_KEYS = (
     "target", "workload", "rps", "p50_ms", "p90_ms", "p99_ms", "ttfb_p50_ms", "cpu_ms_per_req", "peak_rss_mb",
     "errors", "storage_ops_per_req",
@@ -185,13 +187,14 @@ class Bench:
         self.storage.start()
         self.stack.callback(self.storage.stop)
 
-    def start_gateway(self, name: str = "gateway", root: Path | None = None) -> None:
+    def start_gateway(self, name: str = "gateway", root: Path | None = None,
+                      extra_env: dict[str, str] | None = None) -> None:
         if self.storage is None:
             self.start_storage()
         port = free_port(HOST)
         root = root or self.args.gateway_root
         proc = self.spawn(name, _devhost_command(port, "function_app", root), port,
-                          gateway_env(self.fake_url, self.storage), root=root)
+                          gateway_env(self.fake_url, self.storage) | (extra_env or {}), root=root)
         target = self._add_proxy(name, port, proc, AZURE_PATH, {"api-key": GATEWAY_KEY})
         target.stats_url = f"{target.base_url}/gateway/stats"
 
@@ -309,6 +312,28 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def _local_ingestion() -> Iterator[Any]:
+    """A local Application Insights ingestion endpoint in this process (tests/support/ingestion.py)."""
+    from tests.support.ingestion import IngestionEndpoint
+
+    endpoint = IngestionEndpoint()
+    with endpoint.threaded():
+        yield endpoint
+
+
+def _exporter_env(ingestion: Any, sampler: str) -> dict[str, str]:
+    """The exporter on, with production intervals, against the local endpoint; nothing sent to Microsoft."""
+    env = {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": ingestion.connection_string,
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+    }
+    if sampler:
+        env["OTEL_TRACES_SAMPLER"] = sampler
+    return env
 
 
 def _devhost_command(port: int, app: str, root: Path = REPO_ROOT) -> list[str]:
@@ -627,6 +652,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-gateway", action="append", default=[], metavar="NAME=PATH",
                         help="another gateway target run from checkout PATH, measured alternately with the others "
                         "(before/after comparisons of a patch in one run)")
+    parser.add_argument("--with-exporter", action="store_true",
+                        help=f"also measure '{EXPORTER_TARGET}': the gateway exporting to Application Insights (a "
+                        "local ingestion endpoint), alternated with the plain gateway (export overhead)")
+    parser.add_argument("--exporter-sampler", default="",
+                        help="OTEL_TRACES_SAMPLER for that target (default: the distro's, 5 traces/s; always_on)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (paths on stderr)")
     defaults = concurrency.SweepConfig()
@@ -710,6 +740,14 @@ def main(argv: list[str] | None = None) -> int:
                     starters[name]()
             for name, root in extras.items():
                 bench.start_gateway(name, root)
+            if args.with_exporter:
+                ingestion = bench.stack.enter_context(_local_ingestion())
+                retry_files = bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-otel-"))
+                env = _exporter_env(ingestion, args.exporter_sampler) | {"TMPDIR": retry_files}
+                bench.start_gateway(EXPORTER_TARGET, extra_env=env)
+                extras[EXPORTER_TARGET] = args.gateway_root
+                bench.stack.callback(lambda: bench.notes.append(
+                    f"{EXPORTER_TARGET}: the local ingestion endpoint received {len(ingestion.items)} telemetry items"))
             names = [t for t in TARGET_ORDER if t in wanted and t in bench.targets] + list(extras)
             for name in names:  # every target must answer both kinds before anything is measured
                 for stream in (False, True):

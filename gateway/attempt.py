@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from . import surface, translate
+from . import surface, tracing, translate
 from .config import Settings
 from .credentials import BackendAuth
 from .pool import BackendPool, Target
@@ -50,6 +50,7 @@ class Attempts:
         self.transport = transport
         self.auth = auth
         self.settings = settings
+        self.in_flight: dict[str, int] = {}  # backend name -> answers being awaited or read on this instance
 
     async def next_target(
         self,
@@ -85,7 +86,7 @@ class Attempts:
         body, injected = upstream.body, False
         if route.streaming and backend.parses_usage and surface.OPERATIONS[route.operation].counted:
             body, injected = prepare_stream_request(body, upstream.json or {})
-        attempt = await self.send(target, method, upstream.path, headers, body, total_s=total_s)
+        attempt = await self.send(target, method, upstream.path, headers, body, total_s=total_s, route=route)
         attempt.injected = injected
         return attempt
 
@@ -99,19 +100,31 @@ class Attempts:
         *,
         total_s: float | None,
         probe: bool = False,
+        route: translate.Route | None = None,
     ) -> Attempt:
         """Sends to the target's backend with its credential and learns from what comes back.
 
         A retryable answer is released here and reported as a failure; any other answer is returned for the
         caller to read (`read`, or chunk by chunk with `broke` on a break). A probe teaches latency only.
+        Every attempt but a probe is a client span; the span of an answer to relay ends with its usage record.
         """
         backend = target.backend
+        url = backend.host + path
         headers = {**headers, **await self.auth.headers(backend)}
+        span = None
+        if not probe and tracing.enabled():
+            operation, model = (route.operation, route.model) if route else (path.rsplit("/", 1)[-1], "")
+            span = tracing.start_attempt(backend.host, method, url, backend.name, target.deployment, operation, model)
+            if span is not None:
+                tracing.inject(span, headers)
         sent_at = time.monotonic()
+        counted = not probe
+        if counted:
+            self.in_flight[backend.name] = self.in_flight.get(backend.name, 0) + 1
         try:
             response = await self.transport.send(
                 method,
-                backend.host + path,
+                url,
                 headers,
                 body,
                 total_s=total_s,
@@ -119,7 +132,10 @@ class Attempts:
                 read_s=backend.timeout_s,
             )
         except TransportError as exc:
+            if counted:
+                self.in_flight[backend.name] -= 1
             log.warning("Backend %s: %s", backend.name, exc)
+            tracing.end_attempt(span, None, exc.kind)
             # A request whose own deadline (sync budget, TTL) ran out did not find the backend failing.
             own_deadline = exc.kind == "timeout" and total_s is not None and time.monotonic() - sent_at >= total_s
             if not probe and not own_deadline:
@@ -134,10 +150,13 @@ class Attempts:
         retry_after = retry_after_seconds(response.headers) if retryable else None
         self.pool.on_answer(target, status, ttfb_ms, response.headers, retry_after)
         if not retryable:
-            return Attempt(target, response, status, sent_at=sent_at)
+            tracing.end_attempt(span, status, None, relayed=route is not None)
+            return Attempt(target, _InFlight(response, self.in_flight, backend.name), status, sent_at=sent_at)
+        self.in_flight[backend.name] -= 1
         log.info("Backend %s answered %d", backend.name, status)
         response.release()
         failure = "throttled" if status == 429 else "failed"
+        tracing.end_attempt(span, status, failure)
         return Attempt(target, None, status, retry_after_s=retry_after, failure=failure, sent_at=sent_at)
 
     async def read(self, attempt: Attempt) -> bytes:
@@ -166,6 +185,36 @@ class Attempts:
             self.pool.observe_generation(attempt.target, usage.completion_tokens, time.monotonic() - attempt.sent_at)
 
 
+class _InFlight:
+    """An answer that counts as in flight on its backend until it is released or closed (once)."""
+
+    __slots__ = ("_counts", "_inner", "_name", "headers", "status")
+
+    def __init__(self, inner: UpstreamResponse, counts: dict[str, int], name: str) -> None:
+        self._inner, self._name = inner, name
+        self._counts: dict[str, int] | None = counts
+        self.status, self.headers = inner.status, inner.headers
+
+    async def read(self) -> bytes:
+        return await self._inner.read()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._inner.chunks()
+
+    def release(self) -> None:
+        self._done()
+        self._inner.release()
+
+    def close(self) -> None:
+        self._done()
+        self._inner.close()
+
+    def _done(self) -> None:
+        if self._counts is not None:
+            self._counts[self._name] -= 1
+            self._counts = None
+
+
 def usage_record(
     route: translate.Route,
     target: Target | None,
@@ -190,6 +239,7 @@ def usage_record(
         usage=None,
         caller=caller,
         error=error,
+        trace=tracing.hold(),
     )
 
 

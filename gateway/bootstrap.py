@@ -24,6 +24,7 @@ from .credentials import BackendAuth, TokenCredential, storage_credential
 from .entra import EntraValidator
 from .governance import Governance
 from .limiter import Limiter
+from .metrics import UsageMetrics
 from .pipeline import Pipeline
 from .pool import BackendPool
 from .quotas import Quotas
@@ -31,9 +32,11 @@ from .results import ResultStore
 from .slots import Slots
 from .state_store import StateStore
 from .storage import storage_account
-from .telemetry import UsageMetrics, configure_exporter
+from .telemetry import configure_exporter
+from .tracing import TraceSink
 from .upstream import Transport, Upstream
 from .usage import UsageRecorder
+from .usage_store import UsageCounters, UsageTable
 
 __all__ = ["Services", "build_gateway", "build_services", "instance_id", "leases_table"]
 
@@ -55,9 +58,10 @@ class Services:
     upstream: Upstream  # the aiohttp session (backends, unless a transport was given; Key Vault)
     auth: BackendAuth
     affinity: Affinity  # which backend keeps each response id (Responses API)
+    usage_counters: UsageCounters | None = None  # per-minute usage shared by instances (None: not counted)
 
     async def close(self) -> None:
-        for part in (self.results, self.completions):
+        for part in (self.usage_counters, self.results, self.completions):
             if part is not None:
                 await part.close()
         await self.affinity.close()
@@ -85,6 +89,7 @@ def build_services(
     leases: Callable[[], Any] | None = None,
     affinity: Affinity | None = None,
     clock: Callable[[], float] = time.time,
+    usage_table: UsageTable | None = None,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none).
 
@@ -105,6 +110,9 @@ def build_services(
     slots = Slots(settings.backends, leases, instance, settings.aging_s)
     affinity = affinity or Affinity(None)  # None: response ids are known to this process only
     pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots, affinity)
+    counters = UsageCounters(usage_table, settings.usage_flush_s, clock) if usage_table else None
+    if counters is not None:
+        usage.add_sink(counters)
     return Services(
         settings,
         pool,
@@ -119,6 +127,7 @@ def build_services(
         upstream,
         auth,
         affinity,
+        counters,
     )
 
 
@@ -138,6 +147,7 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     results = ResultStore(account, settings.results_container, storage_credential)
     completions = build_publisher(settings, account, storage_credential)
     affinity = Affinity(lambda: account.table_client(affinity_table(table), storage_credential))
+    usage_table = UsageTable(lambda: account.table_client(settings.usage_table, storage_credential), store.instance_id)
     services = build_services(
         settings,
         store=store,
@@ -145,7 +155,9 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
         completions=completions,
         leases=lambda: account.table_client(leases, storage_credential),
         affinity=affinity,
+        usage_table=usage_table,
     )
-    configure_exporter(env)
+    if configure_exporter(env):
+        services.usage.add_sink(TraceSink())
     services.usage.add_sink(UsageMetrics())
     return services

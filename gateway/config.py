@@ -60,6 +60,8 @@ class Settings:
     max_attempts: int = _D["max_attempts"]
     max_body_bytes: int = _D["max_body_bytes"]
     usage_file: str | None = _D["usage_file"]
+    usage_table: str = _D["usage_table"]
+    usage_flush_s: float = _D["usage_flush_s"]
     strategy: str = _D["strategy"]
     strategies: Mapping[str, str] = _D["strategies"]  # model -> strategy
     # connection string (may hold an account key); "" = the host's AzureWebJobsStorage

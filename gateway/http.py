@@ -19,7 +19,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response, StreamingResponse
 from starlette.requests import ClientDisconnect  # what FastAPI's Request raises; the extension is built on it
 
-from . import errors, guard, operations
+from . import console, errors, guard, operations
 from .bodies import check_declared_length, read_capped
 from .bootstrap import Services
 from .deferral import Deferred
@@ -77,7 +77,7 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     async def list_backends(req: Request) -> JSONResponse:
         """Every backend and its deployments: configuration (secrets masked), breakers, latency, capacity, probe."""
         await pool.refresh_if_due()
-        return JSONResponse(operations.backends_view(pool))
+        return JSONResponse(operations.backends_view(pool, services.attempts.in_flight))
 
     @bp.route(route="gateway/backends/{name}/{action}", methods=["POST"], auth_level=FUNCTION)
     async def change_backend(req: Request) -> Response:
@@ -85,10 +85,24 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
         name, action = req.url.path.rstrip("/").split("/")[-2:]
         return await _operate(operations.change_backend(pool, name, action))
 
+    @bp.route(route="gateway/console", methods=["GET"], auth_level=FUNCTION)
+    async def operator_console(req: Request) -> Response:
+        """The operator console (open it with ?code=<function key>): backends, callers, tokens, recent work."""
+        body, headers = console.page()
+        return Response(body, status_code=200, headers=headers)
+
+    @bp.route(route="gateway/usage", methods=["GET"], auth_level=FUNCTION)
+    async def usage(req: Request) -> Response:
+        """Requests and tokens per caller/model/backend/deployment over a window, summed over every instance."""
+        try:
+            return JSONResponse(await operations.usage_view(services.usage_counters, dict(req.query_params)))
+        except errors.GatewayError as exc:
+            return to_response(error_outbound(exc))
+
     @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
     async def stats(req: Request) -> JSONResponse:
         """Counters of this instance: requests handled, storage operations made and per second (last minute)."""
-        return JSONResponse(operations.stats(pool, pipeline.requests))
+        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters))
 
     @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)
     async def list_callers(req: Request) -> JSONResponse:

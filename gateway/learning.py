@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from .breakers import HALF_OPEN, OPEN, SAME_UNTIL_S, SharedBreaker
+from .metrics import breaker_transition
 from .pool_state import BackendState, DeploymentState, PoolState, Target, _Scope
 from .state_sync import SharedState
 
@@ -87,6 +88,7 @@ class Learner:
             return  # already open about that long (in-flight requests' 429s): no transition, no write
         scope.breaker = scope.breaker.tripped_until(until, reason)
         log.warning("Breaker of %s open for %.1f s (%s)", scope.key, until - now, reason)
+        breaker_transition(scope.key, "open", reason)
         self._sync.persist(scope.key, lambda current: current.extended_to(until, reason))
 
     def _failure(self, backend: BackendState, now: float, reason: str) -> None:
@@ -99,6 +101,7 @@ class Learner:
     def _close(self, scope: _Scope) -> None:
         scope.breaker = scope.breaker.closed()
         log.info("Breaker of %s closed (trial succeeded)", scope.key)
+        breaker_transition(scope.key, "closed", "trial succeeded")
         now = self._state.clock()
 
         def close(current: SharedBreaker) -> SharedBreaker | None:

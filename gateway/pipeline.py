@@ -2,8 +2,8 @@
 
 Independent of the hosting layer: it takes an `Inbound` and returns an `Outbound` whose body is either bytes
 or an async iterator relayed chunk by chunk. Backend answers are passed through unchanged apart from the
-headers the gateway owns; only the gateway's own errors use the OpenAI error shape. Every request that
-reached a backend leaves one usage record, whether or not an answer was relayed.
+headers the gateway owns; only the gateway's own errors use the OpenAI error shape. Every request routed to a
+model leaves one usage record, whether or not an answer was relayed, and one server span (gateway.tracing).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from . import errors, guard, translate, validate
+from . import errors, guard, tracing, translate, validate
 from .affinity import Affinity
 from .attempt import Attempt, Attempts, usage_record
 from .callers import Caller, Callers
@@ -108,14 +108,16 @@ class Pipeline:
         """
         request_id = client_request_id(inbound.headers) or os.urandom(16).hex()
         self.requests += 1
+        span = tracing.start_request(inbound.method, inbound.path, inbound.headers, request_id)
         try:
-            return await self._handle(inbound, request_id, defer)
+            out = await self._handle(inbound, request_id, defer)
         except errors.GatewayError as exc:
-            error = exc
+            out = error_outbound(exc, request_id)
         except Exception:
             log.exception("Unexpected failure (request %s)", request_id)  # the trace goes to logs, not the client
-            error = errors.internal_error()
-        return error_outbound(error, request_id)
+            out = error_outbound(errors.internal_error(), request_id)
+        tracing.leave(span, out.status, streaming=out.stream is not None)
+        return out
 
     async def _handle(self, inbound: Inbound, request_id: str, defer: Defer | None) -> Outbound:
         started = time.monotonic()

@@ -24,7 +24,7 @@ from .slots import Slot
 from .streaming import SseUsageTap
 from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
-from .usage import Usage, UsageRecord, UsageRecorder, usage_from_json_body
+from .usage import Usage, UsageRecord, UsageRecorder, response_model, usage_from_json_body
 
 __all__ = ["Relay"]
 
@@ -78,6 +78,9 @@ class Relay:
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
         if target.backend.parses_usage:
             record.usage = await self._counted(route, usage_from_json_body(body))
+            record.response_model = response_model(body)
+            if response.status == 400 and body.find(b'"content_filter"') >= 0:
+                record.outcome = "content_filtered"
             self.attempts.finished(attempt, record.usage)
         if response.status < 300 and keeps_response(route):
             await self._remember(_response_id(body), record, route)
@@ -107,6 +110,8 @@ class Relay:
         remember = response.status < 300 and keeps_response(route)
         try:
             async for data in response.chunks():
+                if record.first_chunk_ms is None:  # time to first chunk, from the start of the request
+                    record.first_chunk_ms = round((time.monotonic() - started) * 1000, 3)
                 if tap is not None:
                     data = tap.feed(data)
                     if remember and tap.response_id is not None:
@@ -144,6 +149,7 @@ class Relay:
                 record.usage = await self._counted(route, tap.usage)
             else:  # counting loads the tokenizer on first use (~0.2 s): keep it off the event loop
                 record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+            record.response_model = tap.response_model()
         self.finish(record, started, admission)
         return True
 

@@ -261,6 +261,10 @@ ENTRIES: tuple[Setting, ...] = (
        "larger request bodies get 413"),
     _S("GATEWAY_USAGE_FILE", "usage_file", "", _text_or_none,
        "append usage records as JSON lines (local chargeback/debugging)"),
+    _S("GATEWAY_USAGE_TABLE", "usage_table", "gatewayusage", _table_name,
+       "table of the per-minute usage counters behind `GET /gateway/usage` (in the state storage account)"),
+    _S("GATEWAY_USAGE_FLUSH_S", "usage_flush_s", "10", _number(float, minimum=1),
+       "an instance writes its usage counters at most this often (nothing is written per request)"),
     # Backend pool: strategies, shared breaker state, probes.
     _S("GATEWAY_STRATEGY", "strategy", "priority", _strategy,
        "strategy within a priority tier: `priority`, `weighted`, `round-robin`, `random`, `latency`, `capacity`"),

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.sse import BOM, SseFramer, event_data, iter_payloads, json_object, split_events
 from gateway.tokens import call_texts
-from gateway.usage import Usage
+from gateway.usage import Usage, response_model
 
 __all__ = ["SseUsageTap", "prepare_stream_request"]
 
@@ -144,6 +144,13 @@ class SseUsageTap:
             if _USAGE in rest and self._usage_state(rest)[0]:
                 self._capture(json_object(event_data(rest)))
         return rest
+
+    def response_model(self) -> str | None:
+        """The `model` the backend named in its last event that names one (gen_ai.response.model)."""
+        for block in reversed(self._raw):
+            if model := response_model(block):
+                return model
+        return None
 
     # -- per-event work (only for blocks that mention "usage") --
 

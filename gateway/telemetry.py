@@ -1,96 +1,77 @@
-"""Token usage and duration as OpenTelemetry metrics, exported to Application Insights when configured.
+"""Export to Application Insights (Azure Monitor OpenTelemetry) when APPLICATIONINSIGHTS_CONNECTION_STRING is set.
 
-Metrics follow the OpenTelemetry GenAI semantic conventions (`gen_ai.client.token.usage` with
-`gen_ai.token.type` input/output, `gen_ai.client.operation.duration`) plus `gateway.*` attributes for the
-backend, deployment, caller and whether the count is an estimate, so chargeback queries need no log parsing.
-`azure-monitor-opentelemetry` is configured only when APPLICATIONINSIGHTS_CONNECTION_STRING is set (it raises
-without one); with APPLICATIONINSIGHTS_AUTHENTICATION_STRING `Authorization=AAD` it exports with the app's
-identity, as local auth is disabled on the Application Insights resource.
+What goes where, and why (docs/architecture.md, "Observability"):
+- traces: our spans only (gateway.tracing): the server span of each gateway request is its `requests` row, so
+  host.json turns the Functions host's own request telemetry off (`Host.Results: None`) and nothing is
+  counted twice; the distro's auto-instrumentations are off (FastAPI would add a second server span per
+  request, the Azure SDK one dependency per background state refresh);
+- metrics: usage, outcomes, breakers and batches (gateway.metrics), never sampled;
+- logs: not exported from here. The host already forwards the worker's logs (warnings and up, host.json),
+  and exporting them twice would duplicate every line.
+With APPLICATIONINSIGHTS_AUTHENTICATION_STRING `Authorization=AAD[;ClientId=...]` the exporter authenticates
+with the app's (user-assigned) identity, as Bicep deploys it: the component refuses instrumentation keys.
+`azure-monitor-opentelemetry` raises without a connection string, and is never imported without one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from opentelemetry import metrics
+from . import tracing
 
-from .usage import UsageRecord
-
-__all__ = ["UsageMetrics", "configure_exporter"]
+__all__ = ["AUTO_INSTRUMENTATIONS", "configure_exporter", "exporter_options"]
 
 log = logging.getLogger("gateway.telemetry")
 
-# gen_ai.operation.name values for the operations the gateway forwards.
-_OPERATIONS = {
-    "chat/completions": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-    "images/generations": "generate_content",
-    "images/edits": "generate_content",
-    "responses": "chat",  # the semantic conventions' name for the Responses API's create call
-}
+# The distro's auto-instrumentations, all off: our spans are the only ones (see the module docstring).
+AUTO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3")
 
 
-def configure_exporter(env: Mapping[str, str]) -> bool:
-    """Sets up Azure Monitor export once per process; False (and nothing imported) when not configured."""
-    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "")
+def exporter_options(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The `configure_azure_monitor` options for these settings; None when no connection string is set."""
+    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip()
     if not connection:
-        return False
-    from azure.monitor.opentelemetry import configure_azure_monitor
-
-    options: dict[str, Any] = {"connection_string": connection, "logger_name": "gateway"}
+        return None
+    options: dict[str, Any] = {
+        "connection_string": connection,
+        "instrumentation_options": {name: {"enabled": False} for name in AUTO_INSTRUMENTATIONS},
+        # Live metrics poll every second per instance and the performance counters add a processor per span:
+        # both cost CPU on the request path; the Functions host reports process counters itself.
+        "enable_live_metrics": False,
+        "enable_performance_counters": False,
+    }
     auth = dict(
         part.split("=", 1)
         for part in env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").split(";")
         if "=" in part
     )
-    if auth.get("Authorization", "").upper() == "AAD":
+    if auth.get("Authorization", "").strip().upper() == "AAD":
         from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
-        client_id = auth.get("ClientId")
+        client_id = auth.get("ClientId", "").strip()
         options["credential"] = (
             ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()
         )
+    return options
+
+
+def configure_exporter(env: Mapping[str, str], process_env: MutableMapping[str, str] | None = None) -> bool:
+    """Sets up Azure Monitor export and our spans once per process; False (nothing imported) when not configured.
+
+    `process_env` is where the distro reads its OTEL_* variables (os.environ): logs are turned off there
+    unless the operator chose otherwise (OTEL_LOGS_EXPORTER).
+    """
+    options = exporter_options(env)
+    if options is None:
+        return False
+    process_env = os.environ if process_env is None else process_env
+    process_env.setdefault("OTEL_LOGS_EXPORTER", "none")
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
     configure_azure_monitor(**options)
-    log.info("Exporting metrics and logs to Application Insights")
+    tracing.enable()
+    log.info("Exporting traces and metrics to Application Insights")
     return True
-
-
-class UsageMetrics:
-    """A usage-recorder sink: one token histogram per direction and one duration histogram."""
-
-    def __init__(self, meter: metrics.Meter | None = None) -> None:
-        meter = meter or metrics.get_meter("azure-ai-gateway")
-        self._tokens = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per request, by direction"
-        )
-        self._duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="Gateway request duration, attempts included"
-        )
-
-    def __call__(self, record: UsageRecord) -> None:
-        attributes: dict[str, str | bool | int] = {
-            "gen_ai.provider.name": "azure.ai.openai",
-            "gen_ai.operation.name": _OPERATIONS.get(record.operation, record.operation),
-            "gen_ai.request.model": record.model or "",
-            "gateway.deployment": record.deployment or "",
-            "gateway.backend": record.backend or "",
-            "gateway.api_style": record.api_style,
-            "gateway.streaming": record.streaming,
-            "gateway.attempts": record.attempts,
-            "http.response.status_code": record.status,
-        }
-        if record.caller:
-            attributes["gateway.caller"] = record.caller
-        if record.error or record.status >= 400:
-            attributes["error.type"] = record.error or str(record.status)
-        self._duration.record(record.duration_ms / 1000, attributes)
-        usage = record.usage
-        if usage is None:
-            return
-        attributes["gateway.usage_estimated"] = usage.estimated
-        self._tokens.record(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
-        if usage.completion_tokens or record.operation != "embeddings":
-            self._tokens.record(usage.completion_tokens, {**attributes, "gen_ai.token.type": "output"})

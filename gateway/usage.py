@@ -16,9 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "OUTCOMES",
+    "BatchLines",
     "Usage",
     "UsageRecord",
     "UsageRecorder",
+    "outcome_of",
+    "response_model",
     "usage_from_json_body",
 ]
 
@@ -139,7 +143,51 @@ def _last_member_usage(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and text[end:].strip() == "}" else None
 
 
+_MODEL_MEMBER = b'"model":'
+
+
+def response_model(body: bytes) -> str | None:
+    """The `model` an OpenAI/Azure answer (or SSE block) names, read from its last `"model":` member.
+
+    Inside JSON strings quotes are escaped, so an unescaped `"model":` is a member; the last one is the
+    top-level one in Azure's answers (after `choices`). Never raises; None when there is none.
+    """
+    i = body.rfind(_MODEL_MEMBER)
+    if i < 0:
+        return None
+    start = body.find(b'"', i + len(_MODEL_MEMBER))
+    end = body.find(b'"', start + 1) if start >= 0 else -1
+    if start < 0 or end < 0 or end - start > 200 or body[i + len(_MODEL_MEMBER) : start].strip():
+        return None
+    try:
+        return body[start + 1 : end].decode() or None
+    except UnicodeDecodeError:
+        return None
+
+
 # --- per-request record ------------------------------------------------------------------------
+
+# How a request ended, for the request counter, the usage API and the queries: one value per record.
+OUTCOMES = (
+    "success",
+    "throttled_backend",  # every backend answered 429 (or was cooling down)
+    "throttled_caller",  # refused by the caller's own limit before any backend was tried
+    "refused",  # refused by governance: a suspended caller, a model outside its profile's allow-list
+    "content_filtered",  # the backend's content filter refused the prompt (400 content_filter)
+    "client_error",  # any other 4xx from the backend: the request itself was wrong
+    "failed",  # 5xx, timeouts, broken connections: no usable answer
+    "expired",  # async work past its deadline
+    "cancelled",  # async work cancelled by its caller
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLines:
+    """How the lines of a finished batch ended (a batch is one record: its usage is the sum of its lines)."""
+
+    total: int
+    succeeded: int
+    failed: int
 
 
 @dataclass(slots=True)
@@ -160,6 +208,14 @@ class UsageRecord:
     profile: str | None = None  # the caller's profile
     priority: int | None = None  # the request's lane priority (1 highest .. 9)
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
+    # Set by whoever knows better than status/error (a caller-limit refusal: "throttled_caller"); see outcome_of.
+    outcome: str | None = None
+    is_async: bool = False  # served by the durable async path (an activity) or a batch
+    first_chunk_ms: float | None = None  # streams: from the start of the request to the first chunk relayed
+    response_model: str | None = None  # the model the backend says answered (gen_ai.response.model)
+    batch: BatchLines | None = None  # a finished batch: its lines
+    # The request's open spans (gateway.tracing.RequestTrace), ended by the tracing sink; never serialized.
+    trace: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Flat JSON-friendly dict with a stable key set (token fields are None when usage is unknown)."""
@@ -186,7 +242,41 @@ class UsageRecord:
             "cached_tokens": u.cached_tokens if u else None,
             "reasoning_tokens": u.reasoning_tokens if u else None,
             "usage_estimated": u.estimated if u else None,
+            "outcome": outcome_of(self),
+            **{k: v for k in _OPTIONAL if (v := getattr(self, k)) is not None and v is not False},
+            **(
+                {"batch_total": b.total, "batch_succeeded": b.succeeded, "batch_failed": b.failed}
+                if (b := self.batch)
+                else {}
+            ),
         }
+
+
+# Fields that appear in the JSON record only when they carry something.
+_OPTIONAL = ("is_async", "first_chunk_ms", "response_model")
+_ERROR_OUTCOMES = {
+    "content_filter": "content_filtered",
+    "expired": "expired",
+    "request_expired": "expired",  # its time to live passed on the sync path (408)
+    "cancelled": "cancelled",
+    "rate_limit_exceeded": "throttled_caller",  # a caller's own RPM/TPM limit refused it
+    "caller_suspended": "refused",
+    "model_not_allowed": "refused",
+}
+
+
+def outcome_of(record: UsageRecord) -> str:
+    """How the request ended (one of OUTCOMES): the record's own `outcome`, else read from error and status."""
+    if record.outcome:
+        return record.outcome
+    if record.error in _ERROR_OUTCOMES:
+        return _ERROR_OUTCOMES[record.error]
+    status = record.status
+    if status == 429:
+        return "throttled_backend"
+    if record.error or status >= 500:
+        return "failed"  # no usable answer: 5xx, a timeout, a broken stream, or throttling mixed with failures
+    return "success" if status < 400 else "client_error"
 
 
 class UsageRecorder:

@@ -15,16 +15,25 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import errors, translate
+from gateway import errors, tracing, translate
 from gateway.assemble import AssembleError, assemble_completion, parse_sse
 from gateway.attempt import usage_record
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.headers import forwarded_headers
 from gateway.upstream import TransportError
-from gateway.usage import Usage, usage_from_json_body
+from gateway.usage import Usage, response_model, usage_from_json_body
 
-__all__ = ["attempt_backend", "completion_message", "ended", "publish_completion", "result_url", "status_url"]
+__all__ = [
+    "attempt_backend",
+    "completion_message",
+    "ended",
+    "publish_completion",
+    "record_unanswered",
+    "result_url",
+    "since_submitted",
+    "status_url",
+]
 
 # One activity call may not run longer than this (host.json functionTimeout is 10 minutes).
 ACTIVITY_BUDGET_S = 540.0
@@ -44,7 +53,26 @@ def ended(status: str, message: str, code: str) -> dict[str, Any]:
 
 
 async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
-    """One attempt on one backend. Returns succeeded | failed (a final answer) | retry (with retry_at) | expired."""
+    """One attempt on one backend. Returns succeeded | failed (a final answer) | retry (with retry_at) | expired.
+
+    Each attempt is a span in the trace of the request that was deferred; an answer's span ends with its usage
+    record, any other outcome's when the attempt returns.
+    """
+    span = tracing.start_activity(payload["request"], payload["attempt"])
+    result: dict[str, Any] = {}
+    try:
+        result = await _attempt_backend(services, payload)
+        return result
+    finally:
+        attributes = {"gateway.outcome": str(result.get("status", "failed")), "gateway.async": True}
+        if reason := result.get("reason") or (result.get("error") or {}).get("code"):
+            attributes["error.type"] = str(reason)
+        if backend := result.get("backend"):
+            attributes["gateway.backend"] = str(backend)
+        tracing.leave(span, result.get("http_status"), attributes=attributes)
+
+
+async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
     request, attempt_no = payload["request"], payload["attempt"]
     now = time.time()
     if now >= request["deadline"]:
@@ -65,7 +93,6 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         free_at = pool.earliest_open_until(route.model, tiers=tiers)
         return _retry(free_at or now + settings.default_retry_after_s, None, None, "no backend available")
 
-    started = time.monotonic()
     headers = forwarded_headers(request["headers"], request["request_id"], settings.forward_headers)
     remaining = min(request["deadline"] - now, ACTIVITY_BUDGET_S)
     attempt = await attempts.forward(target, "POST", route, stored.body, headers, total_s=remaining)
@@ -83,7 +110,7 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         return _retry(now, target.backend.name, status, "the answer broke off")
 
     content_type = attempt.response.headers.get("content-type", "application/octet-stream")
-    body, usage, streamed = raw, None, False
+    body, usage, streamed, model = raw, None, False, None
     if content_type.startswith("text/event-stream"):
         streamed = True
         try:
@@ -93,14 +120,19 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
         else:
             body, content_type = json.dumps(assembled).encode(), "application/json"
             usage = Usage.from_openai(assembled.get("usage"))
+            model = assembled.get("model")
     elif content_type.startswith("application/json") and target.backend.parses_usage:
         usage = usage_from_json_body(raw)
+        model = response_model(raw)
     attempts.finished(attempt, usage)
     await services.results.put_result(request["id"], body, content_type, status)
     record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"])
     record.streaming, record.usage, record.profile = streamed, usage, request.get("profile")
-    record.priority = request.get("priority")
-    record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    record.priority, record.is_async = request.get("priority"), True
+    record.response_model = model if isinstance(model, str) else None
+    if status == 400 and body.find(b'"content_filter"') >= 0:
+        record.outcome = "content_filtered"
+    record.duration_ms = since_submitted(request)
     services.usage.record(record)
     inline = None
     if content_type.startswith("application/json") and len(body) <= settings.result_inline_bytes:
@@ -129,7 +161,7 @@ async def publish_completion(services: Services, payload: dict[str, Any]) -> dic
     if await publish_once(services.completions, services.results, message):
         await services.results.delete_request(request["id"])
         if not outcome.get("http_status"):
-            _record_unanswered(services, request, outcome)
+            record_unanswered(services, request, outcome)
     else:  # retried after a successful publish: answer with what was sent
         message = CompletionMessage(**await services.results.get_completion(request["id"]))
     return {**json.loads(message.body()), "result": outcome.get("result")}
@@ -155,14 +187,25 @@ def completion_message(request: dict[str, Any], outcome: dict[str, Any]) -> Comp
     )
 
 
-def _record_unanswered(services: Services, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+def record_unanswered(services: Services, request: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """The usage record of async work that ended without a backend answer: expired, cancelled, failed."""
     route = translate.Route(request["api_style"], request["operation"], request["model"], "", "", None)
     status = {"expired": 504, "cancelled": 499}.get(outcome["status"], 503)
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
     record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
     record.profile, record.priority = request.get("profile"), request.get("priority")
+    record.is_async, record.duration_ms = True, since_submitted(request)
     services.usage.record(record)
+
+
+def since_submitted(request: dict[str, Any]) -> float:
+    """Milliseconds since the request was submitted: an async request's duration is end to end."""
+    try:
+        submitted = datetime.fromisoformat(request["submitted_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    return round(max(0.0, time.time() - submitted) * 1000, 3)
 
 
 def _stream_error(exc: AssembleError) -> dict[str, Any]:

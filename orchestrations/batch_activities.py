@@ -20,6 +20,7 @@ from gateway.batch_files import file_object, rewrite_line
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.pool import Target
+from gateway.usage import BatchLines, Usage, UsageRecord
 
 from . import batch_store
 from .batch_store import Tally
@@ -197,8 +198,36 @@ async def batch_finish(services: Services, payload: dict[str, Any]) -> dict[str,
             "batch_status": status,
         },
     )
-    await publish_once(services.completions, services.results, message)
+    if await publish_once(services.completions, services.results, message):  # once, even if this is retried
+        _record_batch(services, job, status, int(end.get("rounds", 1)), inputs, counted.succeeded, view["usage"])
     return view
+
+
+_BATCH_OUTCOMES = {"completed": "success", "expired": "expired", "cancelled": "cancelled"}
+
+
+def _record_batch(
+    services: Services, job: dict[str, Any], status: str, rounds: int, total: int, succeeded: int, usage: dict
+) -> None:
+    """One usage record per finished batch: its lines by outcome and its tokens, for its caller and model."""
+    record = UsageRecord(
+        request_id=job["request_id"],
+        api_style="v1",
+        operation="batch",
+        model=job["model"],
+        deployment=None,
+        backend=None,
+        status=200 if status == "completed" else 500,
+        streaming=False,
+        attempts=rounds,
+        duration_ms=max(0.0, (time.time() - float(job["created_at"])) * 1000),
+        usage=Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]),
+        caller=job["caller"],
+        outcome=_BATCH_OUTCOMES.get(status, "failed"),
+        is_async=True,
+        batch=BatchLines(total=total, succeeded=succeeded, failed=total - succeeded),
+    )
+    services.usage.record(record)
 
 
 async def _store_output(services: Services, job: dict[str, Any], counted: Tally) -> str | None:

@@ -18,7 +18,7 @@ from gateway.errors import GatewayError
 from gateway.http import ALL_METHODS, body_stream, inbound, to_response
 from gateway.messages import Outbound, error_outbound
 
-from . import activities, batch_activities, batch_api, starter, workflows
+from . import activities, batch_activities, batch_api, starter, work_view, workflows
 
 __all__ = ["build_async_blueprint", "starter_for"]
 
@@ -100,6 +100,16 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     async def housekeeping_now(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
         """Runs the housekeeping timer's work on demand (operators, and hosts without timers)."""
         return JSONResponse(await starter.housekeeping(client, services))
+
+    @bp.route(route="gateway/work", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+    @bp.durable_client_input(client_name="client")
+    async def recent_work(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
+        """Async requests and batches created in the last `hours` (operator console): one instance query."""
+        try:
+            hours = float(req.query_params.get("hours") or 1)
+        except ValueError:
+            hours = 1.0
+        return JSONResponse(await work_view.recent_work(client, hours))
 
     @bp.timer_trigger(arg_name="timer", schedule=services.settings.housekeeping_schedule, run_on_startup=False)
     @bp.durable_client_input(client_name="client")

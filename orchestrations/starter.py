@@ -16,15 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway import errors
+from gateway import errors, tracing
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
 from gateway.deferral import Deferred, prefers_async
 from gateway.headers import forwarded_headers
 from gateway.messages import Inbound, Outbound
 from gateway.state_sync import STORAGE_ERRORS
+from gateway.usage_store import RETENTION_DAYS
 
-from .activities import completion_message, ended, result_url, status_url
+from .activities import completion_message, ended, record_unanswered, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
 
 __all__ = ["accept", "cancel", "get_result", "get_status", "housekeeping", "publish_cancelled", "start"]
@@ -105,6 +106,8 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "submitted_at": datetime.now(UTC).isoformat(),
         "max_attempts": services.settings.async_max_attempts,
         "reason": deferred.reason,
+        # The deferred request's span, so each attempt of the async path continues its trace (W3C).
+        "traceparent": tracing.traceparent() or inbound.headers.get("traceparent"),
     }
 
 
@@ -170,17 +173,18 @@ async def cancel(client: Any, services: Services, inbound: Inbound, instance_id:
 
 async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool:
     """The completion for terminated work; skipped when one was already published for this request."""
-    message = completion_message(request, ended("cancelled", "The request was cancelled.", "cancelled"))
-    if not await publish_once(services.completions, services.results, message):
+    outcome = ended("cancelled", "The request was cancelled.", "cancelled")
+    if not await publish_once(services.completions, services.results, completion_message(request, outcome)):
         return False
     await services.results.delete_request(request["id"])
+    record_unanswered(services, request, outcome)  # cancelled work is counted like every other outcome
     return True
 
 
 async def housekeeping(client: Any, services: Services) -> dict[str, int]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
-    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS, and expired response-affinity rows.
-    Three filtered queries, not a full list."""
+    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS, expired response-affinity rows, and usage
+    rows older than the usage API's longest window. Filtered queries, not full lists."""
     from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
 
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.purge_after_days)
@@ -195,7 +199,16 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
         await client.purge_instance_history(status.instance_id)
         purged += 1
     expired_responses = await services.affinity.purge_expired()  # rows of responses the backends no longer keep
-    return {"cancelled_published": cancelled, "purged": purged, "expired_responses": expired_responses}
+    usage_rows = 0
+    if services.usage_counters is not None:  # per-minute usage rows past the usage API's longest window
+        before = int(time.time() // 60) - RETENTION_DAYS * 1440
+        usage_rows = await services.usage_counters.table.purge(before)
+    return {
+        "cancelled_published": cancelled,
+        "purged": purged,
+        "expired_responses": expired_responses,
+        "usage_rows_purged": usage_rows,
+    }
 
 
 async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:

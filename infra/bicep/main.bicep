@@ -220,6 +220,17 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+// The operator's workbook over Application Insights: the queries of docs/queries/*.kql as panels.
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: allTags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+  }
+}
+
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   scope: rg

@@ -59,5 +59,8 @@ output connectionString string = appInsights.properties.ConnectionString
 @description('Name of the Application Insights component, the scope of Monitoring Metrics Publisher.')
 output applicationInsightsName string = appInsights.name
 
+@description('Resource id of the Application Insights component (the workbook\'s data source).')
+output applicationInsightsId string = appInsights.id
+
 @description('Resource id of the Log Analytics workspace.')
 output logAnalyticsId string = workspace.id
