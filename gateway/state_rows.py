@@ -173,6 +173,11 @@ class RowView:
         self._snapshot = None
         return True
 
+    def put(self, kind: str, key: str, value: Any) -> None:
+        """A row this instance just wrote: its copy must not wait for the bucket's re-read to show it."""
+        self._buckets.setdefault(bucket_of(kind, key), {})[(kind, key)] = value
+        self._snapshot = None
+
     def snapshot(self) -> Snapshot:
         """The rows as the pool and governance use them (built once per change)."""
         if self._snapshot is None:

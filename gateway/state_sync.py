@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError
 
 from .breakers import CLOSED, HALF_OPEN, SharedBreaker
 from .pool_state import PoolState, Target, _Scope
-from .state_rows import RowView, Snapshot
+from .state_rows import BREAKER, RowView, Snapshot
 from .state_store import Health, StateStore
 from .state_versions import Versions, changed_buckets
 
@@ -108,7 +108,9 @@ class SharedState:
         pending, self._pending = self._pending, {}
         for scope in self._state.scopes():
             remote = breakers.get(scope.key, SharedBreaker())
-            if scope.key in pending or self._inflight.get(scope.key):
+            if self._inflight.get(scope.key) and scope.key not in pending:
+                continue  # our own write is on its way: it sets the state when it lands (a close, too)
+            if scope.key in pending:
                 # Our own transition has not reached storage yet: an open-until only ever extends.
                 scope.breaker = scope.breaker.merged(remote)
             else:
@@ -245,6 +247,8 @@ class SharedState:
             return
         finally:
             self._inflight[key] -= 1
+        if stored is not None:
+            self.view.put(BREAKER, key, stored)  # a refresh before the bucket's re-read must not undo it
         scope = self._state.scope(key)
         if scope is None or stored is None:
             return

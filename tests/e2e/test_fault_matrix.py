@@ -21,6 +21,7 @@ import httpx
 import pytest
 from azure.data.tables import TableClient
 
+from gateway.state_rows import BREAKER, partition_key
 from tests.support.amqp_broker import AmqpBroker, ReceivedMessage
 from tests.support.azurite import Azurite
 from tests.support.devhost import DevHost
@@ -131,8 +132,9 @@ class Stack:
             assert time.monotonic() < deadline, f"{activity} of {instance_id} did not fail within {timeout_s} s"
 
     def stored_breaker(self, key: str) -> dict[str, Any] | None:
+        partition = partition_key(BREAKER, key)  # the state table's layout: a partition per row
         with TableClient.from_connection_string(self.azurite.connection_string, STATE_TABLE) as table:
-            entities = list(table.query_entities(f"PartitionKey eq 'breaker' and RowKey eq '{key}'"))
+            entities = list(table.query_entities(f"PartitionKey eq '{partition}' and RowKey eq ''"))
         return entities[0] if entities else None
 
 
