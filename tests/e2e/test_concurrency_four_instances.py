@@ -1,12 +1,11 @@
 """Backend concurrency and priority admission across four instances: four devhosts on one Azurite.
 
-The backend allows `concurrency=4` with `reserved=2` (dedicated to priority 1); each answer takes 300 ms. First
-priority-1 traffic alone, at about half the
-backend's capacity; then the same priority-1 traffic mixed with priority-9 traffic that pushes the total to
-about twice the capacity. The fake counts how many requests it answers at once: never more than N x 1.1 + 1.
-Priority 9 absorbs the wait (its answers come later than priority 1's), no request is answered after its time to
-live, and priority 1's p50 alone and mixed is printed (the 1.3x target is not met reliably yet). Traffic is
-paced by a schedule (a load generator).
+The backend allows `concurrency=16` with `reserved=8` (dedicated to priority 1); each answer takes 300 ms. First
+priority-1 traffic alone at about half the backend's capacity; then the same priority-1 traffic mixed with
+priority-9 traffic that pushes the total to about twice the capacity. The fake counts how many requests it
+answers at once: never more than N x 1.1 + 1. Priority 9 absorbs the wait (it is the one that expires), no request
+is answered after its time to live, and priority 1's p50 alone and mixed is printed (the 1.3x target is not met
+reliably yet). Traffic is paced by a schedule (a load generator).
 """
 
 from __future__ import annotations
