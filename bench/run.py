@@ -58,6 +58,9 @@ AZURE_PATH = f"/openai/deployments/{MODEL}/chat/completions?api-version={API_VER
 STREAM_CHUNKS = 50
 TARGET_ORDER = ("direct", "floor-aiohttp", "floor-asgi", "gateway", "litellm")
 EXPORTER_TARGET = "gateway+otel"  # --with-exporter: the gateway exporting to a local ingestion endpoint
+LIMITS_TARGET = "gateway+limits"  # --with-limits: every caller under an RPM and TPM limit it never reaches
+# Limits high enough never to refuse at any benchmark rate: what is measured is their bookkeeping.
+LIMITS_ENV = {"GATEWAY_PROFILE_BENCH": "rpm=100000000;tpm=100000000000", "GATEWAY_DEFAULT_PROFILE": "bench"}
 ROW_KEYS = (
     "target", "workload", "rps", "p50_ms", "p90_ms", "p99_ms", "ttfb_p50_ms", "cpu_ms_per_req", "peak_rss_mb",
     "errors", "storage_ops_per_req",
@@ -242,7 +245,8 @@ class Bench:
             return None
         try:
             data = json.loads(_http("GET", target.stats_url, {"x-functions-key": FUNCTION_KEY}))
-            ops = int(data["storage_operations"])
+            # State table, plus the limits' leases and the backends' slots when a target uses them.
+            ops = int(data["storage_operations"]) + int(data.get("limit_storage_operations", 0))
         except urllib.error.HTTPError as exc:
             self.stats_available = False
             self.notes.append(f"GET /gateway/stats answered {exc.code}: storage_ops_per_req reported as null")
@@ -655,6 +659,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--with-exporter", action="store_true",
                         help=f"also measure '{EXPORTER_TARGET}': the gateway exporting to Application Insights (a "
                         "local ingestion endpoint), alternated with the plain gateway (export overhead)")
+    parser.add_argument("--with-limits", action="store_true",
+                        help=f"also measure '{LIMITS_TARGET}': every caller under (generous) RPM and TPM limits, "
+                        "shared through Table leases, alternated with the plain gateway (the chat-c16-limits row)")
     parser.add_argument("--exporter-sampler", default="",
                         help="OTEL_TRACES_SAMPLER for that target (default: the distro's, 5 traces/s; always_on)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
@@ -748,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
                 extras[EXPORTER_TARGET] = args.gateway_root
                 bench.stack.callback(lambda: bench.notes.append(
                     f"{EXPORTER_TARGET}: the local ingestion endpoint received {len(ingestion.items)} telemetry items"))
+            if args.with_limits:
+                bench.start_gateway(LIMITS_TARGET, extra_env=LIMITS_ENV)
+                extras[LIMITS_TARGET] = args.gateway_root
             names = [t for t in TARGET_ORDER if t in wanted and t in bench.targets] + list(extras)
             for name in names:  # every target must answer both kinds before anything is measured
                 for stream in (False, True):

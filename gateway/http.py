@@ -102,7 +102,10 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     @bp.route(route="gateway/stats", methods=["GET"], auth_level=FUNCTION)
     async def stats(req: Request) -> JSONResponse:
         """Counters of this instance: requests handled, storage operations made and per second (last minute)."""
-        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters))
+        limiter = services.quotas.limiter
+        slot_ops = sum(p.operations for q in pipeline.slots.by_backend.values() for p in (q.general, q.dedicated) if p)
+        limit_ops = (limiter.operations if limiter else 0) + slot_ops
+        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters, limit_ops))
 
     @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)
     async def list_callers(req: Request) -> JSONResponse:

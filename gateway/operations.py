@@ -83,7 +83,9 @@ async def override_profile(governance: Governance, name: str, body: bytes) -> di
     return await governance.override_profile(name, fields)
 
 
-def stats(pool: BackendPool, requests: int, counters: UsageCounters | None = None) -> dict[str, Any]:
+def stats(
+    pool: BackendPool, requests: int, counters: UsageCounters | None = None, limit_operations: int = 0
+) -> dict[str, Any]:
     """This instance's counters. `storage_ops_per_s` (state table reads and writes per second over the last
     minute) times the instance count is what the account and the version entity's partition see."""
     store = pool.store
@@ -98,6 +100,7 @@ def stats(pool: BackendPool, requests: int, counters: UsageCounters | None = Non
         "storage_ok": pool.storage_ok,
         "unexpected_storage_errors": pool.sync.unexpected_errors,
         "usage_storage_operations": counters.table.operations if counters else 0,
+        "limit_storage_operations": limit_operations,
         "usage_flushes": counters.flushes if counters else 0,
     }
 
