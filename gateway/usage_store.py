@@ -34,6 +34,10 @@ __all__ = ["DIMENSIONS", "RETENTION_DAYS", "Counts", "UsageCounters", "UsageTabl
 log = logging.getLogger("gateway.usage_store")
 
 DIMENSIONS = ("caller", "model", "backend", "deployment")
+# Minutes kept in memory after a flush. A record is stamped when its request started (a long stream's record
+# comes minutes later), and a flush replaces the instance's row whole: a minute forgotten too early would lose
+# what was counted before. Nothing runs this long (HTTP answers: 230 s; an activity: 10 minutes).
+KEEP_MINUTES = 60
 RETENTION_DAYS = 32  # the usage API's longest window is 31 days; housekeeping deletes older rows
 _BATCH = 100  # operations per Table transaction (the service's limit)
 
@@ -239,8 +243,8 @@ class UsageCounters:
             self.flushes += 1
             self.last_flush_at = self._last_flush
             current = int(self._clock() // 60)
-            for key in [k for k in self._rows if k[0] < current - 1 and k not in self._dirty]:
-                del self._rows[key]  # records carry their completion time: older minutes are final
+            for key in [k for k in self._rows if k[0] < current - KEEP_MINUTES and k not in self._dirty]:
+                del self._rows[key]  # no request or activity outlives this: those minutes are final
 
     async def query(self, first_minute: int, last_minute: int) -> tuple[list[tuple[Key, Counts]], int]:
         """Rows of the window summed over instances (this one flushed first), and how many instances wrote."""

@@ -23,9 +23,18 @@ DEFAULT_USAGE = Usage(10, 5, 15, cached_tokens=4)
 def record(caller: str = "team-a", status: int = 200, usage: Usage | None = DEFAULT_USAGE, **kw) -> UsageRecord:
     kw.setdefault("timestamp", THIS_MINUTE + 1)  # every record of a test in one minute, whenever it runs
     return UsageRecord(
-        request_id=uuid.uuid4().hex, api_style="v1", operation="chat/completions", model=kw.pop("model", "gpt-4o"),
-        deployment="gpt-4o-weu", backend=kw.pop("backend", "weu"), status=status, streaming=False, attempts=1,
-        duration_ms=10.0, usage=usage, caller=caller,
+        request_id=uuid.uuid4().hex,
+        api_style="v1",
+        operation="chat/completions",
+        model=kw.pop("model", "gpt-4o"),
+        deployment="gpt-4o-weu",
+        backend=kw.pop("backend", "weu"),
+        status=status,
+        streaming=False,
+        attempts=1,
+        duration_ms=10.0,
+        usage=usage,
+        caller=caller,
         **kw,
     )
 
@@ -52,8 +61,14 @@ async def test_records_cost_no_storage_call_and_a_flush_writes_each_row_whole(az
         rows, instances = await counters.query(0, int(time.time() // 60))
         [(_, counts)] = rows
         assert instances == 1
-        assert counts.as_dict() == {"requests": 51, "input_tokens": 510, "output_tokens": 255, "cached_tokens": 204,
-                                    "failed": 0, "throttled": 0}
+        assert counts.as_dict() == {
+            "requests": 51,
+            "input_tokens": 510,
+            "output_tokens": 255,
+            "cached_tokens": 204,
+            "failed": 0,
+            "throttled": 0,
+        }
     finally:
         await counters.close()
 
@@ -90,8 +105,10 @@ async def test_two_instances_sum_and_group_by_any_dimensions(azurite):
         assert by_caller["team-a"]["requests"] == 3 and by_caller["team-a"]["input_tokens"] == 20
         assert by_caller["team-a"]["throttled"] == 1 and by_caller["team-b"]["failed"] == 1
         assert by_caller["<script>alert(1)</script>"]["output_tokens"] == 1
-        by_backend = {(r["backend"], r["deployment"]): r["requests"]
-                      for r in group(rows, ("backend", "deployment"), per_minute=False)}
+        by_backend = {
+            (r["backend"], r["deployment"]): r["requests"]
+            for r in group(rows, ("backend", "deployment"), per_minute=False)
+        }
         assert by_backend == {("weu", "gpt-4o-weu"): 5, ("neu", "gpt-4o-weu"): 1}
         [minute] = group(rows, (), per_minute=True)
         assert minute["requests"] == 6 and minute["minute"].endswith(":00Z")
@@ -132,3 +149,23 @@ async def test_housekeeping_purges_rows_older_than_the_usage_windows(azurite):
         assert [key[0] for key, _ in rows] == [int(THIS_MINUTE // 60)]
     finally:
         await old.close()
+
+
+async def test_a_late_record_of_an_earlier_minute_adds_to_it(azurite):
+    """A long stream's record is stamped when it started: arriving minutes later, it must add to that minute's
+    row, not replace it."""
+    name = "usage" + uuid.uuid4().hex[:10]
+    counters = UsageCounters(table(azurite, name, "i1"), flush_interval_s=3600)
+    earlier = time.time() // 60 * 60 - 5 * 60 + 1  # five minutes ago
+    try:
+        counters(record(timestamp=earlier))
+        await counters.flush()
+        counters(record(timestamp=time.time()))  # this minute: the earlier one may be forgotten now
+        await counters.flush()
+        counters(record(timestamp=earlier))  # the late one
+        await counters.flush()
+        rows, _ = await counters.query(int(earlier // 60), int(earlier // 60))
+        [(_, counts)] = rows
+        assert counts.as_dict()["requests"] == 2
+    finally:
+        await counters.close()
