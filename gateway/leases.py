@@ -241,7 +241,8 @@ def _entity(place: tuple[str, str], row: Row, instance_id: str) -> dict[str, Any
         "RowKey": place[1],
         "Buckets": json.dumps({str(b): a for b, a in sorted(row.buckets.items())}, separators=(",", ":")),
         "Holders": json.dumps(row.holders, separators=(",", ":")),
-        "Limit": row.limit,
+        # A string, not an Edm.Int32: token limits pass 2**31 (a 10B TPM pool).
+        "Limit": str(row.limit),
         "UpdatedBy": instance_id,
         "UpdatedAt": time.time(),
     }

@@ -259,7 +259,21 @@ async def test_the_row_layout_operators_see(azurite, limiters, table):
     assert entity["PartitionKey"] == "tpm" and entity["RowKey"] == "team%2Fa%3Fb%23c%5Cd%09model"
     assert json.loads(entity["Holders"]) == {"I0": START + limiter.lifetime_s}
     assert json.loads(entity["Buckets"]) == {str(bucket_of(START + limiter.lifetime_s)): 700}  # the live slice
-    assert entity["Limit"] == 10_000 and entity["UpdatedBy"] == "I0"
+    assert entity["Limit"] == "10000" and entity["UpdatedBy"] == "I0"
+
+
+async def test_a_token_limit_past_two_billion_is_stored_and_enforced(azurite, limiters):
+    clock = Clock()
+    a, b = limiters(azurite.connection_string, clock, 2)
+    limit = 10_000_000_000  # a pooled TPM past Edm.Int32
+    assert isinstance(await a.acquire("pool", "tpm", limit, 1_000), Grant)
+    assert a.operations <= 3  # table, read, lease: no failed write retried per request
+    stored = await b.read("pool", "tpm")
+    assert stored is not None and stored.limit == limit
+    refused = await b.acquire("pool", "tpm", limit, limit)
+    assert isinstance(refused, Refusal) and refused.limit == limit
+    await a.close()
+    await b.close()
 
 
 async def test_a_refusal_says_when_budget_frees_and_the_window_shows_it(azurite, limiters):
