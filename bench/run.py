@@ -661,7 +661,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "local ingestion endpoint), alternated with the plain gateway (export overhead)")
     parser.add_argument("--with-limits", action="store_true",
                         help=f"also measure '{LIMITS_TARGET}': every caller under (generous) RPM and TPM limits, "
-                        "shared through Table leases, alternated with the plain gateway (the chat-c16-limits row)")
+                        "shared through Table leases, alternated with the plain gateway")
     parser.add_argument("--exporter-sampler", default="",
                         help="OTEL_TRACES_SAMPLER for that target (default: the distro's, 5 traces/s; always_on)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
