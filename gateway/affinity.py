@@ -30,6 +30,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 
 from . import errors
+from .lazy_table import LazyTable
 from .state_sync import STORAGE_ERRORS
 from .translate import Route
 
@@ -67,9 +68,7 @@ class Affinity:
     """Response id → backend, in Table Storage (None: this process only, e.g. without storage in tests)."""
 
     def __init__(self, table_client_factory: Callable[[], Any] | None, clock: Callable[[], float] = time.time) -> None:
-        self._factory = table_client_factory
-        self._table: Any = None
-        self._table_ready = False
+        self._table = LazyTable(table_client_factory, self._one_call) if table_client_factory else None
         self._clock = clock
         self._cache: OrderedDict[str, Holder] = OrderedDict()
         self._counted: OrderedDict[str, None] = OrderedDict()  # background responses whose tokens are counted
@@ -91,7 +90,7 @@ class Affinity:
         background = bool(route.json and route.json.get("background") is True)
         holder = Holder(backend, route.model, caller, self._clock() + RETENTION_S, background)
         self._keep(response_id, holder)
-        if self._factory is None:
+        if self._table is None:
             return
         entity = {
             "PartitionKey": _partition(response_id),
@@ -103,7 +102,7 @@ class Affinity:
             "Background": background,
         }
         try:
-            table = await self._ready()
+            table = await self._table.client()
             self.operations += 1
             await table.create_entity(entity)
         except ResourceExistsError:
@@ -119,10 +118,10 @@ class Affinity:
         self._counted[response_id] = None
         if len(self._counted) > CACHE_SIZE:
             self._counted.popitem(last=False)
-        if self._factory is None:
+        if self._table is None:
             return True
         try:
-            table = await self._ready()
+            table = await self._table.client()
             self.operations += 2
             entity = await table.get_entity(_partition(response_id), response_id)
             if entity.get("Counted"):
@@ -148,10 +147,10 @@ class Affinity:
                 self._cache.move_to_end(response_id)
                 return holder
             del self._cache[response_id]
-        if self._factory is None:
+        if self._table is None:
             return None
         try:
-            table = await self._ready()
+            table = await self._table.client()
             self.operations += 1
             entity = await table.get_entity(_partition(response_id), response_id)
         except ResourceNotFoundError:
@@ -169,17 +168,17 @@ class Affinity:
             bool(entity.get("Background")),
         )
         if holder.expires_at <= now:
-            await self._delete(_partition(response_id), response_id)
+            await self._delete(table, _partition(response_id), response_id)
             return None
         self._keep(response_id, holder)
         return holder
 
     async def purge_expired(self) -> int:
         """Deletes the rows past their expiry (the housekeeping timer); returns how many."""
-        if self._factory is None:
+        if self._table is None:
             return 0
         try:
-            table = await self._ready()
+            table = await self._table.client()
             self.operations += 1
             expired = table.query_entities(
                 "ExpiresAt lt @now", parameters={"now": self._clock()}, select=["PartitionKey", "RowKey"]
@@ -189,13 +188,12 @@ class Affinity:
             log.warning("Could not list expired response rows (%s)", exc)
             return 0
         for partition, row in rows:
-            await self._delete(partition, row)
+            await self._delete(table, partition, row)
         return len(rows)
 
     async def close(self) -> None:
         if self._table is not None:
             await self._table.close()
-            self._table, self._table_ready = None, False
 
     async def _owned(self, response_id: str, caller: str, param: str | None) -> Holder:
         holder = await self.lookup(response_id)
@@ -215,27 +213,17 @@ class Affinity:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    async def _delete(self, partition: str, row: str) -> None:
+    async def _delete(self, table: Any, partition: str, row: str) -> None:
         try:
             self.operations += 1
-            await self._table.delete_entity(partition, row)
+            await table.delete_entity(partition, row)
         except ResourceNotFoundError:
             pass
         except STORAGE_ERRORS as exc:  # it stays ignored (expired); the next purge tries again
             log.warning("Could not delete the expired response row %s (%s)", row, exc)
 
-    async def _ready(self) -> Any:
-        if self._table is None:
-            assert self._factory is not None
-            self._table = self._factory()
-        if not self._table_ready:
-            try:
-                self.operations += 1
-                await self._table.create_table()
-            except ResourceExistsError:
-                pass
-            self._table_ready = True
-        return self._table
+    def _one_call(self) -> None:
+        self.operations += 1
 
 
 def _partition(response_id: str) -> str:

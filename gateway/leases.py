@@ -27,6 +27,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
+from .lazy_table import LazyTable
+
 __all__ = [
     "BUCKETS_PER_S",
     "WINDOW_S",
@@ -138,9 +140,7 @@ class LeaseTable:
     """The lease rows of one table; every storage call is counted in `operations`."""
 
     def __init__(self, table_client_factory: Callable[[], Any], instance_id: str) -> None:
-        self._factory = table_client_factory
-        self._table: Any = None
-        self._table_ready = False
+        self._table = LazyTable(table_client_factory, self._one_call)
         self.instance_id = instance_id
         self.operations = 0
         self._cache: dict[tuple[str, str], tuple[Row, str | None]] = {}  # as last written or read, with ETag
@@ -154,7 +154,7 @@ class LeaseTable:
         its ETag condition fails if anyone wrote in between. `decide` must not change the row it is given.
         """
         place = (encode_key(kind), encode_key(key))
-        table = await self._ready()
+        table = await self._table.client()
         cached = self._cache.get(place)
         for _ in range(_CONFLICT_RETRIES):
             fresh = cached is None
@@ -182,8 +182,8 @@ class LeaseTable:
                 continue
             except ResourceNotFoundError as exc:  # the row or the table was deleted (a wiped account)
                 if getattr(exc, "error_code", None) == "TableNotFound":
-                    self._table_ready = False
-                    table = await self._ready()
+                    self._table.lost()
+                    table = await self._table.client()
                 cached = None
                 continue
             self._cache[place] = (new, metadata.get("etag"))
@@ -193,17 +193,17 @@ class LeaseTable:
 
     async def read(self, kind: str, key: str) -> Row | None:
         """The stored row (the operator view and tests); None if there is none."""
-        row, etag = await self._read(await self._ready(), (encode_key(kind), encode_key(key)))
+        row, etag = await self._read(await self._table.client(), (encode_key(kind), encode_key(key)))
         return None if etag is None else row
 
     def forget(self, kind: str, key: str) -> None:
         self._cache.pop((encode_key(kind), encode_key(key)), None)
 
     async def close(self) -> None:
-        if self._table is not None:
-            await self._table.close()
-            self._table = None
-            self._table_ready = False
+        await self._table.close()
+
+    def _one_call(self) -> None:
+        self.operations += 1
 
     async def _read(self, table: Any, place: tuple[str, str]) -> tuple[Row, str | None]:
         self.operations += 1
@@ -211,8 +211,8 @@ class LeaseTable:
             entity = await table.get_entity(*place)
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "TableNotFound":
-                self._table_ready = False
-                await self._ready()
+                self._table.lost()
+                await self._table.client()
             return Row(), None
         row = Row(
             {int(b): int(a) for b, a in json.loads(entity.get("Buckets") or "{}").items()},
@@ -221,18 +221,6 @@ class LeaseTable:
         )
         self._cache[place] = (row, entity.metadata["etag"])
         return self._cache[place]
-
-    async def _ready(self) -> Any:
-        if self._table is None:
-            self._table = self._factory()
-        if not self._table_ready:
-            try:
-                self.operations += 1
-                await self._table.create_table()
-            except ResourceExistsError:
-                pass
-            self._table_ready = True
-        return self._table
 
 
 def _entity(place: tuple[str, str], row: Row, instance_id: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 
 from .config import Backend
+from .lazy_table import LazyTable
 from .state_sync import STORAGE_ERRORS
 
 __all__ = ["BackendQueue", "Slot", "Slots"]
@@ -76,8 +77,7 @@ class Pool:
         self.in_flight = 0
         self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
         self.others_want = False  # at the last renewal, other instances had demand: yield idle slots promptly
-        self._factory = table
-        self._table: Any = None
+        self._table = LazyTable(table, self._one_call) if table else None
         self.operations = 0
 
     @property
@@ -94,7 +94,8 @@ class Pool:
         slots, it asks by its demand now, so idle slots go to where requests wait."""
         decayed = max(demand_now, self.demand * DEMAND_DECAY)
         self.demand = demand_now if self.others_want else (decayed if decayed >= 0.05 else 0.0)
-        table = await self._ready()
+        assert self._table is not None
+        table = await self._table.client()
         for _ in range(_RETRIES):
             now = time.time()
             self.operations += 1
@@ -127,22 +128,16 @@ class Pool:
             return
         log.warning("Slots %s: too many concurrent renewals; keeping what is held", self.row)
 
-    async def _ready(self) -> Any:
-        if self._table is None:
-            assert self._factory is not None
-            self._table = self._factory()
-            with contextlib.suppress(ResourceExistsError):
-                self.operations += 1
-                await self._table.create_table()
-        return self._table
-
     async def close(self) -> None:
-        if self._table is not None:
+        if self._table is not None and self._table.opened:
             if self.held:
                 with contextlib.suppress(*STORAGE_ERRORS):
                     self.in_flight, self.demand = 0, 0.0
                     await self.claim(0)  # give the slots back for the others
             await self._table.close()
+
+    def _one_call(self) -> None:
+        self.operations += 1
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from azure.data.tables import UpdateMode
 from . import state_rows as rows
 from . import state_versions as versions
 from .breakers import SharedBreaker
+from .lazy_table import LazyTable
 from .ops_meter import OpsMeter
 from .state_rows import BREAKER, CALLER, HEALTH, KINDS, PROFILE, Health, Row, RowView, Snapshot, bucket_of
 from .state_versions import Versions
@@ -40,11 +41,9 @@ _CONFLICT_RETRIES = 10
 
 class StateStore:
     def __init__(self, table_client_factory: Callable[[], Any], instance_id: str) -> None:
-        self._factory = table_client_factory
-        self._table: Any = None
-        self._table_ready = False
         self.instance_id = instance_id
         self.meter = OpsMeter()
+        self._table = LazyTable(table_client_factory, self.meter.write)
         self.pending_bumps: set[int] = set()  # buckets whose rows changed and whose counter is not bumped yet
 
     @property
@@ -56,7 +55,7 @@ class StateStore:
 
     async def read_versions(self) -> Versions:
         """The version entity (one point read); `versions.ABSENT` while no one has written."""
-        table = await self._ready()
+        table = await self._table.client()
         self.meter.read()
         try:
             return versions.parse(await table.get_entity(versions.PARTITION, versions.ROW))
@@ -66,7 +65,7 @@ class StateStore:
 
     async def read_buckets(self, buckets: Iterable[int]) -> dict[int, list[Row]]:
         """The rows of each bucket, one range query per bucket, concurrently."""
-        table = await self._ready()
+        table = await self._table.client()
         wanted = sorted(buckets)
         found = await asyncio.gather(*(self._query(table, rows.bucket_filter(b)) for b in wanted))
         return {b: [row for e in entities if (row := rows.decode(e)) is not None] for b, entities in zip(
@@ -75,7 +74,7 @@ class StateStore:
     async def read_all(self) -> tuple[list[Row], list[Mapping[str, Any]]]:
         """Every row (old-layout rows first, so a current row of the same kind and key wins) and the
         old-layout entities, which `migrate` moves."""
-        table = await self._ready()
+        table = await self._table.client()
         current: list[Mapping[str, Any]] = []
         legacy: list[Mapping[str, Any]] = []
         pages = 0
@@ -86,7 +85,7 @@ class StateStore:
                     (legacy if entity["PartitionKey"] in KINDS else current).append(entity)
         except ResourceNotFoundError as exc:  # the table itself is gone (a new or wiped account): recreate it
             self._lost(exc)
-            await self._ready()
+            await self._table.client()
         finally:
             self.meter.read(max(pages, 1))
         decoded = [row for e in (*legacy, *current) if (row := rows.decode(e)) is not None]
@@ -109,7 +108,7 @@ class StateStore:
         instance just wrote, never against a stale copy. With `bump_now` False the bump is left in
         `pending_bumps` for the caller to make later (a half-open claim must not wait for it).
         """
-        table = await self._ready()
+        table = await self._table.client()
         for _ in range(_CONFLICT_RETRIES):
             try:
                 self.meter.read()
@@ -124,7 +123,7 @@ class StateStore:
                 return new  # declined, or nothing to change: no write
             row = rows.breaker_entity(name, new, self.instance_id, time.time())
             if etag is None:
-                table = await self._ready()  # the table may be gone, not just the row
+                table = await self._table.client()  # the table may be gone, not just the row
             try:
                 self.meter.write()
                 if etag is None:
@@ -147,7 +146,7 @@ class StateStore:
         await self._changed(kind, key)
 
     async def delete_row(self, kind: str, key: str) -> None:
-        table = await self._ready()
+        table = await self._table.client()
         self.meter.write()
         try:
             await table.delete_entity(rows.partition_key(kind, key), "")
@@ -169,7 +168,7 @@ class StateStore:
         for _ in range(_CONFLICT_RETRIES):
             current = await self.read_versions()
             entity = versions.bump_entity(current, bucket)
-            table = await self._ready()  # again: reading may have found the table gone
+            table = await self._table.client()  # again: reading may have found the table gone
             try:
                 self.meter.write()
                 if current.etag is None:
@@ -199,7 +198,7 @@ class StateStore:
     async def migrate(self, legacy: Iterable[Mapping[str, Any]]) -> int:
         """Moves rows of the old layout (partition = kind) into the current one; a current row already there
         is newer and stays. Returns the rows moved."""
-        table = await self._ready()
+        table = await self._table.client()
         moved = 0
         for old in legacy:
             kind, key = old["PartitionKey"], old["RowKey"]
@@ -223,10 +222,7 @@ class StateStore:
     # ------------------------------------------------------------------ housekeeping
 
     async def close(self) -> None:
-        if self._table is not None:
-            await self._table.close()
-            self._table = None
-            self._table_ready = False
+        await self._table.close()
 
     async def _changed(self, kind: str, key: str, now: bool = True) -> None:
         bucket = bucket_of(kind, key)
@@ -238,14 +234,14 @@ class StateStore:
     async def _upsert(self, entity: dict[str, Any]) -> None:
         """Replaces a row whole; once more if the table turned out to be gone (a new or wiped account)."""
         for last in (False, True):
-            table = await self._ready()
+            table = await self._table.client()
             self.meter.write()
             try:
                 await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
                 return
             except ResourceNotFoundError as exc:
                 self._lost(exc)
-                if last or self._table_ready:
+                if last or self._table.created:
                     raise
 
     async def _query(self, table: Any, query: str) -> list[Any]:
@@ -259,16 +255,4 @@ class StateStore:
     def _lost(self, exc: ResourceNotFoundError) -> None:
         """A missing row is normal; a missing table (a new or wiped account) is created again on next use."""
         if getattr(exc, "error_code", None) == "TableNotFound":
-            self._table_ready = False
-
-    async def _ready(self) -> Any:
-        if self._table is None:
-            self._table = self._factory()
-        if not self._table_ready:
-            try:
-                self.meter.write()
-                await self._table.create_table()
-            except ResourceExistsError:
-                pass
-            self._table_ready = True
-        return self._table
+            self._table.lost()

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
+from .lazy_table import LazyTable
 from .state_sync import STORAGE_ERRORS
 from .usage import UsageRecord, outcome_of
 
@@ -86,14 +87,12 @@ class UsageTable:
     """The shared table: this instance's rows written whole, every instance's rows read by minute range."""
 
     def __init__(self, table_client_factory: Callable[[], Any], instance_id: str) -> None:
-        self._factory = table_client_factory
-        self._table: Any = None
-        self._ready = False
+        self._table = LazyTable(table_client_factory, self._one_call)
         self.instance_id = instance_id
         self.operations = 0
 
     async def write(self, rows: dict[Key, Counts]) -> None:
-        table = await self._client()
+        table = await self._table.client()
         by_minute: dict[int, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
         for key, counts in rows.items():
             by_minute.setdefault(key[0], []).append(("upsert", self._entity(key, counts), {"mode": UpdateMode.REPLACE}))
@@ -105,14 +104,14 @@ class UsageTable:
                 except (ResourceNotFoundError, TableTransactionError) as exc:
                     if getattr(exc, "error_code", None) != "TableNotFound":
                         raise
-                    self._ready = False  # the table is gone (a new or wiped account): create it, write again
-                    table = await self._client()
+                    self._table.lost()  # the table is gone (a new or wiped account): create it, write again
+                    table = await self._table.client()
                     self.operations += 1
                     await table.submit_transaction(operations[start : start + _BATCH])
 
     async def read(self, first_minute: int, last_minute: int) -> list[tuple[Key, str, Counts]]:
         """Every instance's rows of the minutes [first, last]: (key, instance, counts)."""
-        table = await self._client()
+        table = await self._table.client()
         self.operations += 1
         query = "PartitionKey ge @first and PartitionKey le @last"
         window = {"first": minute_key(first_minute), "last": minute_key(last_minute)}
@@ -126,7 +125,7 @@ class UsageTable:
 
     async def purge(self, before_minute: int) -> int:
         """Deletes every instance's rows of the minutes before `before_minute` (housekeeping); returns how many."""
-        table = await self._client()
+        table = await self._table.client()
         self.operations += 1
         old: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         with contextlib.suppress(ResourceNotFoundError):
@@ -146,10 +145,7 @@ class UsageTable:
         return sum(len(ops) for ops in old.values())
 
     async def close(self) -> None:
-        if self._table is not None:
-            await self._table.close()
-            self._table = None
-            self._ready = False
+        await self._table.close()
 
     def _entity(self, key: Key, counts: Counts) -> dict[str, Any]:
         minute, *dims = key
@@ -164,15 +160,8 @@ class UsageTable:
         entity.update({column: getattr(counts, f) for f, column in _COLUMNS.items()})
         return entity
 
-    async def _client(self) -> Any:
-        if self._table is None:
-            self._table = self._factory()
-        if not self._ready:
-            self.operations += 1
-            with contextlib.suppress(ResourceExistsError):
-                await self._table.create_table()
-            self._ready = True
-        return self._table
+    def _one_call(self) -> None:
+        self.operations += 1
 
 
 class UsageCounters:
