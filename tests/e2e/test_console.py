@@ -1,7 +1,7 @@
 """The operator console in a real browser: Playwright driving Debian's Chromium (headless) against a devhost.
 
 The page's numbers are checked against the operator routes it reads, its "disable" button is clicked and the
-next request avoids that backend, and an error message from outside that looks like HTML is shown as text and
+next request avoids that backend, its "suspend" button refuses a caller and "resume" lets it in again, and an error message from outside that looks like HTML is shown as text and
 never runs. The page keeps its Content-Security-Policy throughout: nothing here bypasses it. `make test`
 installs Chromium when it is missing (as root); without it this test skips and says why.
 
@@ -82,6 +82,8 @@ def test_the_console_shows_the_gateway_and_its_disable_button_works(azurite, tmp
             "GATEWAY_COMPLETIONS_QUEUE": "console-" + suffix,
             "GATEWAY_USAGE_FLUSH_S": "1",
             "GATEWAY_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
+            "GATEWAY_PROFILE_GOLD": "rpm=600;tpm=200000",
+            "GATEWAY_CALLER_PROFILES": "team-a=gold",
             "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;tier=ptu;"
             "deployments=gpt-4o-mini,text-embedding-3-small",
             "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;tier=paygo;"
@@ -125,6 +127,18 @@ def test_the_console_shows_the_gateway_and_its_disable_button_works(azurite, tmp
                             assert number(line.locator(f'td[data-field="{field}"]').inner_text()) == row[field], field
                     assert page.locator("#callers tbody tr").count() == len(usage["rows"]) == 3
 
+                    # Governance beside usage: profile, limits and status as /gateway/callers says.
+                    known = {c["caller"]: c for c in http.get("/gateway/callers", headers=OPERATOR).json()["callers"]}
+                    team_a = page.locator('#callers tr[data-caller="team-a"]')
+                    assert known["team-a"]["limits"] == {"rpm": 600, "tpm": 200000}
+                    assert team_a.locator('td[data-field="profile"]').inner_text() == known["team-a"]["profile"] == "gold"
+                    assert team_a.locator('td[data-field="limits"]').inner_text() == "600 / 200,000"
+                    assert team_a.locator('td[data-field="status"]').inner_text() == "active"
+                    team_b = page.locator('#callers tr[data-caller="team-b"]')
+                    assert known["team-b"]["limits"] is None
+                    assert team_b.locator('td[data-field="limits"]').inner_text() == "none"
+
+
                     # Backends: breaker, in-flight count and latency as /gateway/backends says.
                     view = http.get("/gateway/backends", headers=OPERATOR).json()
                     for backend in view["backends"]:
@@ -154,6 +168,16 @@ def test_the_console_shows_the_gateway_and_its_disable_button_works(azurite, tmp
                     error_cell = page.locator('#work td[data-field="error"]').first
                     assert error_cell.inner_text() == HOSTILE
                     assert page.locator("#work img").count() == 0 and page.title() != "pwned"
+
+                    # Suspend team-b from the page: its next request is refused; resume lets it in again.
+                    page.click('#callers tr[data-caller="team-b"] button[data-action="suspend"]')
+                    page.wait_for_selector('#callers tr[data-caller="team-b"] td[data-field="status"] >> text=suspended')
+                    answer = http.post("/v1/chat/completions", json=CHAT, headers={"api-key": KEYS["team-b"]})
+                    assert answer.status_code == 403 and answer.json()["error"]["code"] == "caller_suspended"
+                    page.click('#callers tr[data-caller="team-b"] button[data-action="resume"]')
+                    page.wait_for_selector('#callers tr[data-caller="team-b"] td[data-field="status"] >> text=active')
+                    answer = http.post("/v1/chat/completions", json=CHAT, headers={"api-key": KEYS["team-b"]})
+                    assert answer.status_code == 200
 
                     # Disable weu from the page: the next request goes to neu.
                     weu_before = len(weu.requests)
