@@ -144,6 +144,8 @@ class Relay:
         admission: Admission,
         counts: bool,
     ) -> bool:
+        if tap is not None and tap.error is not None and record.error is None:
+            record.error = "stream_error"  # relayed as it came (the 200 is sent), recorded as the failure it is
         if tap is not None and record.status < 400 and counts:
             if route.resource_id:  # a retrieved response: its tokens were counted when it was made
                 record.usage = await self._counted(route, tap.usage)

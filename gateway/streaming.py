@@ -82,6 +82,7 @@ def _line_start(event: bytes, pos: int) -> int:
 # Responses API streams end with one of these (no `[DONE]`); each carries the response with its usage.
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _RESPONSE_CREATED = b'"response.created"'
+_ERROR = b'"error"'  # escaped inside a JSON string (\"error\"), so content never matches it
 
 
 class SseUsageTap:
@@ -91,7 +92,7 @@ class SseUsageTap:
     a stream as done at its final `response.*` event.
     """
 
-    __slots__ = ("_framer", "_raw", "_responses", "_skip_lf", "_strip", "done", "response_id", "usage")
+    __slots__ = ("_framer", "_raw", "_responses", "_skip_lf", "_strip", "done", "error", "response_id", "usage")
 
     def __init__(self, strip_injected_usage: bool, *, responses: bool = False) -> None:
         self._strip = strip_injected_usage
@@ -102,6 +103,7 @@ class SseUsageTap:
         self.usage: Usage | None = None
         self.done = False
         self.response_id: str | None = None
+        self.error: dict[str, Any] | None = None  # the backend's error event: the answer failed after its 200
 
     # -- hot path --
 
@@ -118,6 +120,8 @@ class SseUsageTap:
         # `find` rather than `in`: `in` first tries its operand as an int and pays for the TypeError.
         if data.find(b"[DONE]") >= 0:
             self._check_done(data)
+        if self.error is None and data.find(_ERROR) >= 0:
+            self._check_error(data)
         if self._responses and self.response_id is None and data.find(_RESPONSE_CREATED) >= 0:
             self._read_response_id(data)
         if data.find(_USAGE) < 0:
@@ -141,6 +145,8 @@ class SseUsageTap:
             self._raw.append(rest)
             if b"[DONE]" in rest:
                 self._check_done(rest)
+            if self.error is None and _ERROR in rest:
+                self._check_error(rest)
             if _USAGE in rest and self._usage_state(rest)[0]:
                 self._capture(json_object(event_data(rest)))
         return rest
@@ -225,6 +231,16 @@ class SseUsageTap:
             response = obj.get("response") if obj is not None and obj.get("type") == "response.created" else None
             if isinstance(response, dict) and isinstance(response.get("id"), str):
                 self.response_id = response["id"]
+                return
+
+    def _check_error(self, block: bytes) -> None:
+        """An error event: `{"error": ...}` without choices (chat, completions), `error` or `response.failed`."""
+        for event in split_events(block):
+            obj = json_object(event_data(event)) if event.find(_ERROR) >= 0 else None
+            if obj is None:
+                continue
+            if ("error" in obj and not obj.get("choices")) or obj.get("type") in ("error", "response.failed"):
+                self.error = obj
                 return
 
     def _check_done(self, block: bytes) -> None:

@@ -368,10 +368,11 @@ def stream_error_event(s: Stack, path: str, rid: str) -> str:
         events = sse_events(answer)
         assert len(events) == 4 and "[DONE]" not in events
         assert json.loads(events[-1])["error"]["type"] == "server_error"  # the client gets the backend's error
-        one_usage(s, rid, status=200, streaming=True, backend="weu", attempts=1)
+        one_usage(s, rid, status=200, streaming=True, backend="weu", attempts=1, error="stream_error",
+                  outcome="failed")
         breakers(s, {"weu": "closed", "weu/gpt-4o-mini": "closed"})
         no_completion(s, rid)
-        return "200 stream relayed with the error event, no [DONE]"
+        return "200 stream relayed with the error event, no [DONE]; recorded as failed (stream_error)"
     instance_id = s.submit(rid, stream=True)
     result = s.result(instance_id)
     assert result.status_code == 502 and result.headers["x-gateway-status"] == "failed"

@@ -441,3 +441,27 @@ def test_a_chat_tap_does_not_look_for_response_ids():
     for chunk in _responses_stream("response.completed", RESPONSES_USAGE):
         tap.feed(chunk)
     assert tap.response_id is None and not tap.done
+
+
+def test_an_error_event_is_relayed_unchanged_and_marks_the_stream_failed():
+    error = {"error": {"code": "server_error", "message": "The server had an error", "type": "server_error"}}
+    stream = build_stream([*azure_events(False)[:3], error]).removesuffix(b"data: [DONE]\n\n")  # no [DONE]
+    for out, tap in relay_all_ways(stream, strip=True):
+        assert out == stream
+        assert tap.error == error and not tap.done
+
+
+def test_content_that_talks_about_errors_is_not_an_error_event():
+    events = azure_events(False)
+    events[1]["choices"][0]["delta"]["content"] = 'the "error" key, {"error": 1}'
+    stream = build_stream(events)
+    for _, tap in relay_all_ways(stream, strip=True):
+        assert tap.error is None and tap.done
+
+
+@pytest.mark.parametrize("event", [{"type": "error", "code": "server_error", "message": "x"},
+                                   {"type": "response.failed", "response": {"error": {"code": "server_error"}}}])
+def test_responses_error_events_mark_the_stream_failed(event):
+    tap = SseUsageTap(False, responses=True)
+    tap.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    assert tap.error == event
