@@ -20,6 +20,7 @@ __all__ = [
     "invalid_token",
     "method_not_allowed",
     "not_found",
+    "stream_error_event",
     "too_large",
     "unauthorized",
     "unavailable",
@@ -155,6 +156,15 @@ def cooling_down(retry_after_s: int) -> CoolingDown:
         code="backends_unavailable",
         headers={"Retry-After": str(max(1, retry_after_s))},
     )
+
+
+def stream_error_event(message: str, *, responses: bool) -> bytes:
+    """The SSE event that ends a stream the backend broke off: the one Azure sends, so SDKs raise instead of
+    taking a truncated answer for a whole one (a Responses stream gets its typed `error` event)."""
+    if responses:
+        payload = {"type": "error", "code": "bad_gateway", "message": message, "param": None}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + error_body(message, type="upstream_error", code="bad_gateway") + b"\n\n"
 
 
 def upstream_failure(status: int, message: str) -> GatewayError:

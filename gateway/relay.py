@@ -127,6 +127,9 @@ class Relay:
         except TransportError as exc:
             record.error = exc.kind
             self.attempts.broke(attempt, exc)
+            if tap is not None:  # an event stream: end it with an error event, at an event boundary
+                message = f"Backend {attempt.target.backend.name} broke off its answer; it is incomplete."
+                yield errors.stream_error_event(message, responses=route.operation.startswith("responses"))
         finally:
             if complete:
                 response.release()

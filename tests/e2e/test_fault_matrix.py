@@ -345,12 +345,14 @@ def stream_cut(s: Stack, path: str, rid: str) -> str:
         answer = s.chat(rid, stream=True)
         relayed(answer, 200, rid, "weu", 1)
         events = sse_events(answer)
-        assert len(events) == 3 and "[DONE]" not in events  # relayed as far as it came, never completed
+        assert len(events) == 4 and "[DONE]" not in events  # relayed as far as it came, never completed
+        error = json.loads(events[-1])["error"]  # then an error event, so the client knows (SDKs raise)
+        assert (error["type"], error["code"]) == ("upstream_error", "bad_gateway") and "weu" in error["message"]
         one_usage(s, rid, status=200, error="connect", streaming=True, backend="weu", attempts=1)
         scopes = breakers(s, {"weu": "closed", "weu/gpt-4o-mini": "closed"})
         assert scopes["weu"]["last_error"] == "connect"
         no_completion(s, rid)
-        return "200 stream relayed up to the cut, no [DONE]; usage error=connect; weu charged one failure"
+        return "200 stream relayed up to the cut, then an error event, no [DONE]; usage error=connect; weu charged"
     instance_id = s.submit(rid, stream=True)
     message = succeeded_async(s, instance_id, rid, "neu", attempts=2)  # the cut answer is not used
     assert (len(s.weu.requests), len(s.neu.requests)) == (1, 1)

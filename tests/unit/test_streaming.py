@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from gateway.errors import stream_error_event
 from gateway.streaming import SseUsageTap, prepare_stream_request
 from gateway.usage import Usage
 
@@ -465,3 +466,13 @@ def test_responses_error_events_mark_the_stream_failed(event):
     tap = SseUsageTap(False, responses=True)
     tap.feed(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
     assert tap.error == event
+
+
+@pytest.mark.parametrize("responses", [False, True])
+def test_the_event_that_ends_a_broken_stream_is_an_error_event_to_a_reader(responses):
+    event = stream_error_event("Backend weu broke off its answer; it is incomplete.", responses=responses)
+    tap = SseUsageTap(False, responses=responses)
+    assert tap.feed(event) == event
+    assert tap.error is not None
+    inner = tap.error if responses else tap.error["error"]
+    assert inner["code"] == "bad_gateway" and "weu" in inner["message"]
