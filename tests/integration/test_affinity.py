@@ -17,18 +17,11 @@ from gateway.affinity import RETENTION_S, Affinity
 from gateway.errors import GatewayError
 from gateway.storage import StorageAccount
 from gateway.translate import resolve
+from tests.support.clock import Clock
 from tests.support.ports import closed_port
 
 ROUTE = resolve("POST", "/v1/responses", "", "application/json", b'{"model": "gpt-4o", "input": "x"}', "v")
 BACKGROUND = resolve("POST", "/v1/responses", "", "application/json", b'{"model": "gpt-4o", "background": true}', "v")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

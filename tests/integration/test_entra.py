@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,19 +23,10 @@ from gateway.config import load_settings
 from gateway.entra import PUBLIC_CLOUD, EntraValidator, Identity
 from gateway.errors import GatewayError
 from gateway.upstream import Upstream
+from tests.support.clock import Clock
 from tests.support.fake_entra import AUDIENCE, CLIENT_ID, TENANT, FakeEntra, private_key, public_pem
 
 OTHER_TENANT = "0b1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
-
-
-class Clock:
-    """Wall-clock seconds that only move when a test moves them."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

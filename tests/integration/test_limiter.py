@@ -21,17 +21,10 @@ from gateway.leases import WINDOW_S, bucket_of, counted
 from gateway.limiter import Grant, Limiter, Refusal
 from gateway.storage import StorageAccount
 from tests.support.azurite import Azurite
+from tests.support.clock import Clock
 
 START = 1_800_000_000.0
 TICK = 0.1
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -156,7 +149,7 @@ def mixed_rates(size: Callable[[random.Random], int]) -> Demand:
 
 @pytest.mark.parametrize("kind", ["rpm", "tpm"])
 async def test_no_sliding_minute_admits_more_than_the_limit_across_four_instances(azurite, limiters, kind):
-    clock = Clock()
+    clock = Clock(START)
     group = limiters(azurite.connection_string, clock, 4)
     if kind == "rpm":
         limit, demand, usage = 600, mixed_rates(lambda rng: 1), None
@@ -187,7 +180,7 @@ async def test_no_sliding_minute_admits_more_than_the_limit_across_four_instance
 
 @pytest.mark.parametrize(("kind", "share"), [("rpm", 0.90), ("rpm", 0.95), ("tpm", 0.95)])
 async def test_a_caller_under_95_percent_spread_over_four_instances_is_never_refused(azurite, limiters, kind, share):
-    clock = Clock()
+    clock = Clock(START)
     group = limiters(azurite.connection_string, clock, 4)
     limit = 1200 if kind == "rpm" else 480_000
     sizes = [1] if kind == "rpm" else [100 + (j * 337) % 900 for j in range(16)]  # 550 tokens on average
@@ -215,7 +208,7 @@ async def test_a_caller_under_95_percent_spread_over_four_instances_is_never_ref
 
 
 async def test_a_busy_caller_well_under_a_generous_limit_costs_almost_no_storage(azurite, limiters):
-    clock = Clock()
+    clock = Clock(START)
     [limiter] = limiters(azurite.connection_string, clock, 1)
     requests = 0
     for tick in range(round(30 / 0.01)):  # 2,000 requests/s for 30 s, in 10 ms ticks
@@ -240,7 +233,7 @@ async def test_a_busy_caller_well_under_a_generous_limit_costs_almost_no_storage
 
 
 async def test_waiting_requests_share_one_lease_request(azurite, limiters):
-    clock = Clock()
+    clock = Clock(START)
     [limiter] = limiters(azurite.connection_string, clock, 1)
     answers = await asyncio.gather(*(limiter.acquire("burst", "rpm", 1000, 1) for _ in range(50)))
     assert all(isinstance(a, Grant) for a in answers)
@@ -249,7 +242,7 @@ async def test_waiting_requests_share_one_lease_request(azurite, limiters):
 
 
 async def test_the_row_layout_operators_see(azurite, limiters, table):
-    clock = Clock()
+    clock = Clock(START)
     [limiter] = limiters(azurite.connection_string, clock, 1)
     caller = "team/a?b#c\\d\tmodel"
     assert isinstance(await limiter.acquire(caller, "tpm", 10_000, 700), Grant)
@@ -263,7 +256,7 @@ async def test_the_row_layout_operators_see(azurite, limiters, table):
 
 
 async def test_a_token_limit_past_two_billion_is_stored_and_enforced(azurite, limiters):
-    clock = Clock()
+    clock = Clock(START)
     a, b = limiters(azurite.connection_string, clock, 2)
     limit = 10_000_000_000  # a pooled TPM past Edm.Int32
     assert isinstance(await a.acquire("pool", "tpm", limit, 1_000), Grant)
@@ -277,7 +270,7 @@ async def test_a_token_limit_past_two_billion_is_stored_and_enforced(azurite, li
 
 
 async def test_a_refusal_says_when_budget_frees_and_the_window_shows_it(azurite, limiters):
-    clock = Clock()
+    clock = Clock(START)
     a, b = limiters(azurite.connection_string, clock, 2)
     for _ in range(10):
         assert isinstance(await a.acquire("k", "rpm", 10, 1), Grant)
@@ -294,7 +287,7 @@ async def test_a_refusal_says_when_budget_frees_and_the_window_shows_it(azurite,
 
 
 async def test_unspent_slices_go_back_and_settled_tokens_reach_the_row(azurite, limiters):
-    clock = Clock()
+    clock = Clock(START)
     a, b = limiters(azurite.connection_string, clock, 2)
     grants = []
     for tick in range(20):  # a busy second on A: its slices grow with its rate
@@ -315,7 +308,7 @@ async def test_unspent_slices_go_back_and_settled_tokens_reach_the_row(azurite, 
 async def test_storage_down_falls_back_to_local_limits_flagged_and_said_once(limiters, caplog):
     caplog.set_level(logging.INFO, logger="gateway.limits")
     storage = Azurite().start()
-    clock = Clock()
+    clock = Clock(START)
     try:
         [limiter] = limiters(storage.connection_string, clock, 1)
         assert (await limiter.acquire("k", "rpm", 50, 1)).shared
@@ -353,7 +346,7 @@ async def test_a_bug_is_logged_with_its_traceback_not_taken_for_an_outage(caplog
     def broken() -> object:
         raise TypeError("a programming error in the table client factory")
 
-    limiter = Limiter(broken, "I0", Clock())
+    limiter = Limiter(broken, "I0", Clock(START))
     answer = await limiter.acquire("k", "rpm", 5, 1)
     assert isinstance(answer, Grant) and not answer.shared  # decided locally for this request
     assert limiter.storage_ok and limiter.unexpected_errors == 1

@@ -10,7 +10,6 @@ capacity.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +26,7 @@ from gateway.pool import BackendPool
 from gateway.results import ResultStore
 from gateway.storage import storage_account
 from orchestrations import activities, starter
+from tests.support.clock import Clock
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 KEY = "one-attempt-key"
@@ -44,14 +44,6 @@ FAULTS: dict[str, tuple[Fault | None, bool]] = {
     "content filter": (Fault.content_filter(), False),
     "capacity headers": (None, False),
 }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

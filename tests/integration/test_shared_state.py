@@ -23,20 +23,11 @@ from gateway.messages import Inbound
 from gateway.state_store import StateStore
 from gateway.storage import storage_account
 from tests.support.azurite import Azurite
+from tests.support.clock import Clock
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 KEY = "k"
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
-
-
-class Clock:
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -1,18 +1,11 @@
 """Storage calls per second over the last minute, on a controlled clock."""
 
 from gateway.ops_meter import WINDOW_S, OpsMeter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 def test_rates_are_averaged_over_the_time_since_start_until_a_minute_has_passed():
-    clock = Clock()
+    clock = Clock(1000.0)
     meter = OpsMeter(clock)
     assert meter.per_second() == {"reads": 0.0, "writes": 0.0, "window_s": 1.0}
     for _ in range(10):
@@ -24,7 +17,7 @@ def test_rates_are_averaged_over_the_time_since_start_until_a_minute_has_passed(
 
 
 def test_only_the_last_minute_counts():
-    clock = Clock()
+    clock = Clock(1000.0)
     meter = OpsMeter(clock)
     meter.write(600)  # a burst at the start
     for _ in range(2 * WINDOW_S):

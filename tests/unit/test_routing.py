@@ -7,20 +7,13 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.pool import BackendPool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 def pool(*specs: str, strategy: str = "priority", seed: int = 7, **env: str) -> tuple[BackendPool, Clock]:
     values = {f"GATEWAY_BACKEND_{i}": spec for i, spec in enumerate(specs, start=1)}
     settings = load_settings({**values, "GATEWAY_STRATEGY": strategy, **env})
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     return BackendPool(settings, rng=random.Random(seed), clock=clock), clock
 
 
