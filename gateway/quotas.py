@@ -20,7 +20,7 @@ from .callers import Caller
 from .limiter import Grant, Limiter, Refusal, Window, limit_key
 from .profiles import Profile
 from .slots import Slot
-from .tokens import count_tokens, estimate_prompt_tokens
+from .tokens import estimate_prompt_tokens
 from .usage import Usage
 
 __all__ = ["Admission", "Quotas"]
@@ -115,12 +115,7 @@ class Quotas:
 def reservation(route: translate.Route, profile: Profile) -> int:
     """Tokens reserved before forwarding: the prompt (the model's own encoding) and the completion's cap."""
     body: Mapping[str, Any] = route.json or {}
-    prompt = estimate_prompt_tokens(body, route.model)
-    if not prompt and "input" in body:  # embeddings: the input is what they cost
-        value = body["input"]
-        items = value if isinstance(value, list) else [value]
-        texts = [v for v in items if isinstance(v, str)]
-        prompt = sum(count_tokens(text, route.model) for text in texts)
+    prompt = estimate_prompt_tokens(body, route.model)  # embeddings too: their `input` is counted
     cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     completion = cap if isinstance(cap, int) and cap > 0 else profile.reserve or 0
     return max(1, prompt + completion)
