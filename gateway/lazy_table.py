@@ -1,4 +1,5 @@
-"""A Table client made on first use, its table created once: the one copy every store shares.
+"""The Table plumbing every store shares: a client made on first use, its table created once, and the
+conditional write that lets instances share a row without a lock.
 
 Stores start before storage may be reachable and tables may be wiped under a running app (a new or reset
 account), so each store asks for its client per use and says when a call found the table gone.
@@ -10,9 +11,21 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import UpdateMode
 
-__all__ = ["LazyTable"]
+__all__ = ["LazyTable", "write_unless_changed"]
+
+
+async def write_unless_changed(
+    table: Any, entity: dict[str, Any], etag: str | None, mode: UpdateMode = UpdateMode.REPLACE
+) -> Any:
+    """Creates the row if none was seen (`etag` None), else updates it only if it still has `etag`; returns the
+    write's metadata. Raises ResourceExistsError or ResourceModifiedError when another writer came first."""
+    if etag is None:
+        return await table.create_entity(entity)
+    return await table.update_entity(entity, mode=mode, etag=etag, match_condition=MatchConditions.IfNotModified)
 
 
 class LazyTable:

@@ -23,11 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
-from .lazy_table import LazyTable
+from .lazy_table import LazyTable, write_unless_changed
 
 __all__ = [
     "BUCKETS_PER_S",
@@ -170,12 +168,7 @@ class LeaseTable:
             entity = _entity(place, new, self.instance_id)
             try:
                 self.operations += 1
-                if etag is None:
-                    metadata = await table.create_entity(entity)
-                else:
-                    metadata = await table.update_entity(
-                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                    )
+                metadata = await write_unless_changed(table, entity, etag)
             except (ResourceModifiedError, ResourceExistsError):
                 cached = None  # someone wrote in between: read theirs and decide again
                 await asyncio.sleep(random.uniform(0, 0.005))  # jitter against lock-step retries, not a wait

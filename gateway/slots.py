@@ -26,12 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
 from .config import Backend
-from .lazy_table import LazyTable
+from .lazy_table import LazyTable, write_unless_changed
 from .state_sync import STORAGE_ERRORS
 
 __all__ = ["BackendQueue", "Slot", "Slots"]
@@ -115,12 +113,7 @@ class Pool:
             row = {"PartitionKey": PARTITION, "RowKey": self.row, "Holders": json.dumps(live)}
             self.operations += 1
             try:
-                if etag is None:
-                    await table.create_entity(row)
-                else:
-                    await table.update_entity(
-                        row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                    )
+                await write_unless_changed(table, row, etag)
             except (ResourceModifiedError, ResourceExistsError):
                 continue  # another instance renewed in between: decide again on what it wrote
             self.held, self.others = mine, others

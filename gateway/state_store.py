@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from . import state_rows as rows
 from . import state_versions as versions
 from .breakers import SharedBreaker
-from .lazy_table import LazyTable
+from .lazy_table import LazyTable, write_unless_changed
 from .ops_meter import OpsMeter
 from .state_rows import BREAKER, CALLER, HEALTH, KINDS, PROFILE, Health, Row, RowView, Snapshot, bucket_of
 from .state_versions import Versions
@@ -126,12 +125,7 @@ class StateStore:
                 table = await self._table.client()  # the table may be gone, not just the row
             try:
                 self.meter.write()
-                if etag is None:
-                    await table.create_entity(row)
-                else:
-                    await table.update_entity(
-                        row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                    )
+                await write_unless_changed(table, row, etag)
             except (ResourceModifiedError, ResourceExistsError):
                 # Someone wrote in between: read again and merge with theirs, after a short jittered pause.
                 await asyncio.sleep(random.uniform(0, 0.02))
@@ -171,12 +165,7 @@ class StateStore:
             table = await self._table.client()  # again: reading may have found the table gone
             try:
                 self.meter.write()
-                if current.etag is None:
-                    await table.create_entity(entity)
-                else:
-                    await table.update_entity(
-                        entity, mode=UpdateMode.MERGE, etag=current.etag, match_condition=MatchConditions.IfNotModified
-                    )
+                await write_unless_changed(table, entity, current.etag, UpdateMode.MERGE)
             except (ResourceModifiedError, ResourceExistsError):
                 await asyncio.sleep(random.uniform(0, 0.02))  # another bump won: read theirs and count on top
                 continue
