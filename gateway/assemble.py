@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.sse import iter_payloads, json_object
+from gateway.sse import is_error_event, iter_payloads, json_object
 
 __all__ = ["AssembleError", "assemble_completion", "parse_sse"]
 
@@ -82,7 +82,7 @@ def assemble_completion(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for event in events:
         if not isinstance(event, dict):
             continue
-        if "error" in event and not event.get("choices"):
+        if is_error_event(event):
             raise AssembleError("the stream carried an error event", event)
         seen = True
         obj = event.get("object")

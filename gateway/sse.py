@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["SseFramer", "event_data", "iter_payloads", "json_object", "split_events"]
+__all__ = ["SseFramer", "event_data", "is_error_event", "iter_payloads", "json_object", "split_events"]
 
 BOM = b"\xef\xbb\xbf"
 # A blank line: one line end, then another. The first is atomic so that a CRLF is never read as CR + LF.
@@ -144,3 +144,9 @@ def json_object(payload: bytes | None) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def is_error_event(obj: dict[str, Any]) -> bool:
+    """The backend's error event: `{"error": ...}` without choices (chat, completions), or a Responses `error` or
+    `response.failed` event. After it the answer is a failure, whatever status came first."""
+    return ("error" in obj and not obj.get("choices")) or obj.get("type") in ("error", "response.failed")

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from gateway.sse import BOM, SseFramer, event_data, iter_payloads, json_object, split_events
+from gateway.sse import BOM, SseFramer, event_data, is_error_event, iter_payloads, json_object, split_events
 from gateway.tokens import call_texts
 from gateway.usage import Usage, response_model
 
@@ -234,12 +234,10 @@ class SseUsageTap:
                 return
 
     def _check_error(self, block: bytes) -> None:
-        """An error event: `{"error": ...}` without choices (chat, completions), `error` or `response.failed`."""
+        """Keeps the first error event of the block (`sse.is_error_event`)."""
         for event in split_events(block):
             obj = json_object(event_data(event)) if event.find(_ERROR) >= 0 else None
-            if obj is None:
-                continue
-            if ("error" in obj and not obj.get("choices")) or obj.get("type") in ("error", "response.failed"):
+            if obj is not None and is_error_event(obj):
                 self.error = obj
                 return
 
