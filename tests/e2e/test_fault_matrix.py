@@ -435,11 +435,12 @@ def azurite_outage(s: Stack, path: str, rid: str) -> str:
     instance_id = s.submit(rid)
     s.weu.wait_for_requests(1)
     s.azurite.stop()  # the attempt is in flight: its result cannot be stored
+    # Released at once, well inside the read timeout (READ_TIMEOUT_S), so weu answers this attempt.
+    s.weu.release_stalls()
     started = time.monotonic()
     refused = s.chat(rid + "-while-down", prefer_async=True)
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"  # cannot keep the body
     assert time.monotonic() - started < 5  # and says so at once
-    s.weu.release_stalls()
     s.wait_for_failed_activity(instance_id, "attempt_backend")
     s.azurite.start()
     succeeded_async(s, instance_id, rid, "weu", attempts=1)  # the activity's retry ran the attempt again
