@@ -29,7 +29,7 @@ from .pipeline import Pipeline
 from .pool import BackendPool
 from .quotas import Quotas
 from .results import ResultStore
-from .slots import Slots
+from .slots import CallerSlots, Slots
 from .state_store import StateStore
 from .storage import storage_account
 from .telemetry import configure_exporter
@@ -69,6 +69,7 @@ class Services:
         if self.quotas.limiter is not None:
             await self.quotas.limiter.close()  # gives back unspent slices
         await self.pipeline.slots.close()  # and held backend slots
+        await self.quotas.caller_slots.close()  # and callers' ones
         await self.upstream.close()
         await self.auth.close()
 
@@ -106,7 +107,7 @@ def build_services(
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic read also carries governance rows
     usage = UsageRecorder(settings.usage_file)
     instance = store.instance_id if store else "local"
-    quotas = Quotas(Limiter(leases, instance) if leases else None)
+    quotas = Quotas(Limiter(leases, instance) if leases else None, CallerSlots(leases, instance, settings.aging_s))
     slots = Slots(settings.backends, leases, instance, settings.aging_s)
     affinity = affinity or Affinity(None)  # None: response ids are known to this process only
     pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots, affinity)

@@ -103,7 +103,7 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     async def stats(req: Request) -> JSONResponse:
         """Counters of this instance: requests handled, storage operations made and per second (last minute)."""
         limiter = services.quotas.limiter
-        slot_ops = sum(p.operations for q in pipeline.slots.by_backend.values() for p in (q.general, q.dedicated) if p)
+        slot_ops = pipeline.slots.operations + pipeline.quotas.caller_slots.operations
         limit_ops = (limiter.operations if limiter else 0) + slot_ops
         return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters, limit_ops))
 

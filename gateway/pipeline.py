@@ -156,11 +156,25 @@ class Pipeline:
                 raise errors.bad_request(
                     f"The header '{missing}' is required.", code="missing_required_header", param=missing
                 )
-            call.lane = lane_for(call.profile, inbound.headers, time.time())
-            call.admission = await self.quotas.admit(caller, call.profile, route)
+            call.lane = lane = lane_for(call.profile, inbound.headers, time.time())
+            patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
+            wait_until = min(started + self.settings.sync_budget_s, time.monotonic() + patience)
+            try:
+                call.admission = await self.quotas.admit(caller, call.profile, route, lane.priority, wait_until)
+            except errors.GatewayError as refusal:
+                if refusal.code == "concurrency_limit_exceeded" and lane.seconds_left(time.time()) <= 0:
+                    raise request_expired() from None  # it waited for a slot of its caller until its TTL
+                raise
         except errors.GatewayError as refusal:  # suspended, not allowed, over a limit: recorded as refused
             self.relay.finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
             raise
+        try:
+            return await self._admitted(inbound, route, call, defer)
+        except BaseException:
+            call.admission.release_slots()  # the relay frees them once an answer ends; nothing else will now
+            raise
+
+    async def _admitted(self, inbound: Inbound, route: translate.Route, call: _Call, defer: Defer | None) -> Outbound:
         targets = self.pool.candidates(route.model)
         if not targets:
             if route.api_style == "azure":
@@ -189,6 +203,7 @@ class Pipeline:
     ) -> Outbound:
         """Hands the request to the async path with its lane; the caller's headers about its limits come along."""
         deferred = Deferred(inbound, route, call.request_id, call.caller.name, reason, call.profile.name, call.lane)
+        call.admission.release_slots()  # in flight on the async path now, not here
         out = await defer(deferred)
         out.headers |= self.quotas.headers(call.admission)
         return out
@@ -228,20 +243,20 @@ class Pipeline:
         full: set[str] = set()  # backends at their concurrency on this instance
         try:
             while tries.count < self.settings.max_attempts:
-                target = await self.attempts.next_target(route.model, tried | full, tiers=lane.tiers)
-                slot = None
+                target, slot = await self.choose(route.model, tried, full, lane)
                 if target is None:
                     if full:  # what is left is at its concurrency: wait in priority order for a slot
-                        target, slot = await self._queue(route.model, full, deadline, lane)
+                        patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
+                        wait_until = min(deadline, time.monotonic() + patience)
+                        target, slot = await self.queue(route.model, full, wait_until, lane)
+                        if target is None:
+                            if lane.seconds_left(time.time()) <= 0:
+                                raise request_expired()
+                            raise errors.cooling_down(1)
                     elif await self._wait_for_backend(route.model, targets, tried, deadline, lane, call.avoid):
                         continue
                     else:
                         break
-                elif self.slots.limited(target.backend.name):
-                    slot = self.slots.try_acquire(target.backend.name, lane.priority)
-                    if slot is None:
-                        full.add(target.backend.name)  # spill to the next target if the caller may use one
-                        continue
                 tried.add(target.backend.name)
                 remaining = deadline - time.monotonic()
                 if lane.seconds_left(time.time()) <= 0 or remaining <= 0:
@@ -295,19 +310,31 @@ class Pipeline:
         self.relay.finish(record, call.started, call.admission)
         raise error
 
-    async def _queue(self, model: str, full: set[str], deadline: float, lane: Lane) -> tuple[Target, Slot]:
-        """Waits for a slot on the best backend at its concurrency, in priority order (with aging), until the
-        request's deadline; then it is answered as a cooling backend would be (429 or async), or 408 past its TTL."""
+    async def choose(
+        self, model: str, exclude: set[str], full: set[str], lane: Lane
+    ) -> tuple[Target | None, Slot | None]:
+        """The pool's next choice for the lane that has a slot free now (None when none has); the backends found
+        at their concurrency are added to `full`, so the request spills to the next one its tiers allow.
+        The sync path and the async activity both choose here."""
+        while (target := await self.attempts.next_target(model, exclude | full, tiers=lane.tiers)) is not None:
+            if not self.slots.limited(target.backend.name):
+                return target, None
+            if (slot := self.slots.try_acquire(target.backend.name, lane.priority)) is not None:
+                return target, slot
+            full.add(target.backend.name)
+        return None, None
+
+    async def queue(
+        self, model: str, full: set[str], wait_until: float, lane: Lane
+    ) -> tuple[Target | None, Slot | None]:
+        """Waits in priority order (with aging) for a slot on the best backend of `full` until `wait_until`
+        (monotonic); (None, None) when it passes first."""
         for target in self.pool.candidates(model):
             if target.backend.name in full:
-                patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
-                wait_until = min(deadline, time.monotonic() + patience)
                 if (slot := await self.slots.acquire(target.backend.name, lane.priority, wait_until)) is not None:
                     return target, slot
-                if lane.seconds_left(time.time()) <= 0:
-                    raise request_expired()
-                raise errors.cooling_down(1)
-        raise errors.cooling_down(1)
+                break
+        return None, None
 
     async def _wait_for_backend(
         self,

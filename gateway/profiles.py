@@ -49,7 +49,7 @@ class Profile:
     async_mode: str = "allow"  # allow | deny (never deferred) | always (every POST deferred)
     priority: int = 5  # 1 (highest) .. 9; enforced by the lanes
     tiers: frozenset[str] | None = None  # ptu, paygo; enforced by the lanes
-    concurrency: int | None = None  # enforced by the lanes
+    concurrency: int | None = None  # requests in flight at once (gateway.slots.CallerSlots)
     ttl_s: float | None = None  # enforced by the lanes
     per_model: bool = False  # limits counted per (caller, model) instead of per caller
     reserve: int | None = None  # tokens reserved when a request names no max_tokens

@@ -19,7 +19,7 @@ from . import errors, translate
 from .callers import Caller
 from .limiter import Grant, Limiter, Refusal, Window, limit_key
 from .profiles import Profile
-from .slots import Slot
+from .slots import CallerSlots, Slot
 from .tokens import estimate_prompt_tokens
 from .usage import Usage
 
@@ -36,6 +36,12 @@ class Admission:
     tokens: Grant | None = None
     settled: bool = field(default=False)
     slot: Slot | None = None  # the backend slot an answered request holds until its answer ends
+    caller_slot: Slot | None = None  # one of the caller's `concurrency=` slots, held until the request ends
+
+    def release_slots(self) -> None:
+        for slot in (self.slot, self.caller_slot):
+            if slot is not None:
+                slot.release()
 
     @property
     def limited(self) -> bool:
@@ -46,15 +52,37 @@ NOT_LIMITED = Admission()
 
 
 class Quotas:
-    def __init__(self, limiter: Limiter | None) -> None:
-        self.limiter = limiter  # None: no shared storage (unit tests): limits are not enforced
+    def __init__(self, limiter: Limiter | None, caller_slots: CallerSlots | None = None) -> None:
+        self.limiter = limiter  # None: no shared storage (unit tests): RPM/TPM are not enforced
+        self.caller_slots = caller_slots or CallerSlots(None, "local", 5.0)  # without storage: per instance
 
-    async def admit(self, caller: Caller, profile: Profile, route: translate.Route) -> Admission:
-        """Counts the request against its caller's limits; 429 naming the limit when one is reached."""
-        if not profile.limited or self.limiter is None:
+    async def admit(
+        self, caller: Caller, profile: Profile, route: translate.Route, priority: int = 5, wait_until: float = 0.0
+    ) -> Admission:
+        """Counts the request against its caller's limits; 429 naming the limit when one is reached.
+
+        At its `concurrency=` the request waits for one of its caller's slots in priority order until `wait_until`
+        (monotonic); the slot is the first thing taken, so a request refused later gives it back at once."""
+        if profile.concurrency is None and (not profile.limited or self.limiter is None):
             return NOT_LIMITED
         key = limit_key(caller.name, route.model if profile.per_model else None)
         admission = Admission(key, profile)
+        if profile.concurrency is not None:
+            admission.caller_slot = await self.caller_slots.acquire(key, profile.concurrency, priority, wait_until)
+            if admission.caller_slot is None:
+                raise _busy(profile.concurrency)
+        try:
+            await self._count(admission, profile, route)
+        except BaseException:  # refused (or the client went away): the slot goes back at once
+            admission.release_slots()
+            raise
+        return admission
+
+    async def _count(self, admission: Admission, profile: Profile, route: translate.Route) -> None:
+        """RPM, then TPM: each refusal is 429 naming its limit, and gives back what was taken before it."""
+        if self.limiter is None:
+            return
+        key = admission.key
         if profile.rpm is not None:
             answer = await self.limiter.acquire(key, "rpm", profile.rpm, 1)
             if isinstance(answer, Refusal):
@@ -67,7 +95,6 @@ class Quotas:
                     self.limiter.settle(admission.requests, 0)  # not admitted after all: the request is given back
                 raise self._refused("tokens", answer, admission)
             admission.tokens = answer
-        return admission
 
     def settle(self, admission: Admission, usage: Usage | None, *, answered: bool) -> None:
         """Once, when the request ends: tokens as reported; nothing when no answer (or an error) came back; the
@@ -110,6 +137,16 @@ class Quotas:
             code="rate_limit_exceeded",
             headers=headers,
         )
+
+
+def _busy(limit: int) -> errors.GatewayError:
+    return errors.GatewayError(
+        429,
+        f"Too many requests in flight for this caller: limit {limit}. Retry after 1 s.",
+        type="rate_limit_error",
+        code="concurrency_limit_exceeded",
+        headers={"Retry-After": "1"},
+    )
 
 
 def reservation(route: translate.Route, profile: Profile) -> int:

@@ -170,11 +170,10 @@ class Relay:
             await self.affinity.remember(response_id, record.backend, route, record.caller)
 
     def finish(self, record: UsageRecord, started: float, admission: Admission = NOT_LIMITED) -> None:
-        """Stamps the duration, settles the caller's token reservation, frees its backend slot, hands the record
-        to the recorder's sinks."""
+        """Stamps the duration, settles the caller's token reservation, frees its slots (backend, caller), hands
+        the record to the recorder's sinks."""
         record.duration_ms = round((time.monotonic() - started) * 1000, 3)
-        if admission.slot is not None:
-            admission.slot.release()
+        admission.release_slots()
         self.quotas.settle(admission, record.usage, answered=record.status < 400)
         self.usage.record(record)
 

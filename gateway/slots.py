@@ -30,13 +30,16 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 
 from .config import Backend
 from .lazy_table import LazyTable, write_unless_changed
+from .leases import encode_key
 from .state_sync import STORAGE_ERRORS
 
-__all__ = ["BackendQueue", "Slot", "Slots"]
+__all__ = ["CallerSlots", "Slot", "SlotQueue", "Slots"]
 
 log = logging.getLogger("gateway.slots")
 
-PARTITION = "slots"
+PARTITION = "slots"  # backends' slots; a caller's (profile `concurrency=`) are in CALLER_PARTITION
+CALLER_PARTITION = "caller-slots"
+IDLE_QUEUES = 256  # callers' queues kept before idle ones are dropped (memory stays bounded)
 LEASE_S = 5.0  # a holder that stops renewing loses its slots after this
 RENEW_S = 1.0  # renewal interval while an instance has work on the backend
 STARVED_S = 0.1  # renewal interval while requests wait here and no slot is free to them
@@ -49,7 +52,7 @@ class Slot:
 
     __slots__ = ("_pool", "_queue", "_released")
 
-    def __init__(self, queue: BackendQueue, pool: Pool) -> None:
+    def __init__(self, queue: SlotQueue, pool: Pool) -> None:
         self._queue = queue
         self._pool = pool
         self._released = False
@@ -66,17 +69,29 @@ class Slot:
 class Pool:
     """Slots of one pool of a backend that this instance holds, leased from its Table row."""
 
-    def __init__(self, limit: int, row: str, table: Callable[[], Any] | None, instance_id: str) -> None:
+    def __init__(self, limit: int, row: str, table: LazyTable | None, instance_id: str, partition: str) -> None:
         self.limit = limit
         self.row = row
+        self.partition = partition
         self.instance_id = instance_id
         self.held = 0 if table else limit  # without shared storage: this instance alone
         self.others = 0  # what the other instances held at the last renewal
         self.in_flight = 0
         self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
         self.others_want = False  # at the last renewal, other instances had demand: yield idle slots promptly
-        self._table = LazyTable(table, self._one_call) if table else None
+        self._table = table  # shared by the pools of one owner (Slots, CallerSlots), which closes it
         self.operations = 0
+
+    def resize(self, limit: int) -> None:
+        """A new limit (an operator changed the profile); shared slots follow at the next renewal."""
+        self.limit = limit
+        if self.local:
+            self.held = limit
+
+    @property
+    def local(self) -> bool:
+        """No shared storage: this instance holds the whole limit."""
+        return self._table is None
 
     @property
     def free(self) -> bool:
@@ -98,7 +113,7 @@ class Pool:
             now = time.time()
             self.operations += 1
             try:
-                entity = await table.get_entity(PARTITION, self.row)
+                entity = await table.get_entity(self.partition, self.row)
                 holders, etag = json.loads(entity.get("Holders", "{}")), entity.metadata["etag"]
             except ResourceNotFoundError:
                 holders, etag = {}, None
@@ -110,7 +125,7 @@ class Pool:
             mine = max(0, min(max(fair, self.in_flight), self.limit - others))
             if mine or self.demand:
                 live[self.instance_id] = [mine, round(self.demand, 3), now + LEASE_S]
-            row = {"PartitionKey": PARTITION, "RowKey": self.row, "Holders": json.dumps(live)}
+            row = {"PartitionKey": self.partition, "RowKey": self.row, "Holders": json.dumps(live)}
             self.operations += 1
             try:
                 await write_unless_changed(table, row, etag)
@@ -122,15 +137,10 @@ class Pool:
         log.warning("Slots %s: too many concurrent renewals; keeping what is held", self.row)
 
     async def close(self) -> None:
-        if self._table is not None and self._table.opened:
-            if self.held:
-                with contextlib.suppress(*STORAGE_ERRORS):
-                    self.in_flight, self.demand = 0, 0.0
-                    await self.claim(0)  # give the slots back for the others
-            await self._table.close()
-
-    def _one_call(self) -> None:
-        self.operations += 1
+        if self._table is not None and self._table.opened and self.held:
+            with contextlib.suppress(*STORAGE_ERRORS):
+                self.in_flight, self.demand = 0, 0.0
+                await self.claim(0)  # give the slots back for the others
 
 
 @dataclass(slots=True)
@@ -141,15 +151,26 @@ class _Waiter:
     future: asyncio.Future[Pool] = field(repr=False)
 
 
-class BackendQueue:
-    """One backend on this instance: its pools (dedicated, general), who waits, and the lease renewals."""
+class SlotQueue:
+    """One limit on this instance (a backend's, or a caller's): its pools (dedicated, general), who waits, and the
+    lease renewals. `row` names its Table rows, `partition` their partition."""
 
-    def __init__(self, backend: Backend, table: Callable[[], Any] | None, instance_id: str, aging_s: float) -> None:
-        assert backend.concurrency is not None
-        self.backend = backend
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        reserved: int,
+        table: LazyTable | None,
+        instance_id: str,
+        aging_s: float,
+        row: str | None = None,
+        partition: str = PARTITION,
+    ) -> None:
+        self.name = name
         self.aging_s = aging_s
-        self.general = Pool(backend.concurrency - backend.reserved, backend.name, table, instance_id)
-        self.dedicated = Pool(backend.reserved, backend.name + "~p1", table, instance_id) if backend.reserved else None
+        row = row or name
+        self.general = Pool(limit - reserved, row, table, instance_id, partition)
+        self.dedicated = Pool(reserved, row + "~p1", table, instance_id, partition) if reserved else None
         self._shared = table is not None
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
@@ -167,7 +188,7 @@ class BackendQueue:
 
     @property
     def in_flight(self) -> int:
-        return sum(p.in_flight for p in (self.general, self.dedicated) if p is not None)
+        return sum(p.in_flight for p in self._pools())
 
     def try_acquire(self, priority: int) -> Slot | None:
         """A slot now, if one is free to this priority and nobody better waits; else None."""
@@ -241,47 +262,108 @@ class BackendQueue:
                     await self.dedicated.claim(self.dedicated.in_flight + urgent)
                 await self.general.claim(self.general.in_flight + weighted)
             except STORAGE_ERRORS as exc:
-                log.warning("Slots of %s: storage unreachable (%s); keeping what is held", self.backend.name, exc)
+                log.warning("Slots of %s: storage unreachable (%s); keeping what is held", self.name, exc)
             self.admit()
-            pools = [p for p in (self.general, self.dedicated) if p is not None]
-            if not self._waiters and all(p.demand == 0 and p.held == 0 for p in pools):
+            if not self._waiters and all(p.demand == 0 and p.held == 0 for p in self._pools()):
                 return
             starved = bool(self._waiters)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), STARVED_S if starved else RENEW_S)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits, runs or is held here, and no renewal is under way: the queue can be forgotten."""
+        return (
+            not self._waiters
+            and self.in_flight == 0
+            and all(p.held == 0 or p.local for p in self._pools())  # a shared slot is given back first
+            and (self._renewing is None or self._renewing.done())
+        )
+
+    @property
+    def operations(self) -> int:
+        return sum(p.operations for p in self._pools())
+
+    def _pools(self) -> list[Pool]:
+        return [p for p in (self.general, self.dedicated) if p is not None]
+
     async def close(self) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError, *STORAGE_ERRORS):
                 await self._renewing
-        for pool in (self.general, self.dedicated):
-            if pool is not None:
-                await pool.close()
+        for pool in self._pools():
+            await pool.close()
 
 
-class Slots:
+class _Owner:
+    """The shared part of Slots and CallerSlots: one table client for all their queues, and the storage meter."""
+
+    def __init__(self, table: Callable[[], Any] | None, instance_id: str, aging_s: float) -> None:
+        self._table = LazyTable(table, self._count) if table else None
+        self._instance_id = instance_id
+        self._aging_s = aging_s
+        self._operations = 0  # table creations, and the calls of queues no longer kept
+        self.queues: dict[str, SlotQueue] = {}
+
+    def _queue(self, name: str, limit: int, reserved: int, row: str, partition: str) -> SlotQueue:
+        return SlotQueue(name, limit, reserved, self._table, self._instance_id, self._aging_s, row, partition)
+
+    def _count(self) -> None:
+        self._operations += 1
+
+    @property
+    def operations(self) -> int:
+        """Storage calls made so far (the benchmark's storage operations per request)."""
+        return self._operations + sum(q.operations for q in self.queues.values())
+
+    async def close(self) -> None:
+        for queue in self.queues.values():
+            await queue.close()
+        if self._table is not None:
+            await self._table.close()
+
+
+class Slots(_Owner):
     """The queues of every backend with `concurrency=`; the others are unlimited."""
 
     def __init__(self, backends: tuple[Backend, ...], table: Callable[[], Any] | None, instance_id: str,
                  aging_s: float) -> None:  # fmt: skip
-        self.by_backend = {
-            b.name: BackendQueue(b, table, instance_id, aging_s) for b in backends if b.concurrency is not None
-        }
+        super().__init__(table, instance_id, aging_s)
+        for b in backends:
+            if b.concurrency is not None:
+                self.queues[b.name] = self._queue(b.name, b.concurrency, b.reserved, b.name, PARTITION)
 
     def limited(self, backend: str) -> bool:
-        return backend in self.by_backend
+        return backend in self.queues
 
     def try_acquire(self, backend: str, priority: int) -> Slot | None:
-        return self.by_backend[backend].try_acquire(priority)
+        return self.queues[backend].try_acquire(priority)
 
     async def acquire(self, backend: str, priority: int, deadline: float) -> Slot | None:
-        return await self.by_backend[backend].acquire(priority, deadline)
+        return await self.queues[backend].acquire(priority, deadline)
 
-    def queue(self, backend: str) -> BackendQueue | None:
-        return self.by_backend.get(backend)
+    def queue(self, backend: str) -> SlotQueue | None:
+        return self.queues.get(backend)
 
-    async def close(self) -> None:
-        for queue in self.by_backend.values():
-            await queue.close()
+
+class CallerSlots(_Owner):
+    """Profile `concurrency=N`: a caller's requests in flight across instances, with the same leased slots and
+    priority queue as a backend's (rows in CALLER_PARTITION, keyed by the caller's limit key)."""
+
+    async def acquire(self, key: str, limit: int, priority: int, deadline: float) -> Slot | None:
+        """A slot of the caller's `limit`, waiting in priority order until `deadline` (monotonic); None after."""
+        queue = self.queues.get(key)
+        if queue is None:
+            if len(self.queues) >= IDLE_QUEUES:
+                self._drop_idle()
+            queue = self.queues[key] = self._queue(key, limit, 0, encode_key(key), CALLER_PARTITION)
+        queue.general.resize(limit)  # an operator may change the profile at run time
+        return await queue.acquire(priority, deadline)
+
+    def _drop_idle(self) -> None:
+        for key, queue in list(self.queues.items()):
+            if queue.idle:
+                self._operations += queue.operations
+                del self.queues[key]

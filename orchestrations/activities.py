@@ -21,6 +21,9 @@ from gateway.attempt import usage_record
 from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.headers import forwarded_headers
+from gateway.lanes import Lane
+from gateway.pool_state import Target
+from gateway.results import StoredBlob
 from gateway.upstream import TransportError
 from gateway.usage import Usage, response_model, usage_from_json_body
 
@@ -37,6 +40,8 @@ __all__ = [
 
 # One activity call may not run longer than this (host.json functionTimeout is 10 minutes).
 ACTIVITY_BUDGET_S = 540.0
+SLOT_WAIT_S = 10.0  # how long an attempt queues for a slot of a backend at its concurrency, in its priority
+SLOT_RETRY_S = 1.0  # then the orchestration's durable timer brings it back this much later
 
 
 def result_url(request_id: str) -> str:
@@ -73,7 +78,7 @@ async def attempt_backend(services: Services, payload: dict[str, Any]) -> dict[s
 
 
 async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[str, Any]:
-    request, attempt_no = payload["request"], payload["attempt"]
+    request = payload["request"]
     now = time.time()
     if now >= request["deadline"]:
         return ended("expired", "The request expired before a backend could serve it.", "expired")
@@ -81,18 +86,44 @@ async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[
     stored = await services.results.get_request(request["id"])
     if stored is None:
         return ended("failed", "The stored request body is missing.", "request_missing")
-    settings, pool, attempts = services.settings, services.pool, services.attempts
+    settings, pool = services.settings, services.pool
     route = translate.resolve(
         "POST", request["path"], request["query"], stored.content_type, stored.body, settings.api_version
     )
     await pool.refresh_if_due()
     tiers = frozenset(request["tiers"]) if request.get("tiers") else None  # a ptu-only caller stays on PTU
-    target = await attempts.next_target(route.model, set(payload.get("avoid", ())), tiers=tiers)
-    target = target or await attempts.next_target(route.model, tiers=tiers)
+    lane = Lane(tiers, int(request.get("priority") or 5), request["deadline"])
+    pipeline, full = services.pipeline, set[str]()
+    target, slot = await pipeline.choose(route.model, set(payload.get("avoid", ())), full, lane)
+    if target is None:
+        target, slot = await pipeline.choose(route.model, set(), full, lane)
+    if target is None and full:  # every backend it may use is at its concurrency: queue for a slot a while
+        wait_until = time.monotonic() + max(0.0, min(SLOT_WAIT_S, request["deadline"] - now))
+        target, slot = await pipeline.queue(route.model, full, wait_until, lane)
+        if target is None:
+            return _retry(time.time() + SLOT_RETRY_S, None, None, "backends at their concurrency")
     if target is None:
         free_at = pool.earliest_open_until(route.model, tiers=tiers)
         return _retry(free_at or now + settings.default_retry_after_s, None, None, "no backend available")
+    try:
+        return await _attempt_on(services, payload, route, stored, target, time.time())
+    finally:
+        if slot is not None:
+            slot.release()  # held while the answer is read, as on the sync path
 
+
+async def _attempt_on(
+    services: Services,
+    payload: dict[str, Any],
+    route: translate.Route,
+    stored: StoredBlob,
+    target: Target,
+    now: float,
+) -> dict[str, Any]:
+    """The attempt on the chosen backend: send, read, assemble a stream, store the result, record usage."""
+    request, attempt_no = payload["request"], payload["attempt"]
+    settings, pool, attempts = services.settings, services.pool, services.attempts
+    tiers = frozenset(request["tiers"]) if request.get("tiers") else None
     headers = forwarded_headers(request["headers"], request["request_id"], settings.forward_headers)
     remaining = min(request["deadline"] - now, ACTIVITY_BUDGET_S)
     attempt = await attempts.forward(target, "POST", route, stored.body, headers, total_s=remaining)

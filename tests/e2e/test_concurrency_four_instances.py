@@ -104,3 +104,43 @@ def test_backend_concurrency_and_priority_hold_across_four_instances(azurite, ca
             assert expired(mixed_p9) > expired(mixed_p1)  # priority 9 absorbs the wait: it is the one that expires
             assert late == []  # no request waits past its deadline
             assert all(status in (200, 408, 429) for status, _ in mixed_p9)
+
+
+def test_a_callers_concurrency_holds_across_instances(azurite, capsys):
+    """Profile `concurrency=4` on three devhosts sharing one Azurite: 36 requests of the caller at once, spread
+    over the instances, are all answered, and the backend never sees more than 4 of them at a time."""
+    limit, requests = 4, 36
+    backend = FakeAzureOpenAI(name="paygo", latency_ms=200)
+    with backend.threaded():
+        env = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GATEWAY_STATE_TABLE": "callerslots" + uuid.uuid4().hex[:8],
+            "GATEWAY_API_KEYS": "team:team-key",
+            "GATEWAY_PROFILE_TEAM": f"concurrency={limit}",
+            "GATEWAY_CALLER_PROFILES": "team=team",
+            "GATEWAY_BACKEND_1": f"name=paygo;host={backend.url};mode=direct;api-key=fake-key;deployments=gpt-4o-mini",
+            "GATEWAY_MAX_WAIT_S": "60",
+        }
+        with DevHost(env=env) as a, DevHost(env=env) as b, DevHost(env=env) as c:
+            hosts = [h.url for h in (a, b, c)]
+
+            async def burst() -> list[int]:
+                async with httpx.AsyncClient(timeout=90, headers={"api-key": "team-key"}) as client:
+                    answers = await asyncio.gather(
+                        *(client.post(f"{host}/v1/chat/completions", json=CHAT) for _, host in zip(
+                            range(requests), cycle(hosts), strict=False
+                        ))
+                    )  # fmt: skip
+                return [answer.status_code for answer in answers]
+
+            started = time.monotonic()
+            statuses = asyncio.run(burst())
+            elapsed = time.monotonic() - started
+            with capsys.disabled():
+                print(
+                    f"\n[caller concurrency, 3 instances] limit {limit}: peak in flight at the backend "
+                    f"{backend.peak_inflight}; {requests} requests answered in {elapsed:.1f} s "
+                    f"(at least {requests / limit * 0.2:.1f} s at the limit)"
+                )
+            assert statuses == [200] * requests
+            assert 2 <= backend.peak_inflight <= limit  # shared, and used by more than one request at a time

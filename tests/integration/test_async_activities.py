@@ -172,3 +172,42 @@ async def test_storage_down_at_submission_is_a_fast_503_not_a_500():
             await services.close()
         assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "5"
         assert time.monotonic() - started < 10  # the SDK's retries are short (fail-fast client options)
+
+
+async def test_an_attempt_takes_a_slot_of_a_backend_at_its_concurrency_like_the_sync_path(backends, azurite):
+    """concurrency=1: while a sync stream holds the slot, the async attempt queues (here until its deadline),
+    then says to retry; it runs once the slot is free. The backend never has two requests at once."""
+    weu, _ = backends
+    suffix = uuid.uuid4().hex[:8]
+    gw = build_gateway(
+        {
+            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;concurrency=1;"
+            "deployments=gpt-4o-mini",
+            "GATEWAY_API_KEYS": KEY,
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GATEWAY_STATE_TABLE": "slot" + suffix,
+            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
+            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
+        }
+    )
+    try:
+        hold = weu.hold_stream()
+        headers = {"content-type": "application/json", "api-key": KEY}
+        body = json.dumps({**CHAT, "stream": True}).encode()
+        streaming = await gw.pipeline.handle(Inbound("POST", "/v1/chat/completions", "", headers, body))
+        assert streaming.status == 200 and streaming.stream is not None
+        assert await hold.wait_reached()
+        request = await submit(gw, CHAT, deadline_in=0.5)
+        result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
+        assert (result["status"], result["reason"], result["backend"]) == (
+            "retry", "backends at their concurrency", None
+        )  # fmt: skip
+        assert len(weu.requests) == 1  # the async attempt did not reach the backend
+        hold.release()
+        assert b"[DONE]" in b"".join([chunk async for chunk in streaming.stream])  # its end frees the slot
+        request["deadline"] = time.time() + 60
+        result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
+        assert (result["status"], result["backend"]) == ("succeeded", "weu")
+        assert weu.peak_inflight == 1 and gw.pipeline.slots.queue("weu").in_flight == 0  # and it gave it back
+    finally:
+        await gw.close()

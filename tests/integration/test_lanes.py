@@ -248,3 +248,57 @@ async def wait_for(check, timeout_s: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "not reached in time"
         await asyncio.sleep(0.01)  # yield to the requests being tested; the condition is what is awaited
+
+
+@pytest.mark.parametrize("limits", [False, True], ids=["this-instance", "leased-on-azurite"])
+async def test_a_profiles_concurrency_caps_its_callers_requests_in_flight(build, fakes, limits):
+    """concurrency=1: another request of the caller waits for the first one's end (a streamed answer ends with
+    its stream), best priority first; past its wait it is answered 429 concurrency_limit_exceeded, never sent."""
+    import asyncio
+
+    ptu, _ = fakes
+    profile = "tiers=ptu;concurrency=1"
+    services, records = build(limits=limits, GATEWAY_PROFILE_SILVER=profile, GATEWAY_MAX_WAIT_S="0.3")
+    hold = ptu.hold_stream()
+    first = await services.pipeline.handle(chat("silver-key", {**CHAT, "stream": True}))
+    assert first.status == 200 and await hold.wait_reached()
+    refused = await answer(services, chat("silver-key"))  # waits 0.3 s for the caller's slot, then 429
+    error = json.loads(refused.body)["error"]
+    assert refused.status == 429 and error["code"] == "concurrency_limit_exceeded" and "limit 1" in error["message"]
+    assert refused.headers["Retry-After"] == "1" and len(ptu.requests) == 1  # never forwarded
+    assert (records[-1].caller, records[-1].status, records[-1].error) == ("silver", 429, "concurrency_limit_exceeded")
+    assert (await answer(services, chat("gold-key"))).status == 200  # another caller is not held up
+    hold.release()
+    assert b"[DONE]" in await answer_stream(first)  # the stream's end frees the caller's slot
+    assert (await answer(services, chat("silver-key"))).status == 200
+
+    # With time to wait: the waiters run one at a time as slots free, best priority first.
+    services, records = build(limits=limits, GATEWAY_PROFILE_SILVER=profile, GATEWAY_MAX_WAIT_S="20")
+    ptu.peak_inflight = 0  # the gold request above ran beside the silver stream
+    hold = ptu.hold_stream()
+    first = await services.pipeline.handle(chat("silver-key", {**CHAT, "stream": True}))
+    assert await hold.wait_reached()
+    low = asyncio.ensure_future(answer(services, chat("silver-key", **{"x-gateway-priority": "9"})))
+    queue = services.quotas.caller_slots.queues["silver"]
+    await wait_for(lambda: queue.waiting == 1)
+    high = asyncio.ensure_future(answer(services, chat("silver-key")))
+    await wait_for(lambda: queue.waiting == 2)
+    sent = len(ptu.requests)
+    hold.release()
+    await answer_stream(first)
+    assert (await high).status == (await low).status == 200
+    assert [r.priority for r in records if r.caller == "silver"] == [5, 5, 9]  # the later, better one went first
+    assert len(ptu.requests) == sent + 2 and ptu.peak_inflight == 1 and queue.in_flight == 0
+
+
+async def test_a_request_deferred_to_the_async_path_gives_its_callers_slot_back(build, fakes):
+    services, _ = build(GATEWAY_PROFILE_SILVER="tiers=ptu;concurrency=1;async=always")
+    accepted = []
+
+    async def defer(request) -> Outbound:
+        accepted.append(request)
+        return Outbound(202, {}, b"")
+
+    for _ in range(3):  # each would wait for the previous one's slot (and time out) if it kept it
+        assert (await services.pipeline.handle(chat("silver-key"), defer)).status == 202
+    assert len(accepted) == 3 and services.quotas.caller_slots.queues["silver"].in_flight == 0
