@@ -10,7 +10,8 @@ table and writes `bench/results/bench-<stamp>.json` (a list of rows, one per tar
 `-meta.json` beside it (machine, load, import time, ratios, target checks). Method: docs/performance.md.
 
 The `stream-concurrency` workload (bench/concurrency.py) runs last: one gateway holding 1 to 500 long streams
-at once. It is part of a full run (not of `--quick`) and writes its rows to `-concurrency.json`.
+at once. It is part of a full run (not of `--quick`) and writes its rows to `-concurrency.json`. So is
+`chat-c64-mixed` (bench/mixed.py): priority 1 and 9 at a backend's concurrency, rows in `-mixed.json`.
 
 Every server runs in its own process group and is stopped in `finally`, whatever happens.
 """
@@ -37,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import concurrency, concurrency_report, loadgen, procstat
+from bench import concurrency, concurrency_report, loadgen, mixed, procstat
 from gateway.config import SETTINGS
 from tests.support.azurite import Azurite
 from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
@@ -674,6 +675,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream-probes", type=int, default=defaults.probes, help=f"{SWEEP}: probes per level")
     parser.add_argument("--stream-retries", type=int, default=defaults.retries,
                         help=f"{SWEEP}: re-measurements of a level disturbed by other load")
+    parser.add_argument("--mixed-duration", type=float, default=5.0, help=f"{mixed.WORKLOAD}: seconds per phase")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.retries = 1, 1.0, 0.1, 0
@@ -697,21 +699,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown target(s): {', '.join(sorted(unknown))}")
     pool = QUICK_WORKLOADS if args.quick else ALL_WORKLOADS
-    run_sweep = not args.quick
+    run_sweep = run_mixed = not args.quick
     if args.workloads:
         names = args.workloads.split(",")
-        run_sweep = SWEEP in names
-        names = [n for n in names if n != SWEEP]
+        run_sweep, run_mixed = SWEEP in names, mixed.WORKLOAD in names
+        names = [n for n in names if n not in (SWEEP, mixed.WORKLOAD)]
         pool = [w for w in ALL_WORKLOADS if w.name in names]
         if len(pool) != len(names):
-            known = [w.name for w in ALL_WORKLOADS] + [SWEEP]
+            known = [w.name for w in ALL_WORKLOADS] + [SWEEP, mixed.WORKLOAD]
             raise SystemExit(f"unknown workload(s) in {args.workloads}; known: {known}")
         if not pool:
-            wanted = []  # the sweep alone: it starts its own gateway
+            wanted = []  # the sweep or the mixed workload alone: each starts its own gateway
     sweep_cfg = concurrency.SweepConfig(
         levels=tuple(int(n) for n in args.stream_levels.split(",")), stream_s=args.stream_s,
         chunk_ms=args.chunk_ms, probes=args.stream_probes, retries=args.stream_retries)
     sweep_rows: list[dict] = []
+    mixed_rows: list[dict] = []
 
     # SIGTERM (make interrupted, CI timeout) unwinds like Ctrl+C so every server is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -732,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with bench.stack:
             bench.start_fake()
-            if "gateway" in wanted or run_sweep:
+            if "gateway" in wanted or run_sweep or run_mixed:
                 bench.start_storage()
                 if not args.quick and "gateway" in wanted:
                     import_s = import_time_s(bench.fake_url, bench.storage, args.gateway_root)
@@ -803,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {SWEEP} at {', '.join(map(str, sweep_cfg.levels))} held streams", file=sys.stderr,
                       flush=True)
                 sweep_rows = concurrency.sweep(bench, sweep_cfg)
+            if run_mixed:
+                print(f"bench: {mixed.WORKLOAD}, {args.mixed_duration:g} s per phase", file=sys.stderr, flush=True)
+                mixed_rows = mixed.measure(bench, args.mixed_duration)
             for workload in pool:
                 for name in names:
                     if (name, workload.name) in samples:
@@ -845,10 +851,14 @@ def main(argv: list[str] | None = None) -> int:
     out.with_name(out.stem + "-meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     if sweep_rows:
         out.with_name(out.stem + "-concurrency.json").write_text(json.dumps(sweep_rows, indent=1) + "\n")
+    if mixed_rows:
+        out.with_name(out.stem + "-mixed.json").write_text(json.dumps(mixed_rows, indent=1) + "\n")
     if rows:
         print(markdown(rows, meta))
     if sweep_rows:
         print("\n" + concurrency_report.markdown(sweep_rows, sweep_cfg))
+    if mixed_rows:
+        print("\n" + mixed.markdown(mixed_rows))
     print(f"\nRows: {out}  (meta: {out.stem}-meta.json; wall time {meta['wall_s']} s)")
     return 0
 
