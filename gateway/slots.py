@@ -1,18 +1,20 @@
-"""Per-backend concurrency across instances, with priority admission: `concurrency=N`, `reserved=R` on a backend.
+"""Concurrency across instances, with priority admission: a backend's `concurrency=N`, `reserved=R`, and a caller's
+profile `concurrency=N` (CallerSlots, the same queue over rows of their own).
 
-Instances lease slots of a backend's N from Table rows (ETag-conditional, so the slots held by all instances never
-add up to more than N) and renew the lease about once a second while they have work, asking for their share of N
-by recent demand (requests in flight, and waiting ones weighted by priority): an instance with urgent or many
-waiting requests grows, an idle one shrinks to what it has in flight and lets go. R of the N slots form a pool of
-their own that only priority-1 requests may use (dedicated capacity), leased by priority-1 demand only, so it
-follows the urgent work across instances. A request runs only on a slot its instance holds.
+Instances lease slots of a limit's N from Table rows (ETag-conditional, so the slots held by all instances never
+add up to more than N) and renew the lease about once a second while they have work, by recent demand (requests in
+flight, and waiting ones weighted by priority). While everyone's demand fits N, an instance holds its demand and a
+quarter more, and the rest stays unheld for whichever instance bursts next; past N, each holds its share by demand.
+An instance that wants more than it holds is starving: the others, seeing that in the row, renew every 100 ms and
+give back at once the slots their requests free. R of the N slots form a pool of their own that only priority-1
+requests may use (dedicated capacity), leased by priority-1 demand only, so it follows the urgent work across
+instances. A request runs only on a slot its instance holds.
 
-Each backend has one queue on an instance: waiting requests are admitted in priority order (1 first, FIFO within a
+Each limit has one queue on an instance: waiting requests are admitted in priority order (1 first, FIFO within a
 priority), priority 1 from the dedicated pool or the general one, the others from the general one; a request that
 has waited `GATEWAY_AGING_S` moves up one level per interval, so nobody starves; a waiting request leaves the queue
-at its deadline. Storage calls are per renewal (and while requests starve, every 100 ms), never per request.
+at its deadline. Storage calls are per renewal (every 100 ms while someone starves), never per request.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +46,7 @@ LEASE_S = 5.0  # a holder that stops renewing loses its slots after this
 RENEW_S = 1.0  # renewal interval while an instance has work on the backend
 STARVED_S = 0.1  # renewal interval while requests wait here and no slot is free to them
 DEMAND_DECAY = 0.6  # share of the previous demand kept at each renewal: shares follow recent load, not bursts
+HEADROOM = 0.25  # uncontended, an instance holds this much more than its demand (a burst needs no renewal)
 _RETRIES = 20
 
 
@@ -62,7 +65,7 @@ class Slot:
             self._released = True
             self._pool.in_flight -= 1
             self._queue.admit()
-            if self._pool.others_want and self._pool.free:
+            if self._pool.others_starving and self._pool.free:
                 self._queue.renew_now()  # an idle slot here while requests wait elsewhere: hand it over
 
 
@@ -78,7 +81,7 @@ class Pool:
         self.others = 0  # what the other instances held at the last renewal
         self.in_flight = 0
         self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
-        self.others_want = False  # at the last renewal, other instances had demand: yield idle slots promptly
+        self.others_starving = False  # at the last renewal, another instance wanted more than it held
         self._table = table  # shared by the pools of one owner (Slots, CallerSlots), which closes it
         self.operations = 0
 
@@ -103,10 +106,12 @@ class Pool:
     async def claim(self, demand_now: float) -> None:
         """One conditional update of the row: this instance's share of the limit, never past what others hold.
 
-        Demand decays rather than drops, so an instance keeps what its recent load needs; but while others want
-        slots, it asks by its demand now, so idle slots go to where requests wait."""
+        Demand decays rather than drops, so an instance keeps what its recent load needs. While everyone's demand
+        fits the limit, an instance holds its demand and a little headroom, and leaves the rest unheld for whoever
+        bursts next; past the limit, each holds its share by demand. An instance that wants more than it holds is
+        starving: the others then renew often and give back at once what they free (`others_starving`)."""
         decayed = max(demand_now, self.demand * DEMAND_DECAY)
-        self.demand = demand_now if self.others_want else (decayed if decayed >= 0.05 else 0.0)
+        self.demand = decayed if decayed >= 0.05 else 0.0
         assert self._table is not None
         table = await self._table.client()
         for _ in range(_RETRIES):
@@ -119,10 +124,12 @@ class Pool:
                 holders, etag = {}, None
             live = {k: v for k, v in holders.items() if v[2] > now and k != self.instance_id}
             others = sum(v[0] for v in live.values())
-            total = self.demand + sum(v[1] for v in live.values())
-            # Round half up: a small leftover demand does not pin an idle slot, an even split still gets one.
-            fair = math.floor(self.limit * self.demand / total + 0.5) if total else 0
-            mine = max(0, min(max(fair, self.in_flight), self.limit - others))
+            others_demand = sum(v[1] for v in live.values())
+            if math.ceil(self.demand) + others_demand <= self.limit:  # room for all: demand plus headroom
+                wanted = math.ceil(self.demand * (1 + HEADROOM)) if self.demand else 0
+            else:  # round half up: a small leftover demand does not pin an idle slot, an even split gets one
+                wanted = math.floor(self.limit * self.demand / (self.demand + others_demand) + 0.5)
+            mine = max(0, min(max(wanted, self.in_flight), self.limit - others))
             if mine or self.demand:
                 live[self.instance_id] = [mine, round(self.demand, 3), now + LEASE_S]
             row = {"PartitionKey": self.partition, "RowKey": self.row, "Holders": json.dumps(live)}
@@ -132,7 +139,7 @@ class Pool:
             except (ResourceModifiedError, ResourceExistsError):
                 continue  # another instance renewed in between: decide again on what it wrote
             self.held, self.others = mine, others
-            self.others_want = any(v[1] > 0 for k, v in live.items() if k != self.instance_id)
+            self.others_starving = any(v[1] > v[0] for k, v in live.items() if k != self.instance_id)
             return
         log.warning("Slots %s: too many concurrent renewals; keeping what is held", self.row)
 
@@ -266,7 +273,7 @@ class SlotQueue:
             self.admit()
             if not self._waiters and all(p.demand == 0 and p.held == 0 for p in self._pools()):
                 return
-            starved = bool(self._waiters)
+            starved = bool(self._waiters) or any(p.others_starving and p.held for p in self._pools())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), STARVED_S if starved else RENEW_S)

@@ -3,9 +3,9 @@
 The backend allows `concurrency=16` with `reserved=8` (dedicated to priority 1); each answer takes 300 ms. First
 priority-1 traffic alone at about half the backend's capacity; then the same priority-1 traffic mixed with
 priority-9 traffic that pushes the total to about twice the capacity. The fake counts how many requests it
-answers at once: never more than N x 1.1 + 1. Priority 9 absorbs the wait (it is the one that expires), no request
-is answered after its time to live, and priority 1's p50 alone and mixed is printed (the 1.3x target is not met
-reliably yet). Traffic is paced by a schedule (a load generator).
+answers at once: never more than N x 1.1 + 1. Priority 1's p50 mixed stays within 1.3x of its p50 alone, priority 9
+absorbs the wait (it is the one that expires), and no request is answered after its time to live. Traffic is paced
+by a schedule (a load generator).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ def test_backend_concurrency_and_priority_hold_across_four_instances(azurite, ca
             "AzureWebJobsStorage": azurite.connection_string,
             "GATEWAY_STATE_TABLE": "slots" + uuid.uuid4().hex[:8],
             "GATEWAY_API_KEYS": "team:team-key",
+            # Priority 1 by profile: a header can only lower it (priority-9 requests send x-gateway-priority: 9).
+            "GATEWAY_PROFILE_TEAM": "priority=1",
+            "GATEWAY_CALLER_PROFILES": "team=team",
             "GATEWAY_BACKEND_1": f"name=ptu;host={backend.url};mode=direct;api-key=fake-key;tier=ptu;"
             f"concurrency={N};reserved={N // 2};deployments=gpt-4o-mini",
             "GATEWAY_MAX_WAIT_S": "30",
@@ -96,8 +99,8 @@ def test_backend_concurrency_and_priority_hold_across_four_instances(azurite, ca
                 )
             assert backend.peak_inflight <= N * 1.1 + 1
 
-            # Priority-1 p50 mixed vs alone is printed, not asserted: on this 2-core machine it varies run to run
-            # (1.0x to 1.7x seen) with how fast slots rebalance across instances; see docs/performance.md.
+            assert p50(mixed_p1) <= 1.3 * p50(alone)  # priority 1 keeps its latency under twice the capacity
+
             def expired(results: list[tuple[int, float]]) -> float:
                 return sum(status == 408 for status, _ in results) / len(results)
 
