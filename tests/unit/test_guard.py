@@ -129,3 +129,14 @@ def test_ids_have_the_shape_the_gateway_gave_them():
 def test_is_name_is_azures_deployment_rule():
     assert validate.is_name("gpt-4o-mini_2024.07") and validate.is_name("a" * 64)
     assert not any(validate.is_name(x) for x in ("", ".", "..", "a" * 65, "a/b", "a b", "é", None))
+
+
+def test_the_one_search_on_the_way_in_finds_whatever_one_of_the_three_rules_finds():
+    """The fast path (one combined search) must never pass a path one of the three rules refuses."""
+    import itertools
+
+    parts = ["a", ".", "..", "%2e", "%2E", "%2f", "%5C", "%25", "\\", " ", "\u212a", "\x7f", "é", "~", "%41"]
+    for combo in itertools.product(parts, repeat=3):
+        form = "/" + "/".join(combo)
+        slow = any(rule.search(form) for rule in (guard._ENCODED_SEPARATOR, guard._DOT_SEGMENT, guard._UNSAFE_CHAR))
+        assert bool(guard._ANY_UNSAFE_PATH.search(form)) == slow, form
