@@ -13,8 +13,10 @@ instances. A request runs only on a slot its instance holds.
 Each limit has one queue on an instance: waiting requests are admitted in priority order (1 first, FIFO within a
 priority), priority 1 from the dedicated pool or the general one, the others from the general one; a request that
 has waited `GATEWAY_AGING_S` moves up one level per interval, so nobody starves; a waiting request leaves the queue
-at its deadline. Storage calls are per renewal (every 100 ms while someone starves), never per request.
+at its deadline. Storage calls are per renewal (every 100 ms while a share can move to where requests wait, every
+0.5 s while an instance that held the whole limit alone has requests waiting), never per request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,7 +46,8 @@ CALLER_PARTITION = "caller-slots"
 IDLE_QUEUES = 256  # callers' queues kept before idle ones are dropped (memory stays bounded)
 LEASE_S = 5.0  # a holder that stops renewing loses its slots after this
 RENEW_S = 1.0  # renewal interval while an instance has work on the backend
-STARVED_S = 0.1  # renewal interval while requests wait here and no slot is free to them
+STARVED_S = 0.1  # renewal interval while requests wait and a share can move (slots left, or others share the limit)
+LONE_S = 0.5  # while requests wait at an instance that held the whole limit alone: it looks for newcomers
 DEMAND_DECAY = 0.6  # share of the previous demand kept at each renewal: shares follow recent load, not bursts
 HEADROOM = 0.25  # uncontended, an instance holds this much more than its demand (a burst needs no renewal)
 _RETRIES = 20
@@ -82,6 +85,7 @@ class Pool:
         self.in_flight = 0
         self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
         self.others_starving = False  # at the last renewal, another instance wanted more than it held
+        self.others_live = False  # at the last renewal, other instances held slots or wanted some
         self._table = table  # shared by the pools of one owner (Slots, CallerSlots), which closes it
         self.operations = 0
 
@@ -100,8 +104,11 @@ class Pool:
     def free(self) -> bool:
         return self.in_flight < self.held
 
-    def can_grow(self) -> bool:
-        return self.held + self.others < self.limit
+    @property
+    def can_move(self) -> bool:
+        """A renewal could change what this instance holds: slots are left, or other instances share the limit.
+        (An instance alone at its limit renews once a second, however many requests wait.)"""
+        return self.held < self.limit or self.others_live
 
     async def claim(self, demand_now: float) -> None:
         """One conditional update of the row: this instance's share of the limit, never past what others hold.
@@ -140,6 +147,7 @@ class Pool:
                 continue  # another instance renewed in between: decide again on what it wrote
             self.held, self.others = mine, others
             self.others_starving = any(v[1] > v[0] for k, v in live.items() if k != self.instance_id)
+            self.others_live = any(k != self.instance_id for k in live)
             return
         log.warning("Slots %s: too many concurrent renewals; keeping what is held", self.row)
 
@@ -214,7 +222,7 @@ class SlotQueue:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(priority, time.monotonic(), next(self._seq), loop.create_future())
         self._waiters.append(waiter)
-        self._renew_soon(wake=True)
+        self._renew_soon(wake=any(p.can_move for p in self.pools_for(priority)))
         try:
             pool = await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -273,10 +281,19 @@ class SlotQueue:
             self.admit()
             if not self._waiters and all(p.demand == 0 and p.held == 0 for p in self._pools()):
                 return
-            starved = bool(self._waiters) or any(p.others_starving and p.held for p in self._pools())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), STARVED_S if starved else RENEW_S)
+                await asyncio.wait_for(self._wake.wait(), self._interval())
+
+    def _interval(self) -> float:
+        """Renewing often helps only while a share can move; an instance alone at its limit only has to notice
+        the instances that start to want slots (they cannot take any until it gives some back)."""
+        pools = self._pools()
+        if any(p.others_starving and p.held for p in pools):
+            return STARVED_S
+        if self._waiters:
+            return STARVED_S if any(p.can_move for p in pools) else LONE_S
+        return RENEW_S
 
     @property
     def idle(self) -> bool:
