@@ -3,8 +3,9 @@
 The synchronous pipeline, the async activity, the batch activities (through `BackendBatches`) and the probes
 all send through `Attempts`, so a fault teaches the pool the same thing whichever path saw it: a 429 opens
 the deployment, a 5xx or a broken connection (before or during the answer) counts against the backend, a
-finished answer feeds the generation speed. What each path does with the answer (relay it, store it, merge
-it) stays with that path.
+finished answer feeds the generation speed. Choosing (`choose`, `queue`) also takes a slot of a backend that has
+a `concurrency=`, in the request's priority, so the sync and async paths share one admission. What each path does
+with the answer (relay it, store it, merge it) stays with that path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from email.utils import parsedate_to_datetime
 from . import surface, tracing, translate
 from .config import Settings
 from .credentials import BackendAuth
+from .lanes import Lane
 from .pool import BackendPool, Target
+from .slots import Slot, Slots
 from .streaming import prepare_stream_request
 from .upstream import Body, Transport, TransportError, UpstreamResponse
 from .usage import Usage, UsageRecord
@@ -45,8 +48,11 @@ class Attempt:
 
 
 class Attempts:
-    def __init__(self, pool: BackendPool, transport: Transport, auth: BackendAuth, settings: Settings) -> None:
+    def __init__(
+        self, pool: BackendPool, transport: Transport, auth: BackendAuth, settings: Settings, slots: Slots
+    ) -> None:
         self.pool = pool
+        self.slots = slots  # backends' concurrency: a choice holds one of its slots
         self.transport = transport
         self.auth = auth
         self.settings = settings
@@ -68,6 +74,32 @@ class Attempts:
                 return target
             exclude.add(target.backend.name)
         return None
+
+    async def choose(
+        self, model: str, exclude: set[str], full: set[str], lane: Lane
+    ) -> tuple[Target | None, Slot | None]:
+        """The pool's next choice for the lane that has a slot free now (None when none has); the backends found
+        at their concurrency are added to `full`, so the request spills to the next one its tiers allow.
+        The sync path and the async activity both choose here."""
+        while (target := await self.next_target(model, exclude | full, tiers=lane.tiers)) is not None:
+            if not self.slots.limited(target.backend.name):
+                return target, None
+            if (slot := self.slots.try_acquire(target.backend.name, lane.priority)) is not None:
+                return target, slot
+            full.add(target.backend.name)
+        return None, None
+
+    async def queue(
+        self, model: str, full: set[str], wait_until: float, lane: Lane
+    ) -> tuple[Target | None, Slot | None]:
+        """Waits in priority order (with aging) for a slot on the best backend of `full` until `wait_until`
+        (monotonic); (None, None) when it passes first."""
+        for target in self.pool.candidates(model):
+            if target.backend.name in full:
+                if (slot := await self.slots.acquire(target.backend.name, lane.priority, wait_until)) is not None:
+                    return target, slot
+                break
+        return None, None
 
     async def forward(
         self,

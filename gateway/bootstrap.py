@@ -100,17 +100,17 @@ def build_services(
     pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
     upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
     auth = BackendAuth(upstream.get_json, credential)
-    attempts = Attempts(pool, transport or upstream, auth, settings)
+    instance = store.instance_id if store else "local"
+    slots = Slots(settings.backends, leases, instance, settings.aging_s)
+    attempts = Attempts(pool, transport or upstream, auth, settings, slots)
     entra = EntraValidator(settings, upstream.get_json) if settings.entra_tenant_id else None
     callers = Callers(settings, entra)
     governance = Governance(settings, store)
     pool.sync.listeners.append(governance.apply)  # the breakers' periodic read also carries governance rows
     usage = UsageRecorder(settings.usage_file)
-    instance = store.instance_id if store else "local"
     quotas = Quotas(Limiter(leases, instance) if leases else None, CallerSlots(leases, instance, settings.aging_s))
-    slots = Slots(settings.backends, leases, instance, settings.aging_s)
     affinity = affinity or Affinity(None)  # None: response ids are known to this process only
-    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, slots, affinity)
+    pipeline = Pipeline(settings, attempts, callers, governance, quotas, usage, affinity)
     counters = UsageCounters(usage_table, settings.usage_flush_s, clock) if usage_table else None
     if counters is not None:
         usage.add_sink(counters)

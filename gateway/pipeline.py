@@ -32,7 +32,7 @@ from .pool import Target
 from .profiles import NO_LIMITS, Profile
 from .quotas import Admission, Quotas
 from .relay import Relay
-from .slots import Slot, Slots
+from .slots import Slot
 from .usage import UsageRecord, UsageRecorder
 
 __all__ = ["Pipeline"]
@@ -75,7 +75,6 @@ class Pipeline:
         governance: Governance,
         quotas: Quotas,
         usage: UsageRecorder,
-        slots: Slots,
         affinity: Affinity | None = None,
     ) -> None:
         self.settings = settings
@@ -85,7 +84,7 @@ class Pipeline:
         self.governance = governance
         self.quotas = quotas
         self.usage = usage
-        self.slots = slots
+        self.slots = attempts.slots
         self.affinity = affinity or Affinity(None)  # None: response ids known to this process only
         self.deferral = Deferral(settings, attempts.pool)
         self.relay = Relay(attempts, usage, quotas, self.affinity)
@@ -243,12 +242,12 @@ class Pipeline:
         full: set[str] = set()  # backends at their concurrency on this instance
         try:
             while tries.count < self.settings.max_attempts:
-                target, slot = await self.choose(route.model, tried, full, lane)
+                target, slot = await self.attempts.choose(route.model, tried, full, lane)
                 if target is None:
                     if full:  # what is left is at its concurrency: wait in priority order for a slot
                         patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
                         wait_until = min(deadline, time.monotonic() + patience)
-                        target, slot = await self.queue(route.model, full, wait_until, lane)
+                        target, slot = await self.attempts.queue(route.model, full, wait_until, lane)
                         if target is None:
                             if lane.seconds_left(time.time()) <= 0:
                                 raise request_expired()
@@ -309,32 +308,6 @@ class Pipeline:
         record = self._record(route, last.target if last else None, call, error.status, tries.count, reason)
         self.relay.finish(record, call.started, call.admission)
         raise error
-
-    async def choose(
-        self, model: str, exclude: set[str], full: set[str], lane: Lane
-    ) -> tuple[Target | None, Slot | None]:
-        """The pool's next choice for the lane that has a slot free now (None when none has); the backends found
-        at their concurrency are added to `full`, so the request spills to the next one its tiers allow.
-        The sync path and the async activity both choose here."""
-        while (target := await self.attempts.next_target(model, exclude | full, tiers=lane.tiers)) is not None:
-            if not self.slots.limited(target.backend.name):
-                return target, None
-            if (slot := self.slots.try_acquire(target.backend.name, lane.priority)) is not None:
-                return target, slot
-            full.add(target.backend.name)
-        return None, None
-
-    async def queue(
-        self, model: str, full: set[str], wait_until: float, lane: Lane
-    ) -> tuple[Target | None, Slot | None]:
-        """Waits in priority order (with aging) for a slot on the best backend of `full` until `wait_until`
-        (monotonic); (None, None) when it passes first."""
-        for target in self.pool.candidates(model):
-            if target.backend.name in full:
-                if (slot := await self.slots.acquire(target.backend.name, lane.priority, wait_until)) is not None:
-                    return target, slot
-                break
-        return None, None
 
     async def _wait_for_backend(
         self,

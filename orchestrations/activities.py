@@ -93,13 +93,13 @@ async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[
     await pool.refresh_if_due()
     tiers = frozenset(request["tiers"]) if request.get("tiers") else None  # a ptu-only caller stays on PTU
     lane = Lane(tiers, int(request.get("priority") or 5), request["deadline"])
-    pipeline, full = services.pipeline, set[str]()
-    target, slot = await pipeline.choose(route.model, set(payload.get("avoid", ())), full, lane)
+    attempts, full = services.attempts, set[str]()
+    target, slot = await attempts.choose(route.model, set(payload.get("avoid", ())), full, lane)
     if target is None:
-        target, slot = await pipeline.choose(route.model, set(), full, lane)
+        target, slot = await attempts.choose(route.model, set(), full, lane)
     if target is None and full:  # every backend it may use is at its concurrency: queue for a slot a while
         wait_until = time.monotonic() + max(0.0, min(SLOT_WAIT_S, request["deadline"] - now))
-        target, slot = await pipeline.queue(route.model, full, wait_until, lane)
+        target, slot = await attempts.queue(route.model, full, wait_until, lane)
         if target is None:
             return _retry(time.time() + SLOT_RETRY_S, None, None, "backends at their concurrency")
     if target is None:
