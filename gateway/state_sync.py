@@ -55,6 +55,7 @@ class SharedState:
         self._refresh_task: asyncio.Task[None] | None = None
         self._pending: dict[str, SharedBreaker] = {}  # transitions storage has not taken yet, by scope key
         self._inflight: dict[str, int] = {}  # breaker writes under way, by scope key
+        self._epochs: dict[str, int] = {}  # operator changes so far, by scope key: older transitions yield to them
         self._tasks: set[asyncio.Task[None]] = set()
         self.listeners: list[Callable[[Snapshot], None]] = []  # others that share these reads (governance)
         self.view = RowView()  # the table as last read
@@ -217,14 +218,22 @@ class SharedState:
         backend.failures = self._state.failure_window()
         for scope in (backend, *self._state.deployments_of(name)):
             if scope is backend or scope.breaker.tripped:
+                self._operator_change(scope.key)
                 scope.breaker = scope.breaker.closed()
                 await self.write_now(scope.key, lambda current: current.closed())
 
     async def set_disabled(self, name: str, disabled: bool) -> None:
         """Takes a backend out of (or back into) rotation on every instance (operator)."""
         backend = self._state.backends[name]
+        self._operator_change(name)
         backend.breaker = replace(backend.breaker, disabled=disabled)
         await self.write_now(name, lambda current: replace(current, disabled=disabled))
+
+    def _operator_change(self, key: str) -> None:
+        """An operator's change wins over the transitions seen before it: a write still retrying against slow
+        storage, or one pending since an outage, would otherwise land after a reset and open the breaker again."""
+        self._epochs[key] = self._epochs.get(key, 0) + 1
+        self._pending.pop(key, None)
 
     async def share_health(self, probed: dict[str, Health]) -> None:
         """Keeps probe results here and writes them for the other instances (a failed write is logged only)."""
@@ -238,15 +247,23 @@ class SharedState:
 
     async def _write(self, key: str, change: Change) -> None:
         assert self.store is not None
+        epoch = self._epochs.get(key, 0)
+
+        def unless_overtaken(current: SharedBreaker) -> SharedBreaker | None:
+            return change(current) if self._epochs.get(key, 0) == epoch else None  # an operator changed it since
+
         self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
-            stored = await self.store.update_breaker(key, change)
+            stored = await self.store.update_breaker(key, unless_overtaken)
         except Exception as exc:
             self._failed(exc, "breaker write")
-            self._pending[key] = self._breaker(key)
+            if self._epochs.get(key, 0) == epoch:
+                self._pending[key] = self._breaker(key)  # written once storage is back
             return
         finally:
             self._inflight[key] -= 1
+        if self._epochs.get(key, 0) != epoch:
+            return  # an operator changed it while this write was under way: theirs is what this instance holds
         if stored is not None:
             self.view.put(BREAKER, key, stored)  # a refresh before the bucket's re-read must not undo it
         scope = self._state.scope(key)
