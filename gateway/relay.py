@@ -26,7 +26,7 @@ from .tokens import count_tokens, estimate_prompt_tokens
 from .upstream import TransportError
 from .usage import Usage, UsageRecord, UsageRecorder, response_model, usage_from_json_body
 
-__all__ = ["Relay"]
+__all__ = ["BrokenAnswer", "Relay"]
 
 
 class Relay:
@@ -127,9 +127,12 @@ class Relay:
         except TransportError as exc:
             record.error = exc.kind
             self.attempts.broke(attempt, exc)
-            if tap is not None:  # an event stream: end it with an error event, at an event boundary
-                message = f"Backend {attempt.target.backend.name} broke off its answer; it is incomplete."
-                yield errors.stream_error_event(message, responses=route.operation.startswith("responses"))
+            if tap is None:
+                # Bytes (audio, images) have no error event: the answer is cut off as the backend cut it, so the
+                # client sees a broken transfer (no last chunk) instead of a short body it would take for whole.
+                raise BrokenAnswer(attempt.target.backend.name) from exc
+            message = f"Backend {attempt.target.backend.name} broke off its answer; it is incomplete."
+            yield errors.stream_error_event(message, responses=route.operation.startswith("responses"))
         finally:
             if complete:
                 response.release()
@@ -176,6 +179,14 @@ class Relay:
         admission.release_slots()
         self.quotas.settle(admission, record.usage, answered=record.status < 400)
         self.usage.record(record)
+
+
+class BrokenAnswer(Exception):
+    """Raised into the server while relaying bytes the backend broke off: the server then ends the response
+    without its last chunk, which every HTTP client reports as an incomplete body."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"Backend {backend} broke off its answer; the relayed body is cut off too.")
 
 
 def _response_id(body: bytes) -> str | None:

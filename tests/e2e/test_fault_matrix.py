@@ -33,7 +33,7 @@ OPERATOR = {"x-functions-key": OPERATOR_KEY}
 ENTITY = "completions"
 STATE_TABLE = "matrixstate"
 READ_TIMEOUT_S = 1.5
-BACKEND = "mode=direct;api-key=fake-key;deployments=gpt-4o-mini"
+BACKEND = "mode=direct;api-key=fake-key;deployments=gpt-4o-mini,tts"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello through the fault matrix"}]}
 PATHS = ("sync", "async")
 CLOSED = {"weu": "closed", "neu": "closed", "weu/gpt-4o-mini": "closed", "neu/gpt-4o-mini": "closed"}
@@ -488,3 +488,16 @@ def test_reliability_doc_has_a_row_per_case(repo_root: Path) -> None:
     doc = (repo_root / "docs" / "reliability.md").read_text()
     assert "tests/e2e/test_fault_matrix.py" in doc
     assert [name for name in CASES if f"`{name}`" not in doc] == []
+
+
+def test_audio_cut_off_by_the_backend_reaches_the_client_as_a_broken_transfer(fresh: Stack) -> None:
+    """Bytes have no error event: the client's HTTP library must see an incomplete body, not a short file."""
+    speech = {"model": "tts", "input": "a sentence long enough to come in four pieces", "voice": "alloy"}
+    fresh.weu.enqueue(Fault.cut_stream(2))
+    with fresh.http.stream("POST", "/v1/audio/speech", json=speech, headers={"x-request-id": "cut-audio"}) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("audio/mpeg")
+        with pytest.raises(httpx.RemoteProtocolError):  # "incomplete chunked read"
+            answer.read()
+    one_usage(fresh, "cut-audio", status=200, backend="weu", error="connect")
+    whole = fresh.http.post("/v1/audio/speech", json=speech)
+    assert whole.status_code == 200 and whole.content.endswith(b"four pieces")

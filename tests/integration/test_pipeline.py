@@ -429,3 +429,24 @@ async def test_named_keys_identify_callers_and_async_callers_are_deferred(backen
     [request] = deferred
     assert request.caller == "batch-team" and "async=always" in request.reason  # GATEWAY_ASYNC_CALLERS: an alias
     assert len(weu.requests) == 1  # the deferred one was not sent synchronously
+
+
+async def test_audio_the_backend_cuts_off_is_cut_off_for_the_client_too(backends, make_gateway):
+    """No error event exists for bytes: the relay raises into the server, which ends the response without its
+    last chunk (a broken transfer, not a short file taken for whole); the record says what happened."""
+    from gateway.relay import BrokenAnswer
+
+    weu, neu = backends
+    gateway, records = make_gateway(weu, neu)
+    speech = {"model": "tts", "input": "a sentence long enough to come in four pieces", "voice": "alloy"}
+    weu.enqueue(Fault.cut_stream(2))
+    out = await gateway.pipeline.handle(post("/v1/audio/speech", speech))
+    assert out.status == 200 and out.stream is not None
+    received = b""
+    with pytest.raises(BrokenAnswer):
+        async for chunk in out.stream:
+            received += chunk
+    assert received.startswith(b"ID3") and not received.endswith(b"pieces")  # what came before the cut, no more
+    assert (records[-1].operation, records[-1].error) == ("audio/speech", "connect")  # the connection broke
+    whole = await gateway.pipeline.handle(post("/v1/audio/speech", speech))
+    assert (await collect(whole)).endswith(b"four pieces")  # uncut, the same answer arrives whole

@@ -775,7 +775,7 @@ class FakeAzureOpenAI:
             return _json(_NOT_FOUND, call.headers, status=404)
         if (problem := self._read_body(call, match["operation"])) is not None:
             return _json(problem, call.headers, 400)
-        if call.cut_after is not None and not call.payload.get("stream"):
+        if call.cut_after is not None and not _streamed(call, match["operation"]):
             return _abort(request)
         if call.error_after is not None and not call.payload.get("stream"):
             return _json(_SERVER_ERROR, call.headers, status=500)
@@ -813,7 +813,7 @@ class FakeAzureOpenAI:
             return _json(_bad_request("Missing required parameter: 'model'."), call.headers, 400)
         if self.deployments is not None and call.record.deployment not in self.deployments:
             return _json(_DEPLOYMENT_NOT_FOUND, call.headers, status=404)
-        if call.cut_after is not None and not call.payload.get("stream"):
+        if call.cut_after is not None and not _streamed(call, operation):
             return _abort(request)
         return await handler(call)
 
@@ -1067,8 +1067,22 @@ class FakeAzureOpenAI:
         return web.Response(text=body, content_type=content_type, headers=call.headers)
 
     async def _speech(self, call: _Call) -> web.StreamResponse:
+        """Audio as Azure streams it (chunked, no Content-Length), in 4 pieces; `cut_stream` aborts after N."""
         audio = b"ID3" + str(call.payload.get("input", "")).encode()
-        return web.Response(body=audio, content_type="audio/mpeg", headers=call.headers)
+        response = web.StreamResponse(headers=call.headers)
+        response.content_type = "audio/mpeg"
+        response.enable_chunked_encoding()
+        step = max(1, -(-len(audio) // 4))
+        try:
+            await response.prepare(call.request)
+            for index, start in enumerate(range(0, len(audio), step)):
+                if call.cut_after is not None and index == call.cut_after:
+                    return _abort(call.request, response)
+                await response.write(audio[start : start + step])
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away mid-answer; nothing to do
+            pass
+        return response
 
     async def _image_generations(self, call: _Call) -> web.StreamResponse:
         prompt = str(call.payload.get("prompt", ""))
@@ -1401,6 +1415,11 @@ def _dumps(value: Any) -> str:
 
 def _json(value: Any, headers: dict[str, str], status: int = 200) -> web.Response:
     return web.Response(text=_dumps(value), status=status, content_type="application/json", headers=headers)
+
+
+def _streamed(call: _Call, operation: str) -> bool:
+    """The answer goes out in pieces (a cut falls between them): asked-for streams, and speech, which always is."""
+    return bool(call.payload.get("stream")) or operation == "audio/speech"
 
 
 def _abort(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
