@@ -233,12 +233,16 @@ class Pipeline:
         that fits the sync budget and GATEWAY_MAX_WAIT_S; otherwise it is answered 429 with Retry-After.
         """
         lane = call.lane
-        deadline = min(call.started + self.settings.sync_budget_s, time.monotonic() + lane.seconds_left(time.time()))
+        # Waiting ends at the sync budget or the request's TTL; an answer, once forwarded, has the whole budget
+        # (cutting it at the TTL would waste what the backend already spent, and free its slot while it still runs).
+        budget_end = call.started + self.settings.sync_budget_s
+        deadline = min(budget_end, time.monotonic() + lane.seconds_left(time.time()))
         headers = forwarded_headers(inbound.headers, call.request_id, self.settings.forward_headers)
         tries = _Tries()
         tried: set[str] = set(call.avoid)  # a continued response can go to its own backend only
         answered: Attempt | None = None
         answered_slot: Slot | None = None
+        slot: Slot | None = None
         full: set[str] = set()  # backends at their concurrency on this instance
         try:
             while tries.count < self.settings.max_attempts:
@@ -271,7 +275,7 @@ class Pipeline:
                     route,
                     inbound.body,
                     headers,
-                    total_s=None if route.streaming else remaining,
+                    total_s=None if route.streaming else budget_end - time.monotonic(),
                 )
                 if attempt.response is not None:
                     answered, answered_slot = attempt, slot
@@ -291,6 +295,10 @@ class Pipeline:
             error: errors.GatewayError = cooling
         except errors.GatewayError as expired:  # its time to live passed (408)
             error = expired
+        except BaseException:  # the client went away mid-attempt (cancelled), or a bug: the slot must not leak
+            if slot is not None:
+                slot.release()
+            raise
         else:
             if answered is not None:
                 record = self._record(route, answered.target, call, answered.status or 0, tries.count)

@@ -230,6 +230,12 @@ class SlotQueue:
                 return Slot(self, waiter.future.result())
             self._waiters.remove(waiter)
             return None
+        except asyncio.CancelledError:  # the request went away while it waited: its place, or its slot, goes
+            if waiter.future.done():
+                Slot(self, waiter.future.result()).release()
+            else:
+                self._waiters.remove(waiter)
+            raise
         return Slot(self, pool)
 
     def admit(self) -> None:

@@ -302,3 +302,29 @@ async def test_a_request_deferred_to_the_async_path_gives_its_callers_slot_back(
     for _ in range(3):  # each would wait for the previous one's slot (and time out) if it kept it
         assert (await services.pipeline.handle(chat("silver-key"), defer)).status == 202
     assert len(accepted) == 3 and services.quotas.caller_slots.queues["silver"].in_flight == 0
+
+
+async def test_a_request_that_goes_away_gives_its_backend_slot_back_waiting_or_in_flight(build, fakes):
+    """concurrency=1: a client that leaves while its request waits, or while its attempt is on the backend, must
+    not keep a slot; else the backend's capacity shrinks by one for good on this instance."""
+    import asyncio
+
+    ptu, _ = fakes
+    services, _ = build(
+        GATEWAY_BACKEND_1=f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;concurrency=1;"
+        "deployments=gpt-4o-mini",
+        GATEWAY_MAX_WAIT_S="20",
+    )
+    queue = services.pipeline.slots.queue("ptu")
+    assert queue is not None
+    ptu.enqueue(Fault.stall())
+    in_flight = asyncio.ensure_future(answer(services, chat("silver-key")))
+    await asyncio.to_thread(ptu.wait_for_requests, 1)  # on the backend, holding the slot
+    waiting = asyncio.ensure_future(answer(services, chat("silver-key")))
+    await wait_for(lambda: queue.waiting == 1)
+    waiting.cancel()  # the client leaves while it waits
+    in_flight.cancel()  # and this one while the backend works on it
+    await asyncio.gather(waiting, in_flight, return_exceptions=True)
+    ptu.release_stalls()
+    assert (queue.waiting, queue.in_flight) == (0, 0)
+    assert (await answer(services, chat("silver-key"))).status == 200  # the one slot is free again
