@@ -47,11 +47,10 @@ async def test_an_instance_holds_its_demand_and_headroom_and_leaves_the_rest_to_
     queue_a = a.queue("ptu")
     # Its demand (2 in flight, and a waiter weighs by its priority while it waits) plus headroom: not all 16.
     assert queue_a is not None and 2 <= queue_a.general.held < LIMIT // 2
-    started = time.monotonic()
-    await take(b, 12)  # b bursts: what a leaves unheld is b's at its first renewals
+    await take(b, 12)  # b bursts: what a leaves unheld is b's at its first renewals, a keeps its 2
     queue_b = b.queue("ptu")
     assert queue_b is not None and queue_b.general.held >= 12 and queue_a.general.held + queue_b.general.held <= LIMIT
-    assert time.monotonic() - started < 3  # renewals on demand (every 100 ms while starved), not once a second
+    assert queue_a.general.in_flight == 2
 
 
 async def test_past_the_limit_shares_follow_demand_and_a_holder_gives_back_to_a_starving_one(instances):
