@@ -17,7 +17,8 @@ from typing import Any
 
 from . import errors, translate
 from .callers import Caller
-from .limiter import Grant, Limiter, Refusal, Window, limit_key
+from .limit_terms import Grant, Refusal, Window, limit_key
+from .limiter import Limiter
 from .profiles import Profile
 from .slots import CallerSlots, Slot
 from .tokens import estimate_prompt_tokens

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.leases import WINDOW_S, bucket_of, counted
-from gateway.limiter import Grant, Limiter, Refusal
+from gateway.limit_terms import Grant, Refusal
+from gateway.limiter import Limiter
 from gateway.storage import StorageAccount
 from tests.support.azurite import Azurite
 from tests.support.clock import Clock

@@ -1,6 +1,6 @@
 """Slice sizing and limit keys: the pure part of the limiter."""
 
-from gateway.limiter import HEADROOM, limit_key, slice_size
+from gateway.limit_terms import HEADROOM, limit_key, slice_size
 
 
 def test_limit_keys_of_caller_and_model_do_not_collide():
