@@ -156,8 +156,7 @@ class Pipeline:
                     f"The header '{missing}' is required.", code="missing_required_header", param=missing
                 )
             call.lane = lane = lane_for(call.profile, inbound.headers, time.time())
-            patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
-            wait_until = min(started + self.settings.sync_budget_s, time.monotonic() + patience)
+            wait_until = self._wait_until(lane, started + self.settings.sync_budget_s)
             try:
                 call.admission = await self.quotas.admit(caller, call.profile, route, lane.priority, wait_until)
             except errors.GatewayError as refusal:
@@ -249,8 +248,7 @@ class Pipeline:
                 target, slot = await self.attempts.choose(route.model, tried, full, lane)
                 if target is None:
                     if full:  # what is left is at its concurrency: wait in priority order for a slot
-                        patience = min(self.settings.max_wait_s, lane.seconds_left(time.time()))
-                        wait_until = min(deadline, time.monotonic() + patience)
+                        wait_until = self._wait_until(lane, deadline)
                         target, slot = await self.attempts.queue(route.model, full, wait_until, lane)
                         if target is None:
                             if lane.seconds_left(time.time()) <= 0:
@@ -316,6 +314,11 @@ class Pipeline:
         record = self._record(route, last.target if last else None, call, error.status, tries.count, reason)
         self.relay.finish(record, call.started, call.admission)
         raise error
+
+    def _wait_until(self, lane: Lane, deadline: float) -> float:
+        """How long a request may queue for a slot (its caller's or a backend's): GATEWAY_MAX_WAIT_S, its TTL and
+        `deadline` (monotonic), whichever comes first."""
+        return min(deadline, time.monotonic() + min(self.settings.max_wait_s, lane.seconds_left(time.time())))
 
     async def _wait_for_backend(
         self,
