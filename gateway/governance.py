@@ -61,6 +61,10 @@ class Governance:
     def profile_for(self, caller: Caller) -> Profile:
         return self._settings.profile_for(caller.name, caller.roles, caller.groups, self._effective)
 
+    def profile_named(self, name: str | None) -> Profile | None:
+        """A profile as it is now (operator overrides included), by the name a deferred request carries."""
+        return self._effective.get(name) if name else None
+
     # ------------------------------------------------------------------ shared state
 
     def apply(self, snapshot: Snapshot) -> None:

@@ -22,6 +22,7 @@ from gateway.bootstrap import Services
 from gateway.completions import CompletionMessage, publish_once
 from gateway.headers import forwarded_headers
 from gateway.lanes import Lane
+from gateway.limit_terms import limit_key
 from gateway.pool_state import Target
 from gateway.results import StoredBlob
 from gateway.upstream import TransportError
@@ -93,18 +94,39 @@ async def _attempt_backend(services: Services, payload: dict[str, Any]) -> dict[
     await pool.refresh_if_due()
     tiers = frozenset(request["tiers"]) if request.get("tiers") else None  # a ptu-only caller stays on PTU
     lane = Lane(tiers, int(request.get("priority") or 5), request["deadline"])
+    caller_slot = None
+    profile = services.governance.profile_named(request.get("profile"))
+    if profile is not None and profile.concurrency is not None:  # the caller's async attempts count too
+        key = limit_key(str(request["caller"]), route.model if profile.per_model else None)
+        wait_until = _queue_until(request, now)
+        caller_slot = await services.quotas.caller_slots.acquire(key, profile.concurrency, lane.priority, wait_until)
+        if caller_slot is None:
+            return _retry(time.time() + SLOT_RETRY_S, None, None, "caller at its concurrency")
+    try:
+        return await _attempt_in_lane(services, payload, route, stored, lane)
+    finally:
+        if caller_slot is not None:
+            caller_slot.release()
+
+
+async def _attempt_in_lane(
+    services: Services, payload: dict[str, Any], route: translate.Route, stored: StoredBlob, lane: Lane
+) -> dict[str, Any]:
+    """A backend its tiers allow with a slot (queueing a while for one), then the attempt on it."""
+    request, now = payload["request"], time.time()
+    pool, tiers = services.pool, lane.tiers
     attempts, full = services.attempts, set[str]()
     target, slot = await attempts.choose(route.model, set(payload.get("avoid", ())), full, lane)
     if target is None:
         target, slot = await attempts.choose(route.model, set(), full, lane)
     if target is None and full:  # every backend it may use is at its concurrency: queue for a slot a while
-        wait_until = time.monotonic() + max(0.0, min(SLOT_WAIT_S, request["deadline"] - now))
+        wait_until = _queue_until(request, now)
         target, slot = await attempts.queue(route.model, full, wait_until, lane)
         if target is None:
             return _retry(time.time() + SLOT_RETRY_S, None, None, "backends at their concurrency")
     if target is None:
         free_at = pool.earliest_open_until(route.model, tiers=tiers)
-        return _retry(free_at or now + settings.default_retry_after_s, None, None, "no backend available")
+        return _retry(free_at or now + services.settings.default_retry_after_s, None, None, "no backend available")
     try:
         return await _attempt_on(services, payload, route, stored, target, time.time())
     finally:
@@ -244,6 +266,11 @@ def _stream_error(exc: AssembleError) -> dict[str, Any]:
     event = exc.error or {}
     error = event.get("error") if isinstance(event.get("error"), dict) else None
     return {"error": error or errors.error_object(str(exc), code="stream_error")}
+
+
+def _queue_until(request: dict[str, Any], now: float) -> float:
+    """How long an attempt queues for a slot (its caller's or a backend's): SLOT_WAIT_S, or less before its deadline."""
+    return time.monotonic() + max(0.0, min(SLOT_WAIT_S, request["deadline"] - now))
 
 
 def _retry(retry_at: float, backend: str | None, http_status: int | None, reason: str | None) -> dict[str, Any]:

@@ -211,3 +211,44 @@ async def test_an_attempt_takes_a_slot_of_a_backend_at_its_concurrency_like_the_
         assert weu.peak_inflight == 1 and gw.pipeline.slots.queue("weu").in_flight == 0  # and it gave it back
     finally:
         await gw.close()
+
+
+async def test_a_callers_async_attempts_count_against_its_concurrency_with_its_sync_requests(backends, azurite):
+    """Profile concurrency=1: while the caller's sync stream runs, its async attempt waits (here until its
+    deadline) and says to retry; once the stream ends, the attempt runs."""
+    weu, _ = backends
+    suffix = uuid.uuid4().hex[:8]
+    gw = build_gateway(
+        {
+            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;deployments=gpt-4o-mini",
+            "GATEWAY_API_KEYS": f"team:{KEY}",
+            "GATEWAY_PROFILE_TEAM": "concurrency=1",
+            "GATEWAY_CALLER_PROFILES": "team=team",
+            "AzureWebJobsStorage": azurite.connection_string,
+            "GATEWAY_STATE_TABLE": "cslot" + suffix,
+            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
+            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
+        }
+    )
+    try:
+        hold = weu.hold_stream()
+        headers = {"content-type": "application/json", "api-key": KEY}
+        body = json.dumps({**CHAT, "stream": True}).encode()
+        streaming = await gw.pipeline.handle(Inbound("POST", "/v1/chat/completions", "", headers, body))
+        assert await hold.wait_reached()
+        raw = json.dumps(CHAT).encode()
+        inbound = Inbound("POST", "/v1/chat/completions", "", {**headers, "prefer": "respond-async"}, raw)
+        route = translate.resolve("POST", inbound.path, "", "application/json", raw, gw.settings.api_version)
+        request = await starter.accept(gw, Deferred(inbound, route, "client-team", "team", "the test asked", "team"))
+        request["deadline"] = time.time() + 0.5
+        result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
+        assert (result["status"], result["reason"]) == ("retry", "caller at its concurrency")
+        assert len(weu.requests) == 1  # the async attempt did not reach the backend
+        hold.release()
+        assert b"[DONE]" in b"".join([chunk async for chunk in streaming.stream])
+        request["deadline"] = time.time() + 60
+        result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
+        assert (result["status"], result["backend"]) == ("succeeded", "weu")
+        assert gw.quotas.caller_slots.queues["team"].in_flight == 0  # given back after the attempt
+    finally:
+        await gw.close()
