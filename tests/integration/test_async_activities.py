@@ -10,7 +10,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from azure.storage.queue.aio import QueueClient
@@ -20,7 +20,7 @@ from gateway.bootstrap import Services, build_gateway, build_services
 from gateway.deferral import Deferred
 from gateway.messages import Inbound
 from orchestrations import activities, starter
-from tests.support.fake_openai import FakeAzureOpenAI, Fault
+from tests.support.fake_openai import FakeAzureOpenAI, Fault, StreamHold
 
 KEY = "gw-secret-key-7f3c9a"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
@@ -33,34 +33,49 @@ async def backends() -> AsyncIterator[tuple[FakeAzureOpenAI, FakeAzureOpenAI]]:
 
 
 @pytest.fixture
-async def gateway(backends, azurite) -> AsyncIterator[Services]:
+async def make_gateway(azurite) -> AsyncIterator[Callable[..., Services]]:
+    """`make_gateway(**settings)`: a gateway on Azurite with its own table, container and queue; closed at teardown."""
+    made: list[Services] = []
+
+    def make(**settings: str) -> Services:
+        suffix = uuid.uuid4().hex[:8]
+        gw = build_gateway(
+            {
+                "GATEWAY_API_KEYS": KEY,
+                "AzureWebJobsStorage": azurite.connection_string,
+                "GATEWAY_STATE_TABLE": "act" + suffix,
+                "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
+                "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
+                **settings,
+            }
+        )
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        await gw.close()
+
+
+@pytest.fixture
+def gateway(backends, make_gateway) -> Services:
     weu, neu = backends
-    suffix = uuid.uuid4().hex[:8]
-    gw = build_gateway(
-        {
-            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;"
-            "deployments=gpt-4o-mini",
-            "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;"
-            "deployments=gpt-4o-mini",
-            "GATEWAY_API_KEYS": KEY,
-            "AzureWebJobsStorage": azurite.connection_string,
-            "GATEWAY_STATE_TABLE": "act" + suffix,
-            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
-            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
-        }
+    return make_gateway(
+        GATEWAY_BACKEND_1=f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;deployments=gpt-4o-mini",
+        GATEWAY_BACKEND_2=f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;deployments=gpt-4o-mini",
     )
-    yield gw
-    await gw.close()
 
 
-async def submit(gw: Services, body: dict, *, deadline_in: float = 3600) -> dict:
+async def submit(
+    gw: Services, body: dict, *, deadline_in: float = 3600, caller: str = "key:abc", profile: str = ""
+) -> dict:
     """What starter.start stores and passes to the orchestration (its own code), without the Durable client."""
     raw = json.dumps(body).encode()
     headers = {"content-type": "application/json", "api-key": KEY, "prefer": "respond-async"}
     inbound = Inbound("POST", "/v1/chat/completions", "", headers, raw)
     route = translate.resolve("POST", inbound.path, "", "application/json", raw, gw.settings.api_version)
     request_id = "client-" + uuid.uuid4().hex[:6]
-    request = await starter.accept(gw, Deferred(inbound, route, request_id, "key:abc", "the test asked"))
+    request = await starter.accept(gw, Deferred(inbound, route, request_id, caller, "the test asked", profile))
     assert KEY not in json.dumps(request)  # no client credential in the orchestration input
     request["deadline"] = time.time() + deadline_in
     return request
@@ -174,81 +189,54 @@ async def test_storage_down_at_submission_is_a_fast_503_not_a_500():
         assert time.monotonic() - started < 10  # the SDK's retries are short (fail-fast client options)
 
 
-async def test_an_attempt_takes_a_slot_of_a_backend_at_its_concurrency_like_the_sync_path(backends, azurite):
+async def held_stream(gw: Services, backend: FakeAzureOpenAI) -> tuple[AsyncIterator[bytes], StreamHold]:
+    """A sync stream of KEY's caller, held by `backend` after its first event: it keeps its slots until its end."""
+    hold = backend.hold_stream()
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    headers = {"content-type": "application/json", "api-key": KEY}
+    streaming = await gw.pipeline.handle(Inbound("POST", "/v1/chat/completions", "", headers, body))
+    assert streaming.status == 200 and streaming.stream is not None and await hold.wait_reached()
+    return streaming.stream, hold
+
+
+async def test_an_attempt_takes_a_slot_of_a_backend_at_its_concurrency_like_the_sync_path(backends, make_gateway):
     """concurrency=1: while a sync stream holds the slot, the async attempt queues (here until its deadline),
     then says to retry; it runs once the slot is free. The backend never has two requests at once."""
     weu, _ = backends
-    suffix = uuid.uuid4().hex[:8]
-    gw = build_gateway(
-        {
-            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;concurrency=1;"
-            "deployments=gpt-4o-mini",
-            "GATEWAY_API_KEYS": KEY,
-            "AzureWebJobsStorage": azurite.connection_string,
-            "GATEWAY_STATE_TABLE": "slot" + suffix,
-            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
-            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
-        }
+    gw = make_gateway(
+        GATEWAY_BACKEND_1=f"name=weu;host={weu.url};mode=direct;api-key=fake-key;concurrency=1;deployments=gpt-4o-mini"
     )
-    try:
-        hold = weu.hold_stream()
-        headers = {"content-type": "application/json", "api-key": KEY}
-        body = json.dumps({**CHAT, "stream": True}).encode()
-        streaming = await gw.pipeline.handle(Inbound("POST", "/v1/chat/completions", "", headers, body))
-        assert streaming.status == 200 and streaming.stream is not None
-        assert await hold.wait_reached()
-        request = await submit(gw, CHAT, deadline_in=0.5)
-        result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
-        assert (result["status"], result["reason"], result["backend"]) == (
-            "retry", "backends at their concurrency", None
-        )  # fmt: skip
-        assert len(weu.requests) == 1  # the async attempt did not reach the backend
-        hold.release()
-        assert b"[DONE]" in b"".join([chunk async for chunk in streaming.stream])  # its end frees the slot
-        request["deadline"] = time.time() + 60
-        result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
-        assert (result["status"], result["backend"]) == ("succeeded", "weu")
-        assert weu.peak_inflight == 1 and gw.pipeline.slots.queue("weu").in_flight == 0  # and it gave it back
-    finally:
-        await gw.close()
+    stream, hold = await held_stream(gw, weu)
+    request = await submit(gw, CHAT, deadline_in=0.5)
+    result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["reason"], result["backend"]) == ("retry", "backends at their concurrency", None)
+    assert len(weu.requests) == 1  # the async attempt did not reach the backend
+    hold.release()
+    assert b"[DONE]" in b"".join([chunk async for chunk in stream])  # its end frees the slot
+    request["deadline"] = time.time() + 60
+    result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
+    assert (result["status"], result["backend"]) == ("succeeded", "weu")
+    assert weu.peak_inflight == 1 and gw.pipeline.slots.queue("weu").in_flight == 0  # and it gave it back
 
 
-async def test_a_callers_async_attempts_count_against_its_concurrency_with_its_sync_requests(backends, azurite):
+async def test_a_callers_async_attempts_count_against_its_concurrency_with_its_sync_requests(backends, make_gateway):
     """Profile concurrency=1: while the caller's sync stream runs, its async attempt waits (here until its
     deadline) and says to retry; once the stream ends, the attempt runs."""
     weu, _ = backends
-    suffix = uuid.uuid4().hex[:8]
-    gw = build_gateway(
-        {
-            "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;deployments=gpt-4o-mini",
-            "GATEWAY_API_KEYS": f"team:{KEY}",
-            "GATEWAY_PROFILE_TEAM": "concurrency=1",
-            "GATEWAY_CALLER_PROFILES": "team=team",
-            "AzureWebJobsStorage": azurite.connection_string,
-            "GATEWAY_STATE_TABLE": "cslot" + suffix,
-            "GATEWAY_RESULTS_CONTAINER": "results-" + suffix,
-            "GATEWAY_COMPLETIONS_QUEUE": "completions-" + suffix,
-        }
+    gw = make_gateway(
+        GATEWAY_BACKEND_1=f"name=weu;host={weu.url};mode=direct;api-key=fake-key;deployments=gpt-4o-mini",
+        GATEWAY_API_KEYS=f"team:{KEY}",
+        GATEWAY_PROFILE_TEAM="concurrency=1",
+        GATEWAY_CALLER_PROFILES="team=team",
     )
-    try:
-        hold = weu.hold_stream()
-        headers = {"content-type": "application/json", "api-key": KEY}
-        body = json.dumps({**CHAT, "stream": True}).encode()
-        streaming = await gw.pipeline.handle(Inbound("POST", "/v1/chat/completions", "", headers, body))
-        assert await hold.wait_reached()
-        raw = json.dumps(CHAT).encode()
-        inbound = Inbound("POST", "/v1/chat/completions", "", {**headers, "prefer": "respond-async"}, raw)
-        route = translate.resolve("POST", inbound.path, "", "application/json", raw, gw.settings.api_version)
-        request = await starter.accept(gw, Deferred(inbound, route, "client-team", "team", "the test asked", "team"))
-        request["deadline"] = time.time() + 0.5
-        result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
-        assert (result["status"], result["reason"]) == ("retry", "caller at its concurrency")
-        assert len(weu.requests) == 1  # the async attempt did not reach the backend
-        hold.release()
-        assert b"[DONE]" in b"".join([chunk async for chunk in streaming.stream])
-        request["deadline"] = time.time() + 60
-        result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
-        assert (result["status"], result["backend"]) == ("succeeded", "weu")
-        assert gw.quotas.caller_slots.queues["team"].in_flight == 0  # given back after the attempt
-    finally:
-        await gw.close()
+    stream, hold = await held_stream(gw, weu)
+    request = await submit(gw, CHAT, deadline_in=0.5, caller="team", profile="team")
+    result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["reason"]) == ("retry", "caller at its concurrency")
+    assert len(weu.requests) == 1  # the async attempt did not reach the backend
+    hold.release()
+    assert b"[DONE]" in b"".join([chunk async for chunk in stream])
+    request["deadline"] = time.time() + 60
+    result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
+    assert (result["status"], result["backend"]) == ("succeeded", "weu")
+    assert gw.quotas.caller_slots.queues["team"].in_flight == 0  # given back after the attempt
