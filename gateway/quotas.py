@@ -53,9 +53,9 @@ NOT_LIMITED = Admission()
 
 
 class Quotas:
-    def __init__(self, limiter: Limiter | None, caller_slots: CallerSlots | None = None) -> None:
+    def __init__(self, limiter: Limiter | None, caller_slots: CallerSlots) -> None:
         self.limiter = limiter  # None: no shared storage (unit tests): RPM/TPM are not enforced
-        self.caller_slots = caller_slots or CallerSlots(None, "local", 5.0)  # without storage: per instance
+        self.caller_slots = caller_slots  # without shared storage: each instance holds the whole limit
 
     async def admit(
         self, caller: Caller, profile: Profile, route: translate.Route, priority: int = 5, wait_until: float = 0.0
