@@ -59,9 +59,12 @@ AZURE_PATH = f"/openai/deployments/{MODEL}/chat/completions?api-version={API_VER
 STREAM_CHUNKS = 50
 TARGET_ORDER = ("direct", "floor-aiohttp", "floor-asgi", "gateway", "litellm")
 EXPORTER_TARGET = "gateway+otel"  # --with-exporter: the gateway exporting to a local ingestion endpoint
-LIMITS_TARGET = "gateway+limits"  # --with-limits: every caller under an RPM and TPM limit it never reaches
+LIMITS_TARGET = "gateway+limits"  # --with-limits: every caller under RPM, TPM and concurrency limits it never reaches
 # Limits high enough never to refuse at any benchmark rate: what is measured is their bookkeeping.
-LIMITS_ENV = {"GATEWAY_PROFILE_BENCH": "rpm=100000000;tpm=100000000000", "GATEWAY_DEFAULT_PROFILE": "bench"}
+LIMITS_ENV = {
+    "GATEWAY_PROFILE_BENCH": "rpm=100000000;tpm=100000000000;concurrency=100000",
+    "GATEWAY_DEFAULT_PROFILE": "bench",
+}
 ROW_KEYS = (
     "target", "workload", "rps", "p50_ms", "p90_ms", "p99_ms", "ttfb_p50_ms", "cpu_ms_per_req", "peak_rss_mb",
     "errors", "storage_ops_per_req",
@@ -661,8 +664,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"also measure '{EXPORTER_TARGET}': the gateway exporting to Application Insights (a "
                         "local ingestion endpoint), alternated with the plain gateway (export overhead)")
     parser.add_argument("--with-limits", action="store_true",
-                        help=f"also measure '{LIMITS_TARGET}': every caller under (generous) RPM and TPM limits, "
-                        "shared through Table leases, alternated with the plain gateway")
+                        help=f"also measure '{LIMITS_TARGET}': every caller under (generous) RPM, TPM and "
+                        "concurrency limits, shared through Table leases, alternated with the plain gateway")
     parser.add_argument("--exporter-sampler", default="",
                         help="OTEL_TRACES_SAMPLER for that target (default: the distro's, 5 traces/s; always_on)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
