@@ -54,7 +54,7 @@ _RETRIES = 20
 
 
 class Slot:
-    """One admitted request's hold on a backend slot; released once, when its answer ends."""
+    """One admitted request's hold on a slot (a backend's or its caller's); released once, when it ends."""
 
     __slots__ = ("_pool", "_queue", "_released")
 
@@ -73,7 +73,7 @@ class Slot:
 
 
 class Pool:
-    """Slots of one pool of a backend that this instance holds, leased from its Table row."""
+    """The slots of one pool of a limit (a backend's or a caller's) that this instance holds, leased from its row."""
 
     def __init__(self, limit: int, row: str, table: LazyTable | None, instance_id: str, partition: str) -> None:
         self.limit = limit
@@ -81,7 +81,6 @@ class Pool:
         self.partition = partition
         self.instance_id = instance_id
         self.held = 0 if table else limit  # without shared storage: this instance alone
-        self.others = 0  # what the other instances held at the last renewal
         self.in_flight = 0
         self.demand = 0.0  # recent demand (decaying): what this instance asks its share by
         self.others_starving = False  # at the last renewal, another instance wanted more than it held
@@ -145,7 +144,7 @@ class Pool:
                 await write_unless_changed(table, row, etag)
             except (ResourceModifiedError, ResourceExistsError):
                 continue  # another instance renewed in between: decide again on what it wrote
-            self.held, self.others = mine, others
+            self.held = mine
             self.others_starving = any(v[1] > v[0] for k, v in live.items() if k != self.instance_id)
             self.others_live = any(k != self.instance_id for k in live)
             return
