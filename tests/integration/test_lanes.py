@@ -8,6 +8,7 @@ OpenAI's headers and show callers their own budget.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -200,8 +201,6 @@ async def test_limits_answer_429_with_openais_headers_and_show_callers_their_bud
 async def test_backend_concurrency_admits_by_priority_and_spills_or_waits(build, fakes):
     """concurrency=2 on the PTU backend: a third request spills (gold) or waits (silver); waiting requests are
     admitted best priority first when a slot frees; reserved slots are for priority 1 only."""
-    import asyncio
-
     ptu, _ = fakes
     services, records = build(
         GATEWAY_BACKEND_1=f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;concurrency=2;reserved=1;"
@@ -242,8 +241,6 @@ async def answer_stream(out: Outbound) -> bytes:
 
 
 async def wait_for(check, timeout_s: float = 10.0) -> None:
-    import asyncio
-
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "not reached in time"
@@ -254,8 +251,6 @@ async def wait_for(check, timeout_s: float = 10.0) -> None:
 async def test_a_profiles_concurrency_caps_its_callers_requests_in_flight(build, fakes, limits):
     """concurrency=1: another request of the caller waits for the first one's end (a streamed answer ends with
     its stream), best priority first; past its wait it is answered 429 concurrency_limit_exceeded, never sent."""
-    import asyncio
-
     ptu, _ = fakes
     profile = "tiers=ptu;concurrency=1"
     services, records = build(limits=limits, GATEWAY_PROFILE_SILVER=profile, GATEWAY_MAX_WAIT_S="0.3")
@@ -307,8 +302,6 @@ async def test_a_request_deferred_to_the_async_path_gives_its_callers_slot_back(
 async def test_a_request_that_goes_away_gives_its_backend_slot_back_waiting_or_in_flight(build, fakes):
     """concurrency=1: a client that leaves while its request waits, or while its attempt is on the backend, must
     not keep a slot; else the backend's capacity shrinks by one for good on this instance."""
-    import asyncio
-
     ptu, _ = fakes
     services, _ = build(
         GATEWAY_BACKEND_1=f"name=ptu;host={ptu.url};mode=direct;api-key=fake-key;tier=ptu;concurrency=1;"
