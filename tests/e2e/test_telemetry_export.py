@@ -24,7 +24,8 @@ import pytest
 from tests.support.devhost import DevHost
 from tests.support.fake_identity import FakeIdentityEndpoint
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
-from tests.support.ingestion import Envelope, IngestionEndpoint, serve_in_thread
+from tests.support.ingestion import Envelope, IngestionEndpoint
+from tests.support.local_server import serve_in_thread
 from tests.support.ports import closed_port, wait_for_output
 from tests.support.tls import LocalCertificate
 

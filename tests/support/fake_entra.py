@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from tests.support.local_server import serve_app
+
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 AUDIENCE = "api://ai-gateway"
 CLIENT_ID = "3f2c6a51-9d1e-4e7a-8c55-0b6f1d2e9a10"
@@ -114,10 +116,7 @@ class FakeEntra:
         app = web.Application()
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._openid)
         app.router.add_get("/{tenant}/discovery/v2.0/keys", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

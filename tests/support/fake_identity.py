@@ -11,6 +11,8 @@ import time
 
 from aiohttp import web
 
+from tests.support.local_server import serve_app
+
 
 class FakeIdentityEndpoint:
     def __init__(self, lifetime_s: int = 3600) -> None:
@@ -43,10 +45,7 @@ class FakeIdentityEndpoint:
     async def __aenter__(self) -> FakeIdentityEndpoint:
         app = web.Application()
         app.router.add_get("/msi/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

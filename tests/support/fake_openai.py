@@ -67,6 +67,7 @@ from tests.support.fake_openai_requests import (
     v1_version_problem,
 )
 from tests.support.fake_openai_responses import ResponseStore, not_found
+from tests.support.local_server import serve_app, serve_in_thread
 
 DEFAULT_DEPLOYMENTS = frozenset({"gpt-4o-mini", "text-embedding-3-small", "whisper", "tts", "dall-e-3"})
 
@@ -490,12 +491,9 @@ class FakeAzureOpenAI:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a dropped connection ends its handler, as in a real server.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._runner, self._port = await serve_app(
+            app, host=self.host, port=self._requested_port, handler_cancellation=True, shutdown_timeout=1.0
+        )
 
     async def stop(self) -> None:
         """Stop like a dying server: requests in flight (stalled, held, streaming) get their connection reset."""
@@ -517,19 +515,8 @@ class FakeAzureOpenAI:
     @contextlib.contextmanager
     def threaded(self) -> Iterator[Self]:
         """Run on a private event loop in a daemon thread, for sync tests (e.g. the sync openai client)."""
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name=f"fake-openai-{self.name}", daemon=True)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
-            try:
-                yield self
-            finally:
-                asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            loop.close()
+        with serve_in_thread(self, name=f"fake-openai-{self.name}"):
+            yield self
 
     # ----------------------------------------------------------------- scripting (thread-safe)
 

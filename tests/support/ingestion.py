@@ -13,7 +13,6 @@ bearer token). Waiting is on a condition variable signalled by each post, never 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gzip
 import json
@@ -25,7 +24,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
-__all__ = ["Envelope", "IngestionEndpoint", "serve_in_thread"]
+from tests.support.local_server import serve_app, serve_in_thread
+
+__all__ = ["Envelope", "IngestionEndpoint"]
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,7 @@ class IngestionEndpoint:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app, ssl_context=self.ssl_context)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -151,25 +149,3 @@ class IngestionEndpoint:
         """Run on a private event loop in a daemon thread, for tests that block (devhost, httpx)."""
         with serve_in_thread(self):
             yield self
-
-
-@contextlib.contextmanager
-def serve_in_thread(*servers: Any) -> Iterator[None]:
-    """Runs async context managers (local servers) on one private event loop in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="local-servers", daemon=True)
-    thread.start()
-    stack = contextlib.AsyncExitStack()
-    try:
-
-        async def enter() -> None:
-            for server in servers:
-                await stack.enter_async_context(server)
-
-        asyncio.run_coroutine_threadsafe(enter(), loop).result(timeout=30)
-        yield
-    finally:
-        asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
