@@ -48,9 +48,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -67,7 +67,7 @@ from tests.support.fake_openai_requests import (
     v1_version_problem,
 )
 from tests.support.fake_openai_responses import ResponseStore, not_found
-from tests.support.local_server import serve_app, serve_in_thread
+from tests.support.local_server import LocalServer, serve_app
 
 DEFAULT_DEPLOYMENTS = frozenset({"gpt-4o-mini", "text-embedding-3-small", "whisper", "tts", "dall-e-3"})
 
@@ -421,7 +421,7 @@ class FakeBatch:
 # --------------------------------------------------------------------------- the server
 
 
-class FakeAzureOpenAI:
+class FakeAzureOpenAI(LocalServer):
     """Fake Azure OpenAI resource; see the module docstring. ``deployments=None`` accepts any name."""
 
     def __init__(
@@ -437,6 +437,7 @@ class FakeAzureOpenAI:
         port: int = 0,
     ) -> None:
         self.name = name
+        self.thread_name = f"fake-openai-{name}"
         self.api_key = api_key
         self.deployments = None if deployments is None else frozenset(deployments)
         self.latency_ms = latency_ms
@@ -504,19 +505,6 @@ class FakeAzureOpenAI:
         await self._runner.cleanup()
         self._runner = None
         self._port = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[Self]:
-        """Run on a private event loop in a daemon thread, for sync tests (e.g. the sync openai client)."""
-        with serve_in_thread(self, name=f"fake-openai-{self.name}"):
-            yield self
 
     # ----------------------------------------------------------------- scripting (thread-safe)
 

@@ -13,18 +13,17 @@ bearer token). Waiting is on a condition variable signalled by each post, never 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
-from tests.support.local_server import serve_app, serve_in_thread
+from tests.support.local_server import LocalServer, serve_app
 
 __all__ = ["Envelope", "IngestionEndpoint"]
 
@@ -66,7 +65,7 @@ class Envelope:
         return self.data.get("metrics") or []
 
 
-class IngestionEndpoint:
+class IngestionEndpoint(LocalServer):
     """`ssl_context` makes it HTTPS (the exporter sends a bearer token only over TLS: see tests/support/tls.py)."""
 
     def __init__(self, ssl_context: Any = None) -> None:
@@ -136,16 +135,3 @@ class IngestionEndpoint:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @contextlib.contextmanager
-    def threaded(self) -> Iterator[Self]:
-        """Run on a private event loop in a daemon thread, for tests that block (devhost, httpx)."""
-        with serve_in_thread(self):
-            yield self

@@ -11,11 +11,11 @@ import contextlib
 import ssl
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
-__all__ = ["serve_app", "serve_in_thread"]
+__all__ = ["LocalServer", "serve_app", "serve_in_thread"]
 
 
 async def serve_app(
@@ -53,3 +53,29 @@ def serve_in_thread(*servers: Any, name: str = "local-servers") -> Iterator[None
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=30)
         loop.close()
+
+
+class LocalServer:
+    """A test server with `start()` and `stop()`: used as an async context manager, or `threaded()` for tests
+    that block."""
+
+    thread_name = "local-server"
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def threaded(self) -> Iterator[Self]:
+        """Runs on a private event loop in a daemon thread (the devhost, httpx, the sync SDKs block)."""
+        with serve_in_thread(self, name=self.thread_name):
+            yield self
