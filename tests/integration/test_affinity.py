@@ -104,6 +104,22 @@ async def test_the_stream_that_created_a_background_response_can_claim_its_token
     assert await fresh.count_once("resp_late") is False and fresh.operations == before
 
 
+async def test_a_background_response_without_its_row_is_counted_by_the_instance_that_knows_it(azurite):
+    """A row never written (storage was down) or gone: no other instance can find the response, so this one counts."""
+    account = StorageAccount(connection_string=azurite.connection_string)
+    table = "resp" + uuid.uuid4().hex[:12]
+    affinity = Affinity(lambda: account.table_client(table, None))
+    try:
+        await affinity.remember("resp_gone", "weu", BACKGROUND, "team-a")
+        async with account.table_client(table, None) as client:
+            rows = [(e["PartitionKey"], e["RowKey"]) async for e in client.list_entities()]
+            assert [row for _, row in rows] == ["resp_gone"]
+            await client.delete_entity(*rows[0])
+        assert [await affinity.count_once("resp_gone") for _ in range(2)] == [True, False]
+    finally:
+        await affinity.close()
+
+
 async def test_unreachable_storage_is_a_fast_503_for_an_unknown_id_and_no_failure_for_a_new_one():
     with closed_port() as port:
         connection = (
