@@ -10,9 +10,9 @@ an id this caller did not create gets the same 404 as an unknown one.
 Lookups are cheap: an in-process cache of the ids this instance created or looked up, and a point read for any
 other. Rows past their expiry are ignored and deleted when read; `purge_expired` (housekeeping) removes the rest.
 
-Tokens are counted once per response: on the call that created it, or, for a `background` response (created
-before any token was generated), on the first retrieval that reports its usage, claimed with an ETag-conditional
-update of its row so two instances cannot both count it.
+Tokens are counted once per response: on the call that created it, or, for a `background` response (it goes on
+after its create answered, and outlives a create stream cut short), on the first call that reports its usage, its
+create stream or a retrieval, claimed with an ETag-conditional update of its row so two calls cannot both count it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .lazy_table import LazyTable
 from .state_sync import STORAGE_ERRORS
 from .translate import Route
 
-__all__ = ["RETENTION_S", "Affinity", "Holder", "affinity_table", "keeps_response"]
+__all__ = ["RETENTION_S", "Affinity", "Holder", "affinity_table", "is_background", "keeps_response"]
 
 log = logging.getLogger("gateway.affinity")
 
@@ -51,7 +51,8 @@ class Holder:
     model: str  # the model alias it was created with: what its follow-up requests are governed as
     caller: str
     expires_at: float
-    background: bool = False  # created with `background: true`: its tokens are counted when first retrieved
+    background: bool = False  # created with `background: true`: its tokens go to the first call reporting them
+    etag: str | None = None  # the row's version this instance last saw: a claim is then one conditional update
 
 
 def affinity_table(state_table: str) -> str:
@@ -62,6 +63,11 @@ def affinity_table(state_table: str) -> str:
 def keeps_response(route: Route) -> bool:
     """A created response the backend keeps (`store: false` ones cannot be named again: no row for them)."""
     return route.creates_response and not (route.json and route.json.get("store") is False)
+
+
+def is_background(route: Route) -> bool:
+    """A kept response created with `background: true`: it runs on after the call that created it answered."""
+    return keeps_response(route) and bool(route.json and route.json.get("background") is True)
 
 
 class Affinity:
@@ -87,7 +93,7 @@ class Affinity:
         """Records a created response once. If storage fails, this instance still knows it (logged)."""
         if response_id in self._cache:
             return
-        background = bool(route.json and route.json.get("background") is True)
+        background = is_background(route)
         holder = Holder(backend, route.model, caller, self._clock() + RETENTION_S, background)
         self._keep(response_id, holder)
         if self._table is None:
@@ -104,36 +110,44 @@ class Affinity:
         try:
             table = await self._table.client()
             self.operations += 1
-            await table.create_entity(entity)
+            written = await table.create_entity(entity)
         except ResourceExistsError:
             pass  # written already (the same answer seen twice): ids are never reused
         except STORAGE_ERRORS as exc:
             log.warning("Could not record response %s (%s): other instances will not find it", response_id, exc)
+        else:
+            if background and self._cache.get(response_id) is holder:  # its claim needs no read then
+                self._cache[response_id] = replace(holder, etag=written.get("etag"))
 
     async def count_once(self, response_id: str) -> bool:
-        """True for the one retrieval that counts a background response's tokens; False for any other."""
+        """True for the one call that counts a background response's tokens (its create stream, read to its end,
+        or the first retrieval reporting them); False for any other call, and for any other response."""
         holder = self._cache.get(response_id)
         if holder is None or not holder.background or response_id in self._counted:
             return False
-        self._counted[response_id] = None
-        if len(self._counted) > CACHE_SIZE:
-            self._counted.popitem(last=False)
+        self._mark_counted(response_id)
         if self._table is None:
             return True
         try:
             table = await self._table.client()
-            self.operations += 2
-            entity = await table.get_entity(_partition(response_id), response_id)
-            if entity.get("Counted"):
-                return False
+            etag = holder.etag
+            if etag is None:
+                self.operations += 1
+                entity = await table.get_entity(_partition(response_id), response_id)
+                if entity.get("Counted"):
+                    return False
+                etag = entity.metadata["etag"]
+            self.operations += 1
             await table.update_entity(
-                {"PartitionKey": entity["PartitionKey"], "RowKey": response_id, "Counted": True},
+                {"PartitionKey": _partition(response_id), "RowKey": response_id, "Counted": True},
                 mode=UpdateMode.MERGE,
-                etag=entity.metadata["etag"],
+                etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False  # another instance counted it just now (or the row is gone)
+        except ResourceModifiedError:
+            return False  # the row changed since this instance saw it: only a claim changes it, so it is counted
+        except ResourceNotFoundError:  # never written (storage was down): no other instance can know it
+            log.warning("Response %s has no row; counted here", response_id)
         except STORAGE_ERRORS as exc:  # counted here; another instance might count it too: said in the log
             log.warning("Could not mark response %s as counted (%s)", response_id, exc)
         return True
@@ -166,10 +180,13 @@ class Affinity:
             str(entity["Caller"]),
             float(entity["ExpiresAt"]),
             bool(entity.get("Background")),
+            entity.metadata.get("etag"),
         )
         if holder.expires_at <= now:
             await self._delete(table, _partition(response_id), response_id)
             return None
+        if entity.get("Counted"):
+            self._mark_counted(response_id)
         self._keep(response_id, holder)
         return holder
 
@@ -212,6 +229,11 @@ class Affinity:
         self._cache.move_to_end(response_id)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
+
+    def _mark_counted(self, response_id: str) -> None:
+        self._counted[response_id] = None
+        if len(self._counted) > CACHE_SIZE:
+            self._counted.popitem(last=False)
 
     async def _delete(self, table: Any, partition: str, row: str) -> None:
         try:

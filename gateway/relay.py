@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from . import errors, ids, realtime, translate
-from .affinity import Affinity, keeps_response
+from .affinity import Affinity, is_background, keeps_response
 from .attempt import Attempt, Attempts
 from .headers import relayed_headers
 from .messages import Outbound
@@ -76,14 +76,15 @@ class Relay:
             record.status, record.error = status, exc.kind
             self.finish(record, started, admission)
             raise errors.upstream_failure(status, f"Backend {target.backend.name} failed while answering.") from None
+        created = None
+        if response.status < 300 and keeps_response(route):
+            created = await self._remember(_response_id(body), record, route)
         if target.backend.parses_usage:
-            record.usage = await self._counted(route, usage_from_json_body(body))
+            record.usage = await self._counted(route, usage_from_json_body(body), created)
             record.response_model = response_model(body)
             if response.status == 400 and body.find(b'"content_filter"') >= 0:
                 record.outcome = "content_filtered"
             self.attempts.finished(attempt, record.usage)
-        if response.status < 300 and keeps_response(route):
-            await self._remember(_response_id(body), record, route)
         if response.status == 200 and route.operation == "realtime/client_secrets":
             body = realtime.announce(body, headers, target.backend)
         self.finish(record, started, admission)
@@ -108,6 +109,7 @@ class Relay:
         complete = recorded = False
         counts = attempt.target.backend.parses_usage  # processor=OpenAI: usage is read; none: only the response id
         remember = response.status < 300 and keeps_response(route)
+        created: str | None = None  # the id of the response this stream created, once recorded
         try:
             async for data in response.chunks():
                 if record.first_chunk_ms is None:  # time to first chunk, from the start of the request
@@ -116,9 +118,9 @@ class Relay:
                     data = tap.feed(data)
                     if remember and tap.response_id is not None:
                         remember = False  # before the event with the id goes out
-                        await self._remember(tap.response_id, record, route)
+                        created = await self._remember(tap.response_id, record, route)
                     if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started, admission, counts)
+                        recorded = await self._finish_stream(record, tap, route, started, admission, counts, created)
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -139,7 +141,7 @@ class Relay:
             else:
                 response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
-                await self._finish_stream(record, tap, route, started, admission, counts)
+                await self._finish_stream(record, tap, route, started, admission, counts, created)
 
     async def _finish_stream(
         self,
@@ -149,28 +151,39 @@ class Relay:
         started: float,
         admission: Admission,
         counts: bool,
+        created: str | None,
     ) -> bool:
+        """Writes the stream's record. `created`: the id of the response it created, if it recorded one."""
         if tap is not None and tap.error is not None and record.error is None:
             record.error = "stream_error"  # relayed as it came (the 200 is sent), recorded as the failure it is
         if tap is not None and record.status < 400 and counts:
-            if route.resource_id:  # a retrieved response: its tokens were counted when it was made
-                record.usage = await self._counted(route, tap.usage)
+            if route.resource_id or (created and is_background(route)):  # a response counted once, whoever sees it
+                # A background one cut short runs on, so it is not estimated: a retrieval reports its tokens.
+                record.usage = await self._counted(route, tap.usage, created)
             else:  # counting loads the tokenizer on first use (~0.2 s): keep it off the event loop
                 record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
             record.response_model = tap.response_model()
         self.finish(record, started, admission)
         return True
 
-    async def _counted(self, route: translate.Route, usage: Usage | None) -> Usage | None:
-        """The tokens a call is charged with. Retrieving a response costs none, except the one retrieval that
-        first reports a background response's usage (it was made after the call that created it)."""
-        if not route.resource_id or usage is None:
-            return usage
-        return usage if await self.affinity.count_once(route.resource_id) else None
+    async def _counted(self, route: translate.Route, usage: Usage | None, created: str | None) -> Usage | None:
+        """The tokens a call is charged with: each response's once. Retrieving a response costs none, and a
+        background response's tokens (made after the call that created it answered, or outliving its cut stream)
+        go to the one call that first reports them: its create stream, read to its end, or a retrieval."""
+        if usage is None:
+            return None
+        if route.resource_id:
+            return usage if await self.affinity.count_once(route.resource_id) else None
+        if created and is_background(route):
+            return usage if await self.affinity.count_once(created) else None
+        return usage
 
-    async def _remember(self, response_id: str | None, record: UsageRecord, route: translate.Route) -> None:
+    async def _remember(self, response_id: str | None, record: UsageRecord, route: translate.Route) -> str | None:
+        """Records where a created response lives; its id, when it was recorded."""
         if ids.is_response_id(response_id) and record.backend is not None and record.caller is not None:
             await self.affinity.remember(response_id, record.backend, route, record.caller)
+            return response_id
+        return None
 
     def finish(self, record: UsageRecord, started: float, admission: Admission = NOT_LIMITED) -> None:
         """Stamps the duration, settles the caller's token reservation, frees its slots (backend, caller), hands

@@ -4,7 +4,9 @@ Two fake backends serve the same deployments, one with `api=deployments` and one
 round-robin strategy: two calls of any operation from one host reach both backend styles, which the tests
 check on what each fake received. The fakes keep their Responses per instance, so a follow-up sent to the
 wrong backend is that backend's 404: a chain of five turns alternating between the hosts shows affinity works
-across instances. Usage records come back through the hosts' shared usage file.
+across instances, and background responses are retrieved, resumed and deleted from either host; both run once
+per backend style, with the path each call reached checked. Usage records come back through the hosts' shared
+usage file.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ class Stack:
 
     def fake(self, name: str) -> FakeAzureOpenAI:
         return self.legacy if name == self.legacy.name else self.v1
+
+    def keeper(self, response_id: str) -> FakeAzureOpenAI:
+        """The fake that keeps this response (it made it)."""
+        return self.legacy if response_id in self.legacy.responses.ids else self.v1
+
+    def sent_since(self, seen: tuple[int, int]) -> tuple[list[RecordedRequest], list[RecordedRequest]]:
+        """What each fake (legacy, v1) received since `seen` = (its request counts then)."""
+        return self.legacy.requests[seen[0] :], self.v1.requests[seen[1] :]
+
+    def seen(self) -> tuple[int, int]:
+        return len(self.legacy.requests), len(self.v1.requests)
+
+    def check_responses_calls(self, home: FakeAzureOpenAI, seen: tuple[int, int], calls: list[tuple[str, str]]) -> None:
+        """Since `seen`, `home` got exactly these (method, path after `responses`) calls, in the form of its
+        `api=` style, and the other fake got none."""
+        legacy, v1 = self.sent_since(seen)
+        sent, elsewhere = (legacy, v1) if home is self.legacy else (v1, legacy)
+        base = STYLE_PATHS["responses"][home is self.v1]
+        assert [(r.method, r.path) for r in sent] == [(method, base + rest) for method, rest in calls]
+        assert all(("api-version" in r.query) == (home is self.legacy) for r in sent)
+        assert elsewhere == []
 
     def close(self) -> None:
         for client in self._clients:
@@ -182,40 +205,69 @@ def test_responses_plain_and_streamed_record_their_tokens(stack: Stack):
 
 def test_a_chain_of_five_across_two_hosts_stays_where_it_began(stack: Stack):
     clients = [stack.client(0), stack.client(1, "/v1")]
-    before = len(stack.usage())
-    raw = clients[0].responses.with_raw_response.create(model="gpt-4o-mini", input="Turn 1")
-    home, previous = raw.headers["x-gateway-backend"], raw.parse()
-    for turn in range(2, 6):  # alternating hosts; each one's round-robin would otherwise move every other turn
-        raw = clients[(turn - 1) % 2].responses.with_raw_response.create(
-            model="gpt-4o-mini", input=f"Turn {turn}", previous_response_id=previous.id
-        )
-        response = raw.parse()
-        assert raw.headers["x-gateway-backend"] == home
-        assert response.output_text == f"Hello from {home}. This is a fake reply (turn {turn})"
-        assert response.usage.input_tokens_details.cached_tokens == previous.usage.total_tokens
-        previous = response
-    records = stack.usage()[before:]
-    assert [r["backend"] for r in records] == [home] * 5
-    assert records[-1]["cached_tokens"] == previous.usage.input_tokens_details.cached_tokens > 0
+    homes = []
+    for _ in range(2):  # each chain starts on host 0: round-robin puts the second on the other backend style
+        before, seen = len(stack.usage()), stack.seen()
+        raw = clients[0].responses.with_raw_response.create(model="gpt-4o-mini", input="Turn 1")
+        home, previous = raw.headers["x-gateway-backend"], raw.parse()
+        chain = [previous.id]
+        for turn in range(2, 6):  # alternating hosts; each one's round-robin would otherwise move every other turn
+            raw = clients[(turn - 1) % 2].responses.with_raw_response.create(
+                model="gpt-4o-mini", input=f"Turn {turn}", previous_response_id=previous.id
+            )
+            response = raw.parse()
+            assert raw.headers["x-gateway-backend"] == home
+            assert response.output_text == f"Hello from {home}. This is a fake reply (turn {turn})"
+            assert response.usage.input_tokens_details.cached_tokens == previous.usage.total_tokens
+            previous = response
+            chain.append(response.id)
+        records = stack.usage()[before:]
+        assert [r["backend"] for r in records] == [home] * 5
+        assert records[-1]["cached_tokens"] == previous.usage.input_tokens_details.cached_tokens > 0
+        fake = stack.fake(home)
+        stack.check_responses_calls(fake, seen, [("POST", "")] * 5)
+        sent = fake.requests[len(fake.requests) - 5 :]
+        assert [r.json.get("previous_response_id") for r in sent] == [None, *chain[:-1]]
+        assert {r.json["model"] for r in sent} == {"gpt-4o-mini"}  # the backend's deployment, in either style
+        homes.append(home)
+    assert set(homes) == {stack.legacy.name, stack.v1.name}
 
 
-def test_a_background_response_retrieved_from_both_hosts(stack: Stack):
+@pytest.mark.parametrize("streamed", [False, True], ids=["queued", "streamed"])
+def test_background_responses_on_both_styles_retrieved_and_deleted_from_both_hosts(stack: Stack, streamed: bool):
     clients = [stack.client(0), stack.client(1, "/v1")]
-    before = len(stack.usage())
-    raw = clients[0].responses.with_raw_response.create(model="gpt-4o-mini", input="Hi", background=True)
-    queued, home = raw.parse(), raw.headers["x-gateway-backend"]
-    assert queued.status == "queued"
-    seen = []
-    for host in (1, 0, 1):  # queued -> in_progress -> completed, one step per retrieval, from either host
-        got = clients[host].responses.with_raw_response.retrieve(queued.id)
-        seen.append((got.headers["x-gateway-backend"], got.parse().status))
-    assert seen == [(home, "in_progress"), (home, "completed"), (home, "completed")]
-    resumed = list(clients[0].responses.retrieve(queued.id, stream=True))
-    assert resumed[-1].type == "response.completed"
-    records = stack.usage()[before:]
-    assert [r["operation"] for r in records] == ["responses"] + ["responses/{id}"] * 4
-    counted = [r["total_tokens"] for r in records if r["total_tokens"] is not None]
-    assert counted == [resumed[-1].response.usage.total_tokens]  # once, across both hosts
-    clients[1].responses.delete(queued.id)
-    with pytest.raises(openai.NotFoundError):
-        clients[0].responses.retrieve(queued.id)
+    homes = set()
+    for _ in range(2):  # two creates from host 0: round-robin puts one on each backend style
+        before, seen = len(stack.usage()), stack.seen()
+        if streamed:  # read to the end: the create stream reports the tokens
+            events = list(clients[0].responses.create(model="gpt-4o-mini", input="Hi", background=True, stream=True))
+            assert events[-1].type == "response.completed" and events[-1].response.background is True
+            response_id = events[0].response.id
+        else:
+            queued = clients[0].responses.create(model="gpt-4o-mini", input="Hi", background=True)
+            assert queued.status == "queued"
+            response_id = queued.id
+        home = stack.keeper(response_id)
+        seen_statuses = []
+        for host in (1, 0, 1):  # one step per retrieval on the fake (queued -> in_progress -> completed)
+            got = clients[host].responses.with_raw_response.retrieve(response_id)
+            seen_statuses.append((got.headers["x-gateway-backend"], got.parse().status))
+        expected = ["in_progress", "completed", "completed"] if not streamed else ["completed"] * 3
+        assert seen_statuses == [(home.name, status) for status in expected]
+        resumed = list(clients[0].responses.retrieve(response_id, stream=True))
+        assert resumed[-1].type == "response.completed"
+        assert clients[1].responses.delete(response_id) is None and response_id not in home.responses.ids
+        with pytest.raises(openai.NotFoundError):
+            clients[0].responses.retrieve(response_id)
+        rest = f"/{response_id}"
+        calls = [("POST", ""), *[("GET", rest)] * 4, ("DELETE", rest), ("GET", rest)]
+        stack.check_responses_calls(home, seen, calls)
+        assert home.requests[-3].query.get("stream") == "true"  # the resumption
+        records = stack.usage()[before:]
+        assert [r["operation"] for r in records] == ["responses"] + ["responses/{id}"] * 6
+        assert {r["backend"] for r in records} == {home.name}
+        counted = [(i, r["total_tokens"]) for i, r in enumerate(records) if r["total_tokens"] is not None]
+        # Once, across both hosts: by the create stream read to its end, else by the first completed retrieval.
+        assert counted == [(0 if streamed else 2, resumed[-1].response.usage.total_tokens)]
+        homes.add(home.name)
+    assert homes == {stack.legacy.name, stack.v1.name}

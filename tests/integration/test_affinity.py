@@ -86,6 +86,40 @@ async def test_a_background_responses_tokens_are_counted_by_one_instance(instanc
     assert await a.count_once("resp_fg") is False  # counted when it was created
 
 
+async def test_the_stream_that_created_a_background_response_can_claim_its_tokens(instances):
+    a, b = instances(Clock())
+    await a.remember("resp_early", "weu", BACKGROUND, "team-a")
+    await b.lookup("resp_early")  # another instance knows it before its create stream ends
+    before = a.operations
+    assert await a.count_once("resp_early") is True  # the create stream, read to its end
+    assert a.operations - before == 1  # one conditional update: the version came with the row's insert
+    before = b.operations
+    assert await b.count_once("resp_early") is False  # a retrieval elsewhere: its version of the row is stale
+    assert b.operations - before == 1
+    await a.remember("resp_late", "weu", BACKGROUND, "team-a")
+    assert await a.count_once("resp_late") is True
+    fresh = instances(Clock())[0]
+    await fresh.lookup("resp_late")  # read after the claim: known counted, no storage call to find out
+    before = fresh.operations
+    assert await fresh.count_once("resp_late") is False and fresh.operations == before
+
+
+async def test_a_background_response_without_its_row_is_counted_by_the_instance_that_knows_it(azurite):
+    """A row never written (storage was down) or gone: no other instance can find the response, so this one counts."""
+    account = StorageAccount(connection_string=azurite.connection_string)
+    table = "resp" + uuid.uuid4().hex[:12]
+    affinity = Affinity(lambda: account.table_client(table, None))
+    try:
+        await affinity.remember("resp_gone", "weu", BACKGROUND, "team-a")
+        async with account.table_client(table, None) as client:
+            rows = [(e["PartitionKey"], e["RowKey"]) async for e in client.list_entities()]
+            assert [row for _, row in rows] == ["resp_gone"]
+            await client.delete_entity(*rows[0])
+        assert [await affinity.count_once("resp_gone") for _ in range(2)] == [True, False]
+    finally:
+        await affinity.close()
+
+
 async def test_unreachable_storage_is_a_fast_503_for_an_unknown_id_and_no_failure_for_a_new_one():
     with closed_port() as port:
         connection = (
@@ -97,6 +131,8 @@ async def test_unreachable_storage_is_a_fast_503_for_an_unknown_id_and_no_failur
         try:
             await affinity.remember("resp_new", "weu", ROUTE, "team-a")  # logged; this instance still knows it
             assert (await affinity.lookup("resp_new")).backend == "weu"
+            await affinity.remember("resp_bg", "weu", BACKGROUND, "team-a")
+            assert [await affinity.count_once("resp_bg") for _ in range(2)] == [True, False]  # counted here, once
             started = time.monotonic()
             with pytest.raises(GatewayError) as unavailable:
                 await affinity.lookup("resp_elsewhere")

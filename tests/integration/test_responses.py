@@ -182,20 +182,75 @@ async def test_requests_naming_a_response_go_to_its_backend(fakes, gateways):
     assert all(r.usage is None and r.model == "gpt-4o-mini" for r in records[1:])
 
 
-async def test_a_background_response_counts_its_tokens_once_on_retrieval(fakes, gateways):
+async def create_background(services: Services, home: FakeAzureOpenAI, how: str) -> tuple[str, list[dict]]:
+    """A background response created `how`; its id and the events its create relayed (none when not streamed).
+
+    "stream_dropped": the client goes away once it has the id; the response runs on at the backend."""
+    body = {"model": "gpt-4o-mini", "input": "Hi", "background": True, "stream": how != "queued"}
+    if how == "queued":
+        out, queued = await answer(services, request("POST", "/v1/responses", body))
+        assert out.status == 200 and queued["status"] == "queued"
+        return queued["id"], []
+    hold = home.hold_stream(after_chunks=2) if how == "stream_dropped" else None
+    out = await services.pipeline.handle(request("POST", "/v1/responses", body))
+    assert out.status == 200 and out.stream is not None
+    if hold is None:
+        events = sse_events(await read(out))
+        assert events[-1]["type"] == "response.completed"
+        return events[0]["response"]["id"], events
+    received = b""
+    while b"\n\n" not in received:  # up to the first whole event: response.created, with the id
+        received += await anext(out.stream)
+    await out.stream.aclose()
+    hold.release()
+    created = sse_events(received.split(b"\n\n")[0] + b"\n\n")
+    assert created[0]["type"] == "response.created"
+    return created[0]["response"]["id"], created
+
+
+@pytest.mark.parametrize("how", ["queued", "streamed", "stream_dropped"])
+async def test_a_background_response_counts_its_tokens_once_on_retrieval(fakes, gateways, how):
     weu, neu = fakes
-    services, records = gateways(weu, neu)
-    body = {"model": "gpt-4o-mini", "input": "Hi", "background": True}
-    out, queued = await answer(services, request("POST", "/v1/responses", body))
-    assert out.status == 200 and queued["status"] == "queued" and records[0].usage is None
+    services, records = gateways(weu, neu, GATEWAY_STRATEGY="priority")
+    response_id, _ = await create_background(services, weu, how)
+    assert records[0].operation == "responses" and records[0].status == 200
     statuses = []
     while not statuses or statuses[-1] != "completed":
-        statuses.append((await answer(services, request("GET", f"/v1/responses/{queued['id']}")))[1]["status"])
-    assert statuses == ["in_progress", "completed"]
-    streamed = await services.pipeline.handle(request("GET", f"/v1/responses/{queued['id']}", query="stream=true"))
+        out, got = await answer(services, request("GET", f"/v1/responses/{response_id}"))
+        statuses.append(got["status"])
+        assert len(statuses) <= 3 and out.headers["x-gateway-backend"] == "weu"
+    assert statuses == (["in_progress", "completed"] if how == "queued" else ["completed"])
+    await answer(services, request("GET", f"/v1/responses/{response_id}"))
+    streamed = await services.pipeline.handle(request("GET", f"/v1/responses/{response_id}", query="stream=true"))
     assert sse_events(await read(streamed))[-1]["type"] == "response.completed"
-    counted = [r.usage.total_tokens for r in records if r.usage is not None]
-    assert len(counted) == 1 and counted[0] > 0  # the retrieval that saw it completed; not the stream after it
+    total = got["usage"]["total_tokens"]
+    assert total > 0 and len(records) == 1 + len(statuses) + 2
+    charged = [(index, r.usage.total_tokens) for index, r in enumerate(records) if r.usage is not None]
+    # Once, by the first call that reported it: the create stream read to its end, else the first completed retrieval.
+    assert charged == [(0 if how == "streamed" else len(statuses), total)]
+    assert not any(r.usage and r.usage.estimated for r in records)  # a dropped stream is not estimated as well
+
+
+async def test_a_background_response_is_cancelled_on_the_backend_that_keeps_it(fakes, gateways):
+    weu, neu = fakes
+    services, records = gateways(weu, neu, weu_api="v1")  # round-robin: the cancel would go elsewhere half the time
+    for _ in range(2):  # one on each backend, so both styles are cancelled
+        response_id, _ = await create_background(services, weu, "queued")
+        home, other = (weu, neu) if response_id in weu.responses.ids else (neu, weu)
+        seen = (len(home.requests), len(other.requests))
+        out, cancelled = await answer(services, request("POST", f"/openai/v1/responses/{response_id}/cancel"))
+        assert out.status == 200 and out.headers["x-gateway-backend"] == home.name
+        assert (cancelled["id"], cancelled["status"]) == (response_id, "cancelled")
+        [sent] = home.requests[seen[0] :]
+        prefix = "/openai/v1" if home is weu else "/openai"
+        assert (sent.method, sent.path) == ("POST", f"{prefix}/responses/{response_id}/cancel")
+        assert ("api-version" in sent.query) == (home is neu)
+        assert len(other.requests) == seen[1]  # the cancel reached the fake that created it, and no other
+        out, got = await answer(services, request("GET", f"/v1/responses/{response_id}"))
+        assert got["status"] == "cancelled" and got["usage"] is None
+        assert records[-2].operation == "responses/{id}/cancel" and records[-2].backend == home.name
+    assert {r.backend for r in records if r.operation == "responses/{id}/cancel"} == {"weu", "neu"}
+    assert all(r.usage is None for r in records)  # a response cancelled before it ran costs nothing
 
 
 async def test_someone_elses_or_an_unknown_response_is_not_found(fakes, gateways):
