@@ -49,6 +49,7 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        limit: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -57,6 +58,9 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+        # The caller's limit that refused the request (rpm, tpm, concurrency, models, suspended): its usage
+        # record names it. Never in the body, which says it in words.
+        self.limit = limit
 
     def body(self) -> bytes:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)

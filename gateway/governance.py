@@ -49,12 +49,12 @@ class Governance:
         if caller.name in self._suspended:
             raise errors.GatewayError(
                 403, "This caller is suspended by the gateway's operators.", type="permission_error",
-                code="caller_suspended",
+                code="caller_suspended", limit="suspended",
             )  # fmt: skip
         if model is not None and not profile.allows_model(model):
             raise errors.GatewayError(
                 403, f"The model '{model}' is not allowed for this caller.", type="permission_error",
-                code="model_not_allowed", param="model",
+                code="model_not_allowed", param="model", limit="models",
             )  # fmt: skip
         return profile
 

@@ -141,12 +141,14 @@ def request_attributes(record: UsageRecord) -> dict[str, str | bool | int]:
         attributes["gateway.profile"] = record.profile
     if record.priority:
         attributes["gateway.priority"] = record.priority
+    if record.limit:  # a refusal: which of the caller's limits (or governance) refused it
+        attributes["gateway.limit"] = record.limit
     if record.error or record.status >= 400:
         attributes["error.type"] = record.error or str(record.status)
     return attributes
 
 
-_NOT_ON_TOKENS = ("gateway.outcome", "gateway.streaming", "gateway.async", "error.type")
+_NOT_ON_TOKENS = ("gateway.outcome", "gateway.streaming", "gateway.async", "gateway.limit", "error.type")
 
 
 def token_attributes(record: UsageRecord, attributes: dict[str, str | bool | int]) -> dict[str, str | bool | int]:

@@ -163,8 +163,10 @@ class Pipeline:
                 if refusal.code == "concurrency_limit_exceeded" and lane.seconds_left(time.time()) <= 0:
                     raise request_expired() from None  # it waited for a slot of its caller until its TTL
                 raise
-        except errors.GatewayError as refusal:  # suspended, not allowed, over a limit: recorded as refused
-            self.relay.finish(self._record(route, None, call, refusal.status, 0, refusal.code), started)
+        except errors.GatewayError as refusal:  # suspended, not allowed, over a limit: recorded with that limit
+            record = self._record(route, None, call, refusal.status, 0, refusal.code)
+            record.limit = refusal.limit
+            self.relay.finish(record, started)
             raise
         try:
             return await self._admitted(inbound, route, call, defer)

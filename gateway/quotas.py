@@ -137,6 +137,7 @@ class Quotas:
             type="rate_limit_error",
             code="rate_limit_exceeded",
             headers=headers,
+            limit="rpm" if name == "requests" else "tpm",
         )
 
 
@@ -147,6 +148,7 @@ def _busy(limit: int) -> errors.GatewayError:
         type="rate_limit_error",
         code="concurrency_limit_exceeded",
         headers={"Retry-After": "1"},
+        limit="concurrency",
     )
 
 

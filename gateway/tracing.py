@@ -275,6 +275,7 @@ def record_attributes(record: UsageRecord) -> dict[str, AttributeValue]:
         "gateway.profile": record.profile,
         "gateway.priority": record.priority,
         "gateway.first_chunk_ms": record.first_chunk_ms,
+        "gateway.limit": record.limit,
         "error.type": record.error or (str(record.status) if record.status >= 400 else None),
     }
     attributes.update({k: v for k, v in optional.items() if v is not None})

@@ -210,6 +210,8 @@ class UsageRecord:
     timestamp: float = field(default_factory=time.time)  # completion time, epoch seconds
     # Set by whoever knows better than status/error (a caller-limit refusal: "throttled_caller"); see outcome_of.
     outcome: str | None = None
+    # A refusal by the caller's own limit or governance: which one (rpm, tpm, concurrency, models, suspended).
+    limit: str | None = None
     is_async: bool = False  # served by the durable async path (an activity) or a batch
     first_chunk_ms: float | None = None  # streams: from the start of the request to the first chunk relayed
     response_model: str | None = None  # the model the backend says answered (gen_ai.response.model)
@@ -253,13 +255,14 @@ class UsageRecord:
 
 
 # Fields that appear in the JSON record only when they carry something.
-_OPTIONAL = ("is_async", "first_chunk_ms", "response_model")
+_OPTIONAL = ("limit", "is_async", "first_chunk_ms", "response_model")
 _ERROR_OUTCOMES = {
     "content_filter": "content_filtered",
     "expired": "expired",
     "request_expired": "expired",  # its time to live passed on the sync path (408)
     "cancelled": "cancelled",
     "rate_limit_exceeded": "throttled_caller",  # a caller's own RPM/TPM limit refused it
+    "concurrency_limit_exceeded": "throttled_caller",  # so did its `concurrency=` (its requests in flight)
     "caller_suspended": "refused",
     "model_not_allowed": "refused",
 }

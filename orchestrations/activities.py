@@ -155,21 +155,22 @@ async def _attempt_on(
         else:
             backoff = attempt.retry_after_s if attempt.retry_after_s is not None else min(2.0**attempt_no, 60.0)
             retry_at = pool.earliest_open_until(route.model, tiers=tiers) or now + backoff
-        return _retry(retry_at, target.backend.name, attempt.status, attempt.failure)
+        return _retry(retry_at, target, attempt.status, attempt.failure)
     status = attempt.response.status
     try:
         raw = await attempts.read(attempt)
     except TransportError:
-        return _retry(now, target.backend.name, status, "the answer broke off")
+        return _retry(now, target, status, "the answer broke off")
 
     content_type = attempt.response.headers.get("content-type", "application/octet-stream")
-    body, usage, streamed, model = raw, None, False, None
+    body, usage, streamed, model, error = raw, None, False, None, None
     if content_type.startswith("text/event-stream"):
         streamed = True
         try:
             assembled = assemble_completion(parse_sse(raw))
         except AssembleError as exc:  # the backend ended its stream with an error: final, never re-sent
             body, content_type, status = json.dumps(_stream_error(exc)).encode(), "application/json", 502
+            error = "stream_error"  # as the sync path records a stream that ends in an error event
         else:
             body, content_type = json.dumps(assembled).encode(), "application/json"
             usage = Usage.from_openai(assembled.get("usage"))
@@ -179,7 +180,7 @@ async def _attempt_on(
         model = response_model(raw)
     attempts.finished(attempt, usage)
     await services.results.put_result(request["id"], body, content_type, status)
-    record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"])
+    record = usage_record(route, target, request["request_id"], status, attempt_no, request["caller"], error)
     record.streaming, record.usage, record.profile = streamed, usage, request.get("profile")
     record.priority, record.is_async = request.get("priority"), True
     record.response_model = model if isinstance(model, str) else None
@@ -241,12 +242,14 @@ def completion_message(request: dict[str, Any], outcome: dict[str, Any]) -> Comp
 
 
 def record_unanswered(services: Services, request: dict[str, Any], outcome: dict[str, Any]) -> None:
-    """The usage record of async work that ended without a backend answer: expired, cancelled, failed."""
+    """The usage record of async work that ended without a backend answer: expired, cancelled, failed; with the
+    attempts made and the last backend tried (the orchestration puts both in the outcome)."""
     route = translate.Route(request["api_style"], request["operation"], request["model"], "", "", None)
     status = {"expired": 504, "cancelled": 499}.get(outcome["status"], 503)
     code = (outcome.get("error") or {}).get("code") or outcome["status"]
     attempts = int(outcome.get("attempts", 0))
     record = usage_record(route, None, request["request_id"], status, attempts, request["caller"], code)
+    record.backend, record.deployment = outcome.get("backend"), outcome.get("deployment")
     record.profile, record.priority = request.get("profile"), request.get("priority")
     record.is_async, record.duration_ms = True, since_submitted(request)
     services.usage.record(record)
@@ -273,5 +276,13 @@ def _queue_until(request: dict[str, Any], now: float) -> float:
     return time.monotonic() + max(0.0, min(SLOT_WAIT_S, request["deadline"] - now))
 
 
-def _retry(retry_at: float, backend: str | None, http_status: int | None, reason: str | None) -> dict[str, Any]:
-    return {"status": "retry", "retry_at": retry_at, "backend": backend, "http_status": http_status, "reason": reason}
+def _retry(retry_at: float, target: Target | None, http_status: int | None, reason: str | None) -> dict[str, Any]:
+    """Try again at `retry_at`; `target` is the backend this attempt tried (None when it found none to try)."""
+    return {
+        "status": "retry",
+        "retry_at": retry_at,
+        "backend": target.backend.name if target else None,
+        "deployment": target.deployment if target else None,
+        "http_status": http_status,
+        "reason": reason,
+    }

@@ -50,6 +50,7 @@ def relay_request(context: df.DurableOrchestrationContext):
     deadline = datetime.fromtimestamp(request["deadline"], UTC)
     attempts = 0
     avoid: list[str] = []
+    tried: dict[str, Any] = {}  # the last backend (and deployment) an attempt tried
     outcome: dict[str, Any] | None = None
     while outcome is None:
         now = context.current_utc_datetime
@@ -72,6 +73,8 @@ def relay_request(context: df.DurableOrchestrationContext):
             outcome = result
             break
         avoid = [result["backend"]] if result.get("backend") else []
+        if result.get("backend"):
+            tried = {"backend": result["backend"], "deployment": result.get("deployment")}
         retry_at = min(datetime.fromtimestamp(result["retry_at"], UTC), deadline)
         if retry_at > now:
             context.set_custom_status(
@@ -87,6 +90,8 @@ def relay_request(context: df.DurableOrchestrationContext):
             yield context.create_timer(retry_at)
 
     outcome["attempts"] = attempts
+    for key, value in tried.items():  # no answer (expired, attempts exhausted): the last backend tried
+        outcome.setdefault(key, value)
     publishing: dict[str, Any] = {"state": "publishing", "attempt": attempts, "status": outcome["status"]}
     failures = 0
     while True:

@@ -102,7 +102,9 @@ def test_entra_tokens_and_keys_work_on_every_route(azurite, backends, entra, tmp
             "/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}, headers=bearer(app)
         )
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
-        assert (usage(usage_file)[-1]["status"], usage(usage_file)[-1]["error"]) == (403, "model_not_allowed")
+        record = usage(usage_file)[-1]
+        assert (record["status"], record["error"], record["limit"], record["outcome"]) == (
+            403, "model_not_allowed", "models", "refused")
         models = http.get("/v1/models", headers=bearer(app)).json()["data"]
         assert [m["id"] for m in models] == ["gpt-4o-mini"]
 

@@ -383,7 +383,7 @@ def stream_error_event(s: Stack, path: str, rid: str) -> str:
     assert (message["status"], message["http_status"], message["attempts"]) == ("failed", 502, 1)
     assert message["error"]["type"] == "server_error"
     assert (len(s.weu.requests), len(s.neu.requests)) == (1, 0)  # never sent again: it was billed
-    one_usage(s, rid, status=502, streaming=True, backend="weu", attempts=1)
+    one_usage(s, rid, status=502, streaming=True, backend="weu", attempts=1, error="stream_error", outcome="failed")
     breakers(s, {"weu": "closed", "weu/gpt-4o-mini": "closed"})
     return "failed: result 502 with the backend's error event, not retried; one completion (failed)"
 

@@ -23,7 +23,7 @@ from gateway.config import load_settings
 from gateway.credentials import storage_credential
 from gateway.messages import Inbound, Outbound
 from gateway.storage import storage_account
-from gateway.usage import UsageRecord
+from gateway.usage import UsageRecord, outcome_of
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
@@ -182,6 +182,7 @@ async def test_limits_answer_429_with_openais_headers_and_show_callers_their_bud
     )
     assert int(refused.headers["Retry-After"]) >= 1 and refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert (records[-1].status, records[-1].error, records[-1].caller) == (429, "rate_limit_exceeded", "gold")
+    assert (records[-1].limit, outcome_of(records[-1]), records[-1].backend) == ("rpm", "throttled_caller", None)
     # Plain callers (no profile) keep the backend's own headers.
     assert "x-ratelimit-limit-requests" not in (await answer(services, chat("plain-key"))).headers
 
@@ -196,6 +197,29 @@ async def test_limits_answer_429_with_openais_headers_and_show_callers_their_bud
         admitted += 1
     used = sum(r.usage.total_tokens for r in records if r.caller == "silver" and r.status == 200 and r.usage)
     assert admitted >= 2 and used <= 120
+    # A reservation that would fit an unused minute, but not what is left of this one.
+    out = await answer(services, chat("silver-key", {**CHAT, "max_tokens": 110}))
+    assert out.status == 429 and "tokens per minute" in json.loads(out.body)["error"]["message"]
+    refused = records[-1]
+    assert (refused.caller, refused.limit, outcome_of(refused), refused.attempts) == ("silver", "tpm",
+                                                                                      "throttled_caller", 0)
+
+
+async def test_a_governance_refusal_is_recorded_with_what_refused_it(build, fakes):
+    """A model outside the caller's allow-list, a suspended caller: 403, never forwarded, each recorded as refused
+    by its own reason."""
+    ptu, paygo = fakes
+    services, records = build(GATEWAY_PROFILE_SILVER="tiers=ptu;models=text-embedding-3-small")
+    not_allowed = await answer(services, chat("silver-key"))  # gpt-4o-mini is not in silver's allow-list
+    assert (not_allowed.status, json.loads(not_allowed.body)["error"]["code"]) == (403, "model_not_allowed")
+    await services.governance.set_suspended("gold", True)
+    suspended = await answer(services, chat("gold-key"))
+    assert (suspended.status, json.loads(suspended.body)["error"]["code"]) == (403, "caller_suspended")
+    assert [(r.caller, r.error, r.limit, outcome_of(r), r.backend) for r in records] == [
+        ("silver", "model_not_allowed", "models", "refused", None),
+        ("gold", "caller_suspended", "suspended", "refused", None),
+    ]
+    assert not ptu.requests and not paygo.requests
 
 
 async def test_backend_concurrency_admits_by_priority_and_spills_or_waits(build, fakes):
@@ -262,6 +286,7 @@ async def test_a_profiles_concurrency_caps_its_callers_requests_in_flight(build,
     assert refused.status == 429 and error["code"] == "concurrency_limit_exceeded" and "limit 1" in error["message"]
     assert refused.headers["Retry-After"] == "1" and len(ptu.requests) == 1  # never forwarded
     assert (records[-1].caller, records[-1].status, records[-1].error) == ("silver", 429, "concurrency_limit_exceeded")
+    assert (records[-1].limit, outcome_of(records[-1])) == ("concurrency", "throttled_caller")  # not the backend's
     assert (await answer(services, chat("gold-key"))).status == 200  # another caller is not held up
     hold.release()
     assert b"[DONE]" in await answer_stream(first)  # the stream's end frees the caller's slot

@@ -7,11 +7,14 @@ the gateway's own recorder fanned out, and the metric the real `UsageMetrics` si
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import azure.durable_functions as df
+import azure.functions as func
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,6 +25,9 @@ from gateway.metrics import UsageMetrics
 from gateway.pipeline import Deferred, Inbound
 from gateway.usage import UsageRecord, outcome_of
 from orchestrations import activities, batch_activities, starter
+from orchestrations.blueprint import build_async_blueprint
+from orchestrations.workflows import RELAY_ORCHESTRATOR
+from tests.support.durable_standin import DurableEngine, RuntimeStatus, discover_durable_functions
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
 KEY = "outcome-key"
@@ -29,7 +35,11 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 
 
 @pytest.fixture
-async def stack(azurite) -> AsyncIterator[tuple[Services, FakeAzureOpenAI, FakeAzureOpenAI, list[UsageRecord], dict]]:
+async def stack(
+    azurite, request
+) -> AsyncIterator[tuple[Services, FakeAzureOpenAI, FakeAzureOpenAI, list[UsageRecord], dict]]:
+    """The gateway on Azurite over two fakes; a test adds settings: `parametrize("stack", [{...}], indirect=True)`."""
+    extra: dict[str, str] = getattr(request, "param", {})
     async with FakeAzureOpenAI(name="weu") as weu, FakeAzureOpenAI(name="neu") as neu:
         suffix = uuid.uuid4().hex[:8]
         services = build_gateway({
@@ -44,6 +54,7 @@ async def stack(azurite) -> AsyncIterator[tuple[Services, FakeAzureOpenAI, FakeA
             "GATEWAY_USAGE_TABLE": "outcomeusage" + suffix,
             "GATEWAY_RESULTS_CONTAINER": "outcomes-" + suffix,
             "GATEWAY_COMPLETIONS_QUEUE": "outcomes-" + suffix,
+            **extra,
         })
         records: list[UsageRecord] = []
         services.usage.add_sink(records.append)
@@ -108,24 +119,38 @@ async def test_a_stream_cut_by_the_backend_is_failed(stack):
     assert (record.status, record.error, outcome_of(record)) == (200, "connect", "failed")
 
 
-async def test_a_caller_limit_refusal_is_a_record_with_its_own_outcome(stack):
-    """What the callers module does when a caller is over its limit (issue 12): a record, no backend."""
-    services, _, _, records, metrics = stack
-    from gateway.attempt import usage_record
-
-    route = translate.resolve("POST", "/v1/chat/completions", "", "application/json", json.dumps(CHAT).encode(),
-                              services.settings.api_version)
-    refusal = usage_record(route, None, "r-limit", 429, 0, "team-a")
-    refusal.outcome = "throttled_caller"
-    services.usage.record(refusal)
-    assert requests_by_outcome(metrics["reader"]) == {"throttled_caller": 1}
+@pytest.mark.parametrize("stack", [{"GATEWAY_PROFILE_ONE": "rpm=1", "GATEWAY_CALLER_PROFILES": "team-a=one"}],
+                         indirect=True)
+async def test_a_caller_limit_refusal_is_a_record_with_its_own_outcome_and_limit(stack):
+    """Over its own RPM (issue 12): one record, no backend, throttled by the caller's limit, naming it; in the
+    request metric and the usage counters too."""
+    services, weu, neu, records, metrics = stack
+    assert (await services.pipeline.handle(post(CHAT))).status == 200
+    assert (await services.pipeline.handle(post(CHAT))).status == 429
+    refusal = records[-1]
+    assert (refusal.backend, refusal.attempts, refusal.limit, outcome_of(refusal)) == (None, 0, "rpm",
+                                                                                       "throttled_caller")
+    assert len(weu.requests) + len(neu.requests) == 1  # never forwarded
+    assert requests_by_outcome(metrics["reader"]) == {"success": 1, "throttled_caller": 1}
+    assert refused_by_limit(metrics["reader"]) == {"rpm": 1}
     rows, _ = await services.usage_counters.query(0, int(time.time() // 60))
-    assert [(counts.requests, counts.throttled) for _, counts in rows] == [(1, 1)]
-    assert records == [refusal]
+    assert (sum(c.requests for _, c in rows), sum(c.throttled for _, c in rows)) == (2, 1)
 
 
-async def submit(services: Services) -> dict:
-    raw = json.dumps(CHAT).encode()
+def refused_by_limit(reader: InMemoryMetricReader) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "gateway.requests":
+                    for point in metric.data.data_points:
+                        if limit := point.attributes.get("gateway.limit"):
+                            counts[limit] = counts.get(limit, 0) + point.value
+    return counts
+
+
+async def submit(services: Services, body: dict = CHAT) -> dict:
+    raw = json.dumps(body).encode()
     inbound = Inbound("POST", "/v1/chat/completions", "", {"content-type": "application/json"}, raw)
     route = translate.resolve("POST", inbound.path, "", "application/json", raw, services.settings.api_version)
     return await starter.accept(services, Deferred(inbound, route, "req-" + uuid.uuid4().hex[:6], "team-a", "test"))
@@ -155,6 +180,48 @@ async def test_async_outcomes(stack):
     assert all(r.duration_ms >= 0 for r in records) and records[2].duration_ms > 0  # since submission
     assert requests_by_outcome(metrics["reader"]) == {"success": 1, "content_filtered": 1, "expired": 1,
                                                       "failed": 1, "cancelled": 1}
+
+
+async def test_an_async_stream_that_ends_in_an_error_event_is_recorded_as_the_sync_path_records_it(stack):
+    services, weu, _, records, _ = stack
+    request = await submit(services, {**CHAT, "stream": True})
+    weu.enqueue(Fault.error_event(after_chunks=2))
+    result = await activities.attempt_backend(services, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["http_status"], result["backend"]) == ("failed", 502, "weu")
+    [record] = records
+    assert (record.error, outcome_of(record), record.streaming, record.backend) == ("stream_error", "failed", True,
+                                                                                     "weu")
+
+
+async def run_relay(services: Services, request: dict) -> dict:
+    """The real relay orchestrator and activities of the app's async blueprint, on the in-process Durable stand-in
+    (timers scaled down): the completion message it returns."""
+    app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    app.register_functions(build_async_blueprint(services))
+    functions = discover_durable_functions(app)
+    engine = DurableEngine(functions.orchestrators, functions.activities, time_scale=0.001)
+    try:
+        instance = engine.start_new(RELAY_ORCHESTRATOR, json.dumps(json.dumps(request)), request["id"])
+        async with asyncio.timeout(30):
+            await engine.wait(instance.instance_id)
+    finally:
+        await engine.stop()
+    assert instance.runtime_status == RuntimeStatus.COMPLETED, instance.output
+    return instance.output
+
+
+@pytest.mark.parametrize("stack", [{"GATEWAY_ASYNC_MAX_ATTEMPTS": "2"}], indirect=True)
+async def test_async_work_out_of_attempts_is_recorded_with_the_last_backend_tried(stack):
+    services, weu, neu, records, _ = stack
+    weu.always(Fault.status(500))
+    neu.always(Fault.status(500))
+    message = await run_relay(services, await submit(services))
+    assert (message["status"], message["attempts"], message["backend"]) == ("failed", 2, "neu")
+    assert len(weu.requests) == len(neu.requests) == 1  # weu first (priority 1), then neu
+    [record] = records  # the attempts that failed left no record of their own: the request's end is the record
+    assert (record.backend, record.deployment, record.attempts, record.error, outcome_of(record)) == (
+        "neu", "gpt-4o-mini", 2, "attempts_exhausted", "failed")
+    assert record.is_async and record.caller == "team-a"
 
 
 async def test_a_finished_batch_is_one_record_with_its_lines(stack):

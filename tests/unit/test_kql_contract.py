@@ -53,6 +53,8 @@ def representative_records() -> list[UsageRecord]:
         record(status=429, usage=None, error="throttled"),
         record(is_async=True, status=504, usage=None, error="expired", backend=None, deployment=None),
         record(operation="batch", is_async=True, batch=BatchLines(3, 2, 1), backend=None, deployment=None),
+        record(status=429, usage=None, error="rate_limit_exceeded", limit="rpm", attempts=0, backend=None,
+               deployment=None),
     ]
 
 
@@ -141,6 +143,7 @@ def test_the_contract_sees_what_it_checks(emitted_metrics, emitted_span_dimensio
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "gateway.requests",
             "gen_ai.client.operation.time_to_first_chunk", "gateway.breaker.transitions", "gateway.batch.lines",
             "gateway.batch.tokens"} == set(emitted_metrics)
+    assert "gateway.limit" in emitted_metrics["gateway.requests"]  # a refusal names the limit that refused it
     assert {"gateway.backend", "gateway.first_chunk_ms", "gen_ai.usage.input_tokens"} <= emitted_span_dimensions[
         "requests"]
     assert {"gateway.attempt", "gen_ai.request.model"} <= emitted_span_dimensions["dependencies"]

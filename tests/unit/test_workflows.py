@@ -48,6 +48,7 @@ def retry(backend: str, retry_at: datetime, status: int = 429) -> dict:
         "status": "retry",
         "retry_at": retry_at.timestamp(),
         "backend": backend,
+        "deployment": f"gpt-4o-mini-{backend}",
         "http_status": status,
         "reason": "throttled",
     }
@@ -146,6 +147,7 @@ def test_backends_failing_until_the_deadline_end_as_expired_and_are_not_called_a
     [publish] = new_actions(state, 4)  # straight to the completion, no attempt after the deadline
     outcome = activity_input(publish)["outcome"]
     assert outcome["status"] == "expired" and outcome["error"]["code"] == "expired" and outcome["attempts"] == 2
+    assert (outcome["backend"], outcome["deployment"]) == ("weu", "gpt-4o-mini-weu")  # the last one tried
     attempts = [a for a in state["actions"] if a.get("functionName") == workflows.ATTEMPT_ACTIVITY]
     assert len(attempts) == 2
 
@@ -173,6 +175,7 @@ def test_the_attempt_cap_ends_the_work_as_failed():
     h.completed_activity(1, workflows.ATTEMPT_ACTIVITY, retry("neu", T0))
     outcome = published(replay(h))
     assert outcome["status"] == "failed" and outcome["error"]["code"] == "attempts_exhausted"
+    assert (outcome["attempts"], outcome["backend"], outcome["deployment"]) == (2, "neu", "gpt-4o-mini-neu")
 
 
 def test_an_activity_that_keeps_crashing_still_ends_in_a_completion():
