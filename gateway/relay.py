@@ -106,7 +106,6 @@ class Relay:
         response = attempt.response
         assert response is not None
         complete = recorded = False
-        counts = attempt.target.backend.parses_usage  # processor=OpenAI: usage is read; none: only the response id
         remember = response.status < 300 and keeps_response(route)
         try:
             async for data in response.chunks():
@@ -118,7 +117,7 @@ class Relay:
                         remember = False  # before the event with the id goes out
                         await self._remember(tap.response_id, record, route)
                     if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started, admission, counts)
+                        recorded = await self._finish_stream(attempt, record, tap, route, started, admission)
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -139,24 +138,26 @@ class Relay:
             else:
                 response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
-                await self._finish_stream(record, tap, route, started, admission, counts)
+                await self._finish_stream(attempt, record, tap, route, started, admission)
 
     async def _finish_stream(
         self,
+        attempt: Attempt,
         record: UsageRecord,
         tap: SseUsageTap | None,
         route: translate.Route,
         started: float,
         admission: Admission,
-        counts: bool,
     ) -> bool:
         if tap is not None and tap.error is not None and record.error is None:
             record.error = "stream_error"  # relayed as it came (the 200 is sent), recorded as the failure it is
-        if tap is not None and record.status < 400 and counts:
+        if tap is not None and record.status < 400 and attempt.target.backend.parses_usage:  # processor=OpenAI
             if route.resource_id:  # a retrieved response: its tokens were counted when it was made
                 record.usage = await self._counted(route, tap.usage)
             else:  # counting loads the tokenizer on first use (~0.2 s): keep it off the event loop
                 record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+                if tap.done and tap.error is None:  # a whole answer with reported usage: the generation speed
+                    self.attempts.finished(attempt, tap.usage)
             record.response_model = tap.response_model()
         self.finish(record, started, admission)
         return True
