@@ -232,21 +232,14 @@ def start_servers(bench: Any, cfg: SweepConfig) -> Any:
     """
     from bench import run  # run imports this module; by now it is loaded
 
-    port, control = run.free_port(run.HOST), run.free_port(run.HOST)
-    slow = bench.spawn("fake-paced", [sys.executable, "-m", "bench.fake_server", "--port", str(port), "--control-port",
-                               str(control), "--name", "slow", "--chunks", str(cfg.chunks), "--chunk-delay-ms",
-                               str(cfg.chunk_ms)], control)
-    run.wait_for_port(run.HOST, port, 10)
-    slow_url = f"http://{run.HOST}:{port}"
+    slow, slow_url, _ = bench.spawn_fake("slow", "--chunks", str(cfg.chunks), "--chunk-delay-ms", str(cfg.chunk_ms))
     if bench.storage is None:
         bench.start_storage()
     env = run.gateway_env(bench.fake_url, bench.storage)
     common = f"mode=direct;processor=OpenAI;api-key={run.FAKE_KEY};priority=1"
     env["GATEWAY_BACKEND_1"] = f"name=slow;host={slow_url};{common};deployments={HELD_ALIAS}=held-deployment"
     env["GATEWAY_BACKEND_2"] = f"name=fast;host={bench.fake_url};{common};deployments={FAST_MODEL}"
-    gw_port = run.free_port(run.HOST)
-    proc = bench.spawn("gateway-concurrency", run._devhost_command(gw_port, "function_app", bench.args.gateway_root),
-                       gw_port, env, root=bench.args.gateway_root)
+    proc, gw_port = bench.spawn_devhost("gateway-concurrency", "function_app", env, bench.args.gateway_root)
     target = bench._add_proxy("gateway-concurrency", gw_port, proc, _path(HELD_ALIAS), {"api-key": run.GATEWAY_KEY})
     target.stats_url = f"{target.base_url}/gateway/stats"
     return target, slow.pid

@@ -1,9 +1,11 @@
 """The fake Azure OpenAI server in its own process, for the benchmark.
 
-    python -m bench.fake_server --port P --control-port C [--chunks 50] [--latency-ms 0] [--chunk-delay-ms 0]
+    python -m bench.fake_server [--port 0] [--control-port 0] [--chunks 50] [--latency-ms 0] [--chunk-delay-ms 0]
 
 It is `tests.support.fake_openai.FakeAzureOpenAI` unchanged, plus a small control listener on another port so
-the benchmark can switch the simulated latency between runs without restarting anything that points at it:
+the benchmark can switch the simulated latency between runs without restarting anything that points at it
+(with port 0, the default, the OS picks each port and the server prints `fake listening on URL` and
+`fake control listening on URL` once bound: bench/children.py reads them):
 
     POST /latency?ms=50   set the latency of every following request
     POST /clear           forget recorded requests
@@ -25,6 +27,7 @@ import signal
 from aiohttp import web
 
 from tests.support.fake_openai import FakeAzureOpenAI
+from tests.support.local_server import serve_app
 
 REPLY = (
     "Hello from the benchmark fake. This reply is long enough to be split into fifty streamed pieces, "
@@ -56,16 +59,14 @@ async def serve(args: argparse.Namespace) -> None:
     control = web.Application()
     control.router.add_post("/latency", set_latency)
     control.router.add_post("/clear", clear)
-    runner = web.AppRunner(control, access_log=None)
-    await runner.setup()
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with fake:
-        await web.TCPSite(runner, args.host, args.control_port).start()
-        print(f"bench fake {fake.name} on {fake.url}, control on port {args.control_port}", flush=True)
+        runner, control_port = await serve_app(control, host=args.host, port=args.control_port)
+        print(f"fake listening on {fake.url}", flush=True)
+        print(f"fake control listening on http://{args.host}:{control_port}", flush=True)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -78,8 +79,8 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--control-port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed once bound)")
+    parser.add_argument("--control-port", type=int, default=0, help="0: any free port (printed once bound)")
     parser.add_argument("--name", default="bench-fake")
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--chunks", type=int, default=50)

@@ -1,6 +1,7 @@
 """The two floors: the least a Python async reverse proxy can do, on two server stacks.
 
-* ``floor-aiohttp``: ``python -m bench.floor_proxy --port P --upstream URL`` — an aiohttp server;
+* ``floor-aiohttp``: ``python -m bench.floor_proxy [--port 0] --upstream URL`` — an aiohttp server (port 0: the
+  OS picks it, printed as ``floor-aiohttp listening on URL`` once bound);
 * ``floor-asgi``: ``ASGI_HANDLER`` below, served by the development host exactly like the gateway
   (``bench/floor_app/function_app.py``: uvicorn, the devhost's router, FastAPI Request/Response types).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -132,14 +134,17 @@ async def asgi_proxy(relay: Relay, req):  # req: the FastAPI (Starlette) Request
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="floor-aiohttp: a minimal aiohttp reverse proxy")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed once bound)")
     parser.add_argument("--upstream", default=os.environ.get(UPSTREAM_ENV))
     parser.add_argument("--api-key", default=os.environ.get(UPSTREAM_KEY_ENV, "fake-key"))
     args = parser.parse_args(argv)
     if not args.upstream:
         parser.error(f"--upstream or {UPSTREAM_ENV} is required")
-    web.run_app(aiohttp_app(Relay(args.upstream, args.api_key)), host=args.host, port=args.port,
-                access_log=None, print=None)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))  # bound here, so a port 0 is known (and printed) before serving
+    print(f"floor-aiohttp listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    web.run_app(aiohttp_app(Relay(args.upstream, args.api_key)), sock=sock, access_log=None, print=None)
 
 
 if __name__ == "__main__":

@@ -30,18 +30,13 @@ def start_servers(bench: Any) -> Any:
     """A fake with a fixed latency and a gateway whose only backend has the concurrency; on `bench`'s stack."""
     from bench import run  # run imports this module; by now it is loaded
 
-    port, control = run.free_port(run.HOST), run.free_port(run.HOST)
-    bench.spawn("fake-mixed", [sys.executable, "-m", "bench.fake_server", "--port", str(port), "--control-port",
-                               str(control), "--name", "ptu", "--latency-ms", str(LATENCY_MS)], control)  # fmt: skip
-    run.wait_for_port(run.HOST, port, 10)
+    _, fake_url, _ = bench.spawn_fake("ptu", "--latency-ms", str(LATENCY_MS))
     if bench.storage is None:
         bench.start_storage()
-    env = run.gateway_env(f"http://{run.HOST}:{port}", bench.storage) | PROFILE
+    env = run.gateway_env(fake_url, bench.storage) | PROFILE
     env.pop("GATEWAY_BACKEND_2")
     env["GATEWAY_BACKEND_1"] += f";tier=ptu;concurrency={CONCURRENCY};reserved={RESERVED}"
-    gw_port = run.free_port(run.HOST)
-    proc = bench.spawn("gateway-mixed", run._devhost_command(gw_port, "function_app", bench.args.gateway_root),
-                       gw_port, env, root=bench.args.gateway_root)  # fmt: skip
+    proc, gw_port = bench.spawn_devhost("gateway-mixed", "function_app", env, bench.args.gateway_root)
     target = bench._add_proxy("gateway-mixed", gw_port, proc, run.AZURE_PATH, {"api-key": run.GATEWAY_KEY})
     target.stats_url = f"{target.base_url}/gateway/stats"
     return target

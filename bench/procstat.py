@@ -112,6 +112,27 @@ def pin_group(pgid: int, cpus: set[int]) -> None:
                     os.sched_setaffinity(int(task.name), cpus)
 
 
+def listening_ports(pgid: int) -> set[int]:
+    """TCP ports the group's processes listen on: their sockets' inodes matched in /proc/net/tcp and tcp6."""
+    inodes = set()
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            for fd in (PROC / str(pid) / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 10 is the socket's inode.
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def machine() -> dict:
     """Facts for the report: CPU count and model, memory, load average, kernel."""
     info: dict = {"nproc": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}

@@ -32,16 +32,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import concurrency, concurrency_report, loadgen, mixed, procstat
+from bench import children, concurrency, concurrency_report, loadgen, mixed, procstat
 from gateway.config import SETTINGS
 from tests.support.azurite import Azurite
-from tests.support.ports import free_port, log_tail, stop_process_group, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "bench"
@@ -132,61 +131,42 @@ class Bench:
 
     # ------------------------------------------------------------------------------------ processes
 
-    def spawn(self, name: str, command: list[str], port: int, env: dict[str, str | None] | None = None,
-              timeout_s: float = 60.0, root: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
-        """Starts a server as a process-group leader, registered for stopping, and waits for its port."""
-        full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), full_env.get("PYTHONPATH")]))
-        full_env["PYTHONUNBUFFERED"] = "1"
-        log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
-        log_path = Path(log.name)
-        proc = subprocess.Popen(command, cwd=root, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+    def spawn(self, name: str, command: list[str], ports: children.PortReader,
+              env: Mapping[str, str | None] | None = None, timeout_s: float = 60.0,
+              root: Path = REPO_ROOT) -> tuple[subprocess.Popen[bytes], list[int]]:
+        """Starts a server (bench/children.py: port 0, the port it got read back), stopped with the stack."""
+        return children.start(self.stack, name, command, ports, host=HOST, env=env, root=root, timeout_s=timeout_s,
+                              keep_log=self.args.keep_logs)
 
-        def stop() -> None:
-            stop_process_group(proc, grace_s=5.0)
-            if self.args.keep_logs:
-                print(f"  log of {name}: {log_path}", file=sys.stderr)
-            else:
-                log_path.unlink(missing_ok=True)
+    def spawn_fake(self, name: str, *options: str) -> tuple[subprocess.Popen[bytes], str, str]:
+        """A fake Azure OpenAI process: the process, its URL and its control URL."""
+        proc, (port, control) = self.spawn(f"fake-{name}", children.fake_command(name, *options), children.FAKE_PORTS)
+        return proc, f"http://{HOST}:{port}", f"http://{HOST}:{control}"
 
-        self.stack.callback(stop)
-
-        def alive() -> None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}")
-
-        try:
-            wait_for_port(HOST, port, timeout_s, check=alive)
-        except BaseException as exc:
-            raise RuntimeError(f"{name} did not start: {exc}\n--- log tail ---\n{log_tail(log_path)}") from exc
-        return proc
+    def spawn_devhost(self, name: str, app: str, env: Mapping[str, str | None] | None = None,
+                      root: Path = REPO_ROOT) -> tuple[subprocess.Popen[bytes], int]:
+        """A development host serving `app` from checkout `root`: the process and its port."""
+        proc, [port] = self.spawn(name, children.devhost_command(app, HOST, root), children.DEVHOST_PORT, env,
+                                  root=root)
+        return proc, port
 
     def start_fake(self) -> None:
-        port, control = free_port(HOST), free_port(HOST)
-        proc = self.spawn("fake", [sys.executable, "-m", "bench.fake_server", "--port", str(port),
-                                   "--control-port", str(control), "--name", "weu",
-                                   "--chunks", str(STREAM_CHUNKS)], control)
-        wait_for_port(HOST, port, 10)
+        proc, self.fake_url, self.fake_control = self.spawn_fake("weu", "--chunks", str(STREAM_CHUNKS))
         self.fake_pgid = proc.pid
-        self.fake_url = f"http://{HOST}:{port}"
-        self.fake_control = f"http://{HOST}:{control}"
         self.targets["direct"] = Target("direct", self.fake_url, AZURE_PATH, {"api-key": FAKE_KEY}, None)
 
     def set_fake_latency(self, ms: int) -> None:
         _http("POST", f"{self.fake_control}/latency?ms={ms}")
 
     def start_floor_aiohttp(self) -> None:
-        port = free_port(HOST)
-        proc = self.spawn("floor-aiohttp", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port),
-                                            "--upstream", self.fake_url, "--api-key", FAKE_KEY], port)
+        command = [sys.executable, "-m", "bench.floor_proxy", "--port", "0", "--upstream", self.fake_url,
+                   "--api-key", FAKE_KEY]
+        proc, [port] = self.spawn("floor-aiohttp", command, children.reported("floor-aiohttp"))
         self._add_proxy("floor-aiohttp", port, proc, AZURE_PATH, {"api-key": GATEWAY_KEY})
 
     def start_floor_asgi(self) -> None:
-        port = free_port(HOST)
-        proc = self.spawn("floor-asgi", _devhost_command(port, "bench.floor_app.function_app"), port,
-                          {"BENCH_UPSTREAM": self.fake_url, "BENCH_UPSTREAM_KEY": FAKE_KEY})
+        proc, port = self.spawn_devhost("floor-asgi", "bench.floor_app.function_app",
+                                        {"BENCH_UPSTREAM": self.fake_url, "BENCH_UPSTREAM_KEY": FAKE_KEY})
         self._add_proxy("floor-asgi", port, proc, AZURE_PATH, {"api-key": GATEWAY_KEY})
 
     def start_storage(self) -> None:
@@ -198,10 +178,9 @@ class Bench:
                       extra_env: dict[str, str] | None = None) -> None:
         if self.storage is None:
             self.start_storage()
-        port = free_port(HOST)
         root = root or self.args.gateway_root
-        proc = self.spawn(name, _devhost_command(port, "function_app", root), port,
-                          gateway_env(self.fake_url, self.storage) | (extra_env or {}), root=root)
+        env = gateway_env(self.fake_url, self.storage) | (extra_env or {})
+        proc, port = self.spawn_devhost(name, "function_app", env, root)
         target = self._add_proxy(name, port, proc, AZURE_PATH, {"api-key": GATEWAY_KEY})
         target.stats_url = f"{target.base_url}/gateway/stats"
 
@@ -209,7 +188,6 @@ class Bench:
         exe = ensure_litellm(self.notes)
         if exe is None:
             return
-        port = free_port(HOST)
         env: dict[str, str | None] = {
             "BENCH_FAKE_URL": self.fake_url, "BENCH_FAKE_KEY": FAKE_KEY, "BENCH_API_VERSION": API_VERSION,
             "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
@@ -217,10 +195,11 @@ class Bench:
         }
         for name in ("DATABASE_URL", "DIRECT_URL", "REDIS_HOST", "REDIS_URL", "OPENAI_API_KEY", "AZURE_API_KEY"):
             env[name] = None  # no database, no cache, no credential but the fake's
-        command = [str(exe), "--config", str(BENCH_DIR / "litellm_config.yaml"), "--host", HOST, "--port",
-                   str(port), "--num_workers", "1"]
+        # Port 0; at log level ERROR it prints no address, so the port its process listens on is read from /proc.
+        command = [str(exe), "--config", str(BENCH_DIR / "litellm_config.yaml"), "--host", HOST, "--port", "0",
+                   "--num_workers", "1"]
         try:
-            proc = self.spawn("litellm", command, port, env, timeout_s=120)
+            proc, [port] = self.spawn("litellm", command, children.bound, env, timeout_s=120)
         except RuntimeError as exc:
             self.notes.append(f"litellm skipped: it did not start ({str(exc).splitlines()[0]})")
             print(f"bench: {self.notes[-1]}", file=sys.stderr)
@@ -342,11 +321,6 @@ def _exporter_env(ingestion: Any, sampler: str) -> dict[str, str]:
     if sampler:
         env["OTEL_TRACES_SAMPLER"] = sampler
     return env
-
-
-def _devhost_command(port: int, app: str, root: Path = REPO_ROOT) -> list[str]:
-    return [sys.executable, "-m", "tests.support.devhost", "--port", str(port), "--host", HOST, "--app", app,
-            "--cwd", str(root), "--no-settings"]
 
 
 def gateway_env(fake_url: str, storage: Azurite | None) -> dict[str, str]:

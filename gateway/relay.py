@@ -120,7 +120,9 @@ class Relay:
                         remember = False  # before the event with the id goes out
                         created = await self._remember(tap.response_id, record, route)
                     if tap.done and not recorded:
-                        recorded = await self._finish_stream(record, tap, route, started, admission, counts, created)
+                        recorded = await self._finish_stream(
+                            attempt, record, tap, route, started, admission, counts, created
+                        )
                 if data:
                     yield data
             if tap is not None and (rest := tap.flush()):
@@ -141,10 +143,11 @@ class Relay:
             else:
                 response.close()  # cut by the backend or the client went away: do not reuse this connection
             if not recorded:
-                await self._finish_stream(record, tap, route, started, admission, counts, created)
+                await self._finish_stream(attempt, record, tap, route, started, admission, counts, created)
 
     async def _finish_stream(
         self,
+        attempt: Attempt,
         record: UsageRecord,
         tap: SseUsageTap | None,
         route: translate.Route,
@@ -162,6 +165,8 @@ class Relay:
                 record.usage = await self._counted(route, tap.usage, created)
             else:  # counting loads the tokenizer on first use (~0.2 s): keep it off the event loop
                 record.usage = tap.usage or await asyncio.to_thread(_estimate, route, record.deployment, tap)
+                if tap.done and tap.error is None:  # a whole answer with reported usage: the generation speed
+                    self.attempts.finished(attempt, tap.usage)
             record.response_model = tap.response_model()
         self.finish(record, started, admission)
         return True

@@ -6,7 +6,7 @@ process; the Functions worker runs one).
 
 Everything above this module sees `UpstreamResponse` (status, headers, bytes, release/close) and
 `TransportError`, never aiohttp types, so the pipeline and the activities can be driven by an in-memory
-transport in unit tests.
+transport in unit tests (tests/support/memory_transport.py).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Each fault kind is sent once through the synchronous pipeline and once through the async path's activity, each
 with its own pool (same settings, same frozen clock), against a real fake backend over loopback; the async side
 stores its body and result in Azurite. Afterwards the two pools must have learnt exactly the same thing:
-breaker status, open-until, reason, last status and error per backend and per deployment, failure counts and
-capacity.
+breaker status, open-until, reason, last status and error per backend and per deployment, failure counts,
+capacity, the completion lengths seen and whether a generation speed was measured.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "tell m
 
 FAULTS: dict[str, tuple[Fault | None, bool]] = {
     "success": (None, False),
+    "streamed success": (None, True),
     "429 with Retry-After": (Fault.status(429, retry_after=30), False),
     "429 with retry-after-ms": (Fault.status(429, retry_after_ms=1500), False),
     "500": (Fault.status(500), False),
@@ -48,7 +49,8 @@ FAULTS: dict[str, tuple[Fault | None, bool]] = {
 
 @pytest.fixture
 async def backend() -> AsyncIterator[FakeAzureOpenAI]:
-    async with FakeAzureOpenAI(name="weu") as fake:
+    # 20 pieces: 20 completion tokens, past learning.MIN_TOKENS_FOR_SPEED, so a success teaches a speed too.
+    async with FakeAzureOpenAI(name="weu", chunks=20) as fake:
         yield fake
         fake.release_stalls()
 
@@ -68,7 +70,8 @@ def settings_for(fake: FakeAzureOpenAI):
 
 
 def learned(pool: BackendPool) -> dict[str, Any]:
-    """Everything a pool learnt that must not depend on the path (no latencies: they are measured)."""
+    """Everything a pool learnt that must not depend on the path (latencies and speeds are measured: only whether
+    a speed was learnt is compared)."""
     now, view = pool.clock(), {}
     for backend in pool.state.backends.values():
         b = backend.breaker
@@ -77,7 +80,8 @@ def learned(pool: BackendPool) -> dict[str, Any]:
     for deployment in pool.state.deployments.values():
         b = deployment.breaker
         view[deployment.key] = (b.status(now), b.open_until, b.reason, deployment.last_status,
-                                deployment.last_error, deployment.capacity(now, 60))  # fmt: skip
+                                deployment.last_error, deployment.capacity(now, 60), list(deployment.completion_tokens),
+                                deployment.tokens_per_s is not None)  # fmt: skip
     return view
 
 
@@ -118,10 +122,10 @@ async def test_each_fault_teaches_both_paths_the_same(name, backend, azurite):
                 backend.enqueue(fault)
             await path(services, body)
         assert learned(sync.pool) == learned(background.pool)
-        assert learned(sync.pool) != learned(build_services(settings, clock=clock).pool) or name in (
-            "success",
-            "content filter",
-        )  # the fault did teach something (a success or a client error teaches no breaker change)
+        # The fault did teach something: a success its completion length and speed; a client error nothing.
+        assert learned(sync.pool) != learned(build_services(settings, clock=clock).pool) or name == "content filter"
+        if name in ("success", "streamed success", "capacity headers"):
+            assert learned(sync.pool)["weu:gpt-4o-mini"][-2:] == ([20], True)
     finally:
         backend.release_stalls()
         await sync.close()

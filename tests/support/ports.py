@@ -22,16 +22,6 @@ from types import TracebackType
 from typing import Self
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free right now on ``host`` (the OS picks it).
-
-    Racy: the port is released on return, and anyone may take it before the caller binds it. Use it only where
-    a bind conflict is retried; tests and tests/support bind port 0 instead and read the port back."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def closed_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A port on ``host`` that refuses TCP connections for as long as the block lasts.
