@@ -26,7 +26,7 @@ from .streaming import prepare_stream_request
 from .upstream import Body, Transport, TransportError, UpstreamResponse
 from .usage import Usage, UsageRecord
 
-__all__ = ["RETRYABLE_STATUS", "Attempt", "Attempts", "retry_after_seconds", "usage_record"]
+__all__ = ["RETRYABLE_STATUS", "Attempt", "Attempts", "answer_wait_s", "retry_after_seconds", "usage_record"]
 
 log = logging.getLogger("gateway.attempt")
 
@@ -149,6 +149,7 @@ class Attempts:
             span = tracing.start_attempt(backend.host, method, url, backend.name, target.deployment, operation, model)
             if span is not None:
                 tracing.inject(span, headers)
+        read_s = self.read_timeout_s(target, route, total_s)
         sent_at = time.monotonic()
         counted = not probe
         if counted:
@@ -161,7 +162,7 @@ class Attempts:
                 body,
                 total_s=total_s,
                 connect_s=backend.connect_timeout_s,
-                read_s=backend.timeout_s,
+                read_s=read_s,
             )
         except TransportError as exc:
             if counted:
@@ -190,6 +191,19 @@ class Attempts:
         failure = "throttled" if status == 429 else "failed"
         tracing.end_attempt(span, status, failure)
         return Attempt(target, None, status, retry_after_s=retry_after, failure=failure, sent_at=sent_at)
+
+    def read_timeout_s(self, target: Target, route: translate.Route | None, total_s: float | None) -> float:
+        """The silence allowed while waiting for the answer: the backend's read timeout, stretched for a client's
+        non-streamed request with a completion cap (`answer_wait_s`) at the slower of the deployment's observed
+        generation speed and GATEWAY_TOKENS_PER_SECOND. Streams keep the read timeout between chunks."""
+        backend = target.backend
+        read_s = backend.timeout_s if backend.timeout_s is not None else self.settings.read_timeout_s
+        if route is None or route.streaming:
+            return read_s
+        assumed = self.settings.tokens_per_second
+        observed = self.pool.tokens_per_second((target,))
+        speed = min(observed, assumed) if observed else assumed
+        return answer_wait_s(read_s, route.completion_cap, speed, total_s)
 
     async def read(self, attempt: Attempt) -> bytes:
         """The whole answer. A read that breaks off counts against the backend and raises TransportError."""
@@ -273,6 +287,16 @@ def usage_record(
         error=error,
         trace=tracing.hold(),
     )
+
+
+def answer_wait_s(read_s: float, cap: int | None, tokens_per_s: float, total_s: float | None) -> float:
+    """How long a non-streamed answer's headers may take: they come only after the whole generation, so a cap
+    of `cap` tokens may legitimately take cap / tokens_per_s, within the request's own total (sync budget, async
+    attempt). Never less than the read timeout; without a cap just that, so a stalled backend still fails over."""
+    if cap is None:
+        return read_s
+    generation = cap / tokens_per_s
+    return max(read_s, generation if total_s is None else min(generation, total_s))
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -98,9 +98,7 @@ class Deferral:
     def expected_seconds(self, route: translate.Route, targets: tuple[Target, ...]) -> float:
         """How long the answer is expected to take: the model's observed completion length (p95), capped by
         `max_tokens`, at the observed generation speed. Without observations, `max_tokens` is the estimate."""
-        body = route.json or {}
-        cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        cap = cap if isinstance(cap, int) and cap > 0 else None
+        cap = route.completion_cap
         observed = self.pool.completion_tokens_p95(targets)
         tokens = min(observed, cap) if observed is not None and cap is not None else observed or cap or 0
         rate = self.pool.tokens_per_second(targets) or self.settings.tokens_per_second

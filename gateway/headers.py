@@ -3,7 +3,8 @@
 Never forwarded: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials for the gateway or the
 Functions host, what the App Service front end adds about itself, and headers the gateway sets itself.
 Never relayed back: hop-by-hop headers, cookies, and the backend's `Date` and `Server` (the host adds its own,
-and a client would otherwise see two of each).
+and a client would otherwise see two of each). Hop-by-hop also means any header the sender names in its own
+`Connection` header (RFC 9110 §7.6.1), in either direction.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def forwarded_headers(
 ) -> dict[str, str]:
     """The client's headers a backend may see: the standard ones and `allowed` (GATEWAY_FORWARD_HEADERS), never
     credentials or hop-by-hop ones; our request id, identity encoding."""
-    headers = {k: v for k, v in inbound.items() if (k in STANDARD_FORWARDED or k in allowed) and k not in _REQUEST_DROP}
+    drop = _REQUEST_DROP | _connection_options(inbound)
+    headers = {k: v for k, v in inbound.items() if (k in STANDARD_FORWARDED or k in allowed) and k not in drop}
     headers["x-request-id"] = request_id
     headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
     return headers
@@ -67,7 +69,19 @@ def forwarded_headers(
 
 def relayed_headers(backend: Mapping[str, str]) -> dict[str, str]:
     """The backend's answer headers a client may see (the gateway then adds its own)."""
-    return {k: v for k, v in backend.items() if k.lower() not in _RESPONSE_DROP}
+    drop = _RESPONSE_DROP | _connection_options(backend)
+    return {k: v for k, v in backend.items() if k.lower() not in drop}
+
+
+def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:
+    """The header names a message's `Connection` header lists (every such header, any case): hop-by-hop too."""
+    return frozenset(
+        name.strip().lower()
+        for key, value in headers.items()
+        if key.lower() == "connection"
+        for name in value.split(",")
+        if name.strip()
+    )
 
 
 def client_request_id(headers: Mapping[str, str]) -> str | None:

@@ -156,8 +156,8 @@ def reservation(route: translate.Route, profile: Profile) -> int:
     """Tokens reserved before forwarding: the prompt (the model's own encoding) and the completion's cap."""
     body: Mapping[str, Any] = route.json or {}
     prompt = estimate_prompt_tokens(body, route.model)  # embeddings too: their `input` is counted
-    cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-    completion = cap if isinstance(cap, int) and cap > 0 else profile.reserve or 0
+    cap = route.completion_cap
+    completion = cap if cap is not None else profile.reserve or 0
     return max(1, prompt + completion)
 
 

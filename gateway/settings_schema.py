@@ -253,7 +253,7 @@ ENTRIES: tuple[Setting, ...] = (
        " sent no dated one"),
     _S("GATEWAY_CONNECT_TIMEOUT_S", "connect_timeout_s", "5", _SECONDS, "TCP/TLS connect timeout per attempt"),
     _S("GATEWAY_READ_TIMEOUT_S", "read_timeout_s", "120", _SECONDS,
-       "longest silence while waiting for headers or the next chunk"),
+       "longest silence while waiting for headers or the next chunk (a capped non-streamed answer may take longer)"),
     _S("GATEWAY_SYNC_BUDGET_S", "sync_budget_s", "200", _sync_budget,
        "total time for all attempts of a synchronous request; must stay under Azure's 230 s HTTP limit"),
     _S("GATEWAY_MAX_ATTEMPTS", "max_attempts", "3", _COUNT, "backends tried per request"),
@@ -309,7 +309,8 @@ ENTRIES: tuple[Setting, ...] = (
        "also answer 202s with the Durable management URLs (system key!): single-tenant deployments only"),
     _S("GATEWAY_ASYNC_MAX_ATTEMPTS", "async_max_attempts", "20", _COUNT, "backend attempts of one async request"),
     _S("GATEWAY_TOKENS_PER_SECOND", "tokens_per_second", "40", _number(float, minimum=0.1),
-       'assumed generation speed until one is observed (for "would it finish in the sync budget?")'),
+       "assumed generation speed until one is observed, and the slowest one a capped non-streamed answer is "
+       "waited for at"),
     _S("GATEWAY_RESULTS_CONTAINER", "results_container", "gateway-results", _container,
        "blob container for async request bodies, results and sent completions"),
     _S("GATEWAY_RESULT_INLINE_BYTES", "result_inline_bytes", "32768", _number(int, minimum=0),

@@ -61,6 +61,14 @@ class Route:
         return self.stream_query or bool(self.json and self.json.get("stream") is True)
 
     @property
+    def completion_cap(self) -> int | None:
+        """The most tokens the answer may generate (`max_completion_tokens`, `max_tokens`, or the Responses API's
+        `max_output_tokens`); None when the client set no cap."""
+        body = self.json or {}
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+
+    @property
     def deferrable(self) -> bool:
         spec = OPERATIONS.get(self.operation)
         return spec is not None and spec.deferrable

@@ -5,9 +5,10 @@
 
 The key may come from GATEWAY_SMOKE_KEY instead of --key (keeps it out of the process list). Checks: models
 list, chat through `OpenAI(base_url=URL/v1)` and through `AzureOpenAI(azure_endpoint=URL)`, a stream,
-embeddings (only with --embedding-model), and one async request (`Prefer: respond-async`: 202, then the
-`Location` is polled with the same key until it is no longer running). One line per check with its
-latency; the exit code is 0 only when every check that ran passed. Nothing secret is printed.
+embeddings (the --embedding-model, else the first embeddings model of the models list; a SKIP line saying so
+when there is none), and one async request (`Prefer: respond-async`: 202, then the `Location` is polled with
+the same key until it is no longer running). One line per check with its latency; the exit code is 0 only when
+every check that ran passed. Nothing secret is printed.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class CheckFailed(Exception):
     """A check got an answer, but not the one a healthy gateway gives."""
 
 
-def check_models(v1: OpenAI, model: str) -> str:
+def check_models(v1: OpenAI, model: str, listed: list[str]) -> str:
+    """The models the gateway lists for this key (kept in `listed` for the embeddings check)."""
     ids = [m.id for m in v1.models.list()]
+    listed.extend(ids)
     # A backend without a `deployments=` list serves any name and lists none, so an empty list is no failure.
     if ids and model not in ids:
         raise CheckFailed(f"{model!r} is not among the models the gateway serves: {ids}")
@@ -67,12 +70,18 @@ def check_stream(v1: OpenAI, model: str) -> str:
     return f"{len(chunks)} chunks, finish_reason {finished[-1]}"
 
 
+def embeddings_model(ids: list[str]) -> str | None:
+    """The first listed model whose name says it embeds (text-embedding-3-small, text-embedding-ada-002, ...):
+    model aliases carry no capabilities, so the name is all there is to go on."""
+    return next((name for name in ids if "embed" in name.lower()), None)
+
+
 def check_embeddings(v1: OpenAI, model: str) -> str:
     result = v1.embeddings.create(model=model, input=["hello gateway"])
     vector = result.data[0].embedding
     if not vector:
         raise CheckFailed("empty embedding")
-    return f"{len(vector)} dimensions"
+    return f"{model}: {len(vector)} dimensions"
 
 
 def _find_completion(value: Any, depth: int = 0) -> dict[str, Any] | None:
@@ -157,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="the gateway's base URL, e.g. https://<app>.azurewebsites.net")
     parser.add_argument("--key", default=os.environ.get("GATEWAY_SMOKE_KEY"), help="a gateway key")
     parser.add_argument("--model", default="gpt-4o-mini", help="chat model alias (default gpt-4o-mini)")
-    parser.add_argument("--embedding-model", help="embedding model alias; without it the check is skipped")
+    parser.add_argument(
+        "--embedding-model", help="embedding model alias (default: the first embeddings model the gateway lists)"
+    )
     parser.add_argument("--api-version", default="2024-10-21", help="api-version for the AzureOpenAI client")
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
     parser.add_argument("--async-timeout", type=float, default=120, help="seconds to wait for the async request")
@@ -173,16 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     # A status route may redirect to the result when done (303): follow it, with the same key.
     http = httpx.Client(headers={"api-key": args.key}, timeout=args.timeout, follow_redirects=True)
     results: list[bool] = []
+    listed: list[str] = []
     print(f"Smoke test of {url} (model {args.model})", flush=True)
     with v1, azure, http:
-        run("models", lambda: check_models(v1, args.model), args.key, results)
+        run("models", lambda: check_models(v1, args.model, listed), args.key, results)
+        models_read = results[-1] or bool(listed)  # read, even when the chat model was missing from it
         run("chat v1", lambda: check_chat(v1, args.model), args.key, results)
         run("chat azure", lambda: check_chat(azure, args.model), args.key, results)
         run("stream", lambda: check_stream(v1, args.model), args.key, results)
-        if args.embedding_model:
-            run("embeddings", lambda: check_embeddings(v1, args.embedding_model), args.key, results)
+        embedding_model = args.embedding_model or embeddings_model(listed)
+        if embedding_model:
+            run("embeddings", lambda: check_embeddings(v1, embedding_model), args.key, results)
         else:
-            print(f"SKIP  {'embeddings':<12} {'':>11}  no --embedding-model", flush=True)
+            why = "none in the models list" if models_read else "the models list could not be read"
+            detail = f"skipped: no embeddings model ({why}; name one with --embedding-model)"
+            print(f"SKIP  {'embeddings':<12} {'':>11}  {detail}", flush=True)
         run("async", lambda: check_async(v1, http, args.model, args.async_timeout, args.poll_cap), args.key, results)
     print(f"smoke: {sum(results)} of {len(results)} checks passed", flush=True)
     return 0 if all(results) else 1

@@ -209,6 +209,10 @@ def test_relayed_answers_carry_one_date_and_one_server_header(fresh: Stack):
         ("PUT", "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", "POST"),
         ("POST", "/v1/models", "GET"),
         ("POST", "/openai/models", "GET"),
+        ("GET", "/openai/v1/embeddings", "POST"),
+        ("POST", "/v1/models/gpt-4o-mini", "GET"),
+        ("PUT", "/v1/responses/resp_1", "GET, DELETE"),
+        ("GET", "/v1/realtime/client_secrets", "POST"),
     ],
 )
 def test_a_wrong_method_gets_openais_405_with_allow(fresh: Stack, method: str, path: str, allow: str):

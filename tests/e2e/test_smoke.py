@@ -2,7 +2,8 @@
 
 The devhost serves the app with Azurite and a fake backend, the async path included; the script runs in its own
 process with the official `openai` client, exactly as after `azd up`. A wrong key must fail it, and nothing it
-prints may carry a key.
+prints may carry a key. Embeddings are checked by default, with the embeddings model the gateway lists; a key
+whose profile lists none gets a visible SKIP line saying so.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.support.fake_openai import FakeAzureOpenAI
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "smoke.py"
 KEY = "smoke-key-0123456789"
+CHAT_ONLY_KEY = "chat-only-key-0123456789"  # its profile allows gpt-4o-mini only: no embeddings model listed
 CHECKS = ["models", "chat v1", "chat azure", "stream", "embeddings", "async"]
 
 
@@ -43,7 +45,9 @@ def stack(azurite) -> Iterator[Stack]:
             "GATEWAY_STATE_TABLE": "smoke" + suffix,
             "GATEWAY_RESULTS_CONTAINER": "smoke-" + suffix,
             "GATEWAY_COMPLETIONS_QUEUE": "smoke-" + suffix,
-            "GATEWAY_API_KEYS": KEY,
+            "GATEWAY_API_KEYS": f"{KEY},chatonly:{CHAT_ONLY_KEY}",
+            "GATEWAY_PROFILE_CHAT": "models=gpt-4o-mini",
+            "GATEWAY_CALLER_PROFILES": "chatonly=chat",
             "GATEWAY_BACKEND_1": f"name=weu;host={fake.url};mode=direct;api-key=fake-key;"
             "deployments=gpt-4o-mini,text-embedding-3-small",
         }
@@ -62,6 +66,11 @@ def smoke(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
+def check_line(stdout: str, name: str) -> str:
+    """The script's line for one check: its word (PASS/FAIL/SKIP), two spaces, the check's name."""
+    return next(line for line in stdout.splitlines() if line[6:].startswith(f"{name} "))
+
+
 def check_lines(stdout: str) -> dict[str, str]:
     """Check name -> its PASS/FAIL/SKIP word, from the script's one line per check; fails on a repeated check."""
     lines = [line.split(None, 1) for line in stdout.splitlines() if line.startswith(("PASS ", "FAIL ", "SKIP "))]
@@ -72,7 +81,7 @@ def check_lines(stdout: str) -> dict[str, str]:
 
 def test_the_smoke_test_passes_against_a_healthy_gateway(stack: Stack) -> None:
     stack.fake.clear()
-    done = smoke("--url", stack.host.url, "--key", KEY, "--embedding-model", "text-embedding-3-small")
+    done = smoke("--url", stack.host.url, "--key", KEY)  # no --embedding-model: found in the models list
     assert done.returncode == 0, done.stdout + done.stderr
     assert check_lines(done.stdout) == dict.fromkeys(CHECKS, "PASS")
     assert all(" ms  " in line for line in done.stdout.splitlines() if line.startswith("PASS"))
@@ -82,6 +91,8 @@ def test_the_smoke_test_passes_against_a_healthy_gateway(stack: Stack) -> None:
     assert operations.count(("chat/completions", False)) == 3
     assert operations.count(("chat/completions", True)) == 1
     assert operations.count(("embeddings", False)) == 1
+    assert [r.deployment for r in stack.fake.requests if r.operation == "embeddings"] == ["text-embedding-3-small"]
+    assert "text-embedding-3-small: " in check_line(done.stdout, "embeddings")
     assert KEY not in done.stdout + done.stderr and "code=" not in done.stdout
 
 
@@ -91,8 +102,19 @@ def test_a_wrong_key_fails_the_smoke_test(stack: Stack) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     results = check_lines(done.stdout)
     assert results == {**dict.fromkeys(CHECKS, "FAIL"), "embeddings": "SKIP"}
+    assert "skipped: no embeddings model (the models list could not be read" in check_line(done.stdout, "embeddings")
     assert "AuthenticationError" in done.stdout and "not-the-right-key" not in done.stdout
     assert stack.fake.requests == []  # refused at the gateway
+
+
+def test_without_an_embeddings_model_the_check_says_it_was_skipped(stack: Stack) -> None:
+    stack.fake.clear()
+    done = smoke("--url", stack.host.url, env={"GATEWAY_SMOKE_KEY": CHAT_ONLY_KEY})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert check_lines(done.stdout) == {**dict.fromkeys(CHECKS, "PASS"), "embeddings": "SKIP"}
+    assert "skipped: no embeddings model (none in the models list" in check_line(done.stdout, "embeddings")
+    assert "smoke: 5 of 5 checks passed" in done.stdout
+    assert not any(r.operation == "embeddings" for r in stack.fake.requests)
 
 
 def postdeploy_hook() -> str:
@@ -101,7 +123,12 @@ def postdeploy_hook() -> str:
 
 
 def test_the_postdeploy_hook_runs_the_smoke_test_when_a_key_is_set(stack: Stack) -> None:
-    env = {"GATEWAY_URL": stack.host.url, "GATEWAY_SMOKE_KEY": KEY, "GATEWAY_SMOKE_EMBEDDING_MODEL": ""}
+    stack.fake.clear()
+    env = {
+        "GATEWAY_URL": stack.host.url,
+        "GATEWAY_SMOKE_KEY": KEY,
+        "GATEWAY_SMOKE_EMBEDDING_MODEL": "text-embedding-3-small",  # named explicitly here
+    }
     done = subprocess.run(
         ["sh", "-c", postdeploy_hook()],
         cwd=ROOT,
@@ -111,7 +138,8 @@ def test_the_postdeploy_hook_runs_the_smoke_test_when_a_key_is_set(stack: Stack)
         timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert check_lines(done.stdout) == {**dict.fromkeys(CHECKS, "PASS"), "embeddings": "SKIP"}
+    assert check_lines(done.stdout) == dict.fromkeys(CHECKS, "PASS")
+    assert [r.deployment for r in stack.fake.requests if r.operation == "embeddings"] == ["text-embedding-3-small"]
 
 
 def test_the_postdeploy_hook_does_nothing_without_a_key() -> None:

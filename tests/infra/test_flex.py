@@ -35,6 +35,17 @@ def _keys(node: Any) -> set[str]:
     return {key for item in walk(node) if isinstance(item, dict) for key in item if isinstance(key, str)}
 
 
+def _names(node: Any) -> set[str]:
+    """Every literal `name:` value of a parse-tree value: app settings in their `{name, value}` list form."""
+    return {item["name"] for item in walk(node) if isinstance(item, dict) and isinstance(item.get("name"), str)}
+
+
+def _refused_values(value: Any) -> set[str]:
+    """What a variable or parameter value holds that Flex refuses: site properties and app settings as keys, and
+    app settings as `{name, value}` entries."""
+    return (_keys(value) & (REFUSED_SITE_CONFIG | REFUSED_APP_SETTINGS)) | (_names(value) & REFUSED_APP_SETTINGS)
+
+
 def flex_violations(parsed: dict[str, Any]) -> list[str]:
     """What a parsed template sets that Flex Consumption refuses, as 'resource: property' lines."""
     found: list[str] = []
@@ -53,11 +64,12 @@ def flex_violations(parsed: dict[str, Any]) -> list[str]:
         elif kind == "microsoft.web/sites/config":
             refused = REFUSED_SITE_CONFIG if config.get("name") == "web" else REFUSED_APP_SETTINGS
             found += [f"{name}: {key}" for key in sorted(_keys(properties) & refused)]
-    # Settings held in variables and parameter defaults reach appsettings through union(); look there too.
+    # Values held in variables and parameter defaults reach siteConfig or appsettings by reference or through
+    # union(), where the resource shows only the name: look there too, for both kinds.
     for section in ("variables", "parameters"):
         for name, declaration in parsed.get(section, {}).items():
             value = declaration.get("value", declaration.get("default"))
-            found += [f"{section[:-1]} {name}: {key}" for key in sorted(_keys(value) & REFUSED_APP_SETTINGS)]
+            found += [f"{section[:-1]} {name}: {key}" for key in sorted(_refused_values(value))]
     return found
 
 
@@ -68,8 +80,8 @@ def test_no_template_sets_what_flex_consumption_refuses(path: Path) -> None:
 
 def test_the_parameters_file_sets_no_refused_setting() -> None:
     given = json.loads(PARAMETERS.read_text(encoding="utf-8"))["parameters"]
-    settings = given.get("gatewaySettings", {}).get("value", {})
-    assert not set(settings) & REFUSED_APP_SETTINGS
+    found = {name: sorted(_refused_values(entry.get("value"))) for name, entry in given.items()}
+    assert {name: keys for name, keys in found.items() if keys} == {}
 
 
 def test_the_checker_finds_every_refused_property(tmp_path: Path) -> None:
@@ -117,6 +129,57 @@ resource appsettings 'Microsoft.Web/sites/config@2024-04-01' = {{
     assert {line.split()[-1] for line in found if line.startswith("site: appSettings")} == REFUSED_APP_SETTINGS
     assert "web: linuxFxVersion" in found
     assert {line.split()[-1] for line in found if line.startswith("appsettings:")} == REFUSED_APP_SETTINGS
+
+
+def test_the_checker_finds_refused_properties_held_in_variables_and_parameters(tmp_path: Path) -> None:
+    """A site whose siteConfig or app settings come from a variable or a parameter shows only a reference; the
+    refused properties are caught where they are written, in every form they can take there."""
+    site_config = "\n".join(f"  {key}: 'x'" for key in sorted(REFUSED_SITE_CONFIG))
+    settings_object = "\n".join(f"  {key}: 'x'" for key in sorted(REFUSED_APP_SETTINGS))
+    settings_list = "\n".join(f"  {{ name: '{key}', value: 'x' }}" for key in sorted(REFUSED_APP_SETTINGS))
+    template = tmp_path / "indirect.bicep"
+    template.write_text(
+        f"""param siteConfigParam object = {{
+{site_config}
+}}
+
+var siteConfigVar = {{
+{site_config}
+}}
+
+var settingsObject = {{
+{settings_object}
+}}
+
+var settingsList = [
+{settings_list}
+]
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {{
+  name: 'bad'
+  location: 'westeurope'
+  properties: {{
+    siteConfig: union(siteConfigVar, siteConfigParam, {{ appSettings: settingsList }})
+  }}
+}}
+
+resource appsettings 'Microsoft.Web/sites/config@2024-04-01' = {{
+  parent: site
+  name: 'appsettings'
+  properties: settingsObject
+}}
+""",
+        encoding="utf-8",
+    )
+    found = flex_violations(tree(template))
+
+    def keys(prefix: str) -> set[str]:
+        return {line.split()[-1] for line in found if line.startswith(prefix)}
+
+    assert keys("parameter siteConfigParam:") == REFUSED_SITE_CONFIG
+    assert keys("variable siteConfigVar:") == REFUSED_SITE_CONFIG
+    assert keys("variable settingsObject:") == REFUSED_APP_SETTINGS
+    assert keys("variable settingsList:") == REFUSED_APP_SETTINGS
 
 
 # ------------------------------------------------------------------------------------------------------------------

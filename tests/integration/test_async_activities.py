@@ -240,3 +240,31 @@ async def test_a_callers_async_attempts_count_against_its_concurrency_with_its_s
     result = await activities.attempt_backend(gw, {"request": request, "attempt": 2, "avoid": []})
     assert (result["status"], result["backend"]) == ("succeeded", "weu")
     assert gw.quotas.caller_slots.queues["team"].in_flight == 0  # given back after the attempt
+
+
+@pytest.mark.parametrize(
+    ("extra", "outcome"),
+    [
+        pytest.param({"max_tokens": 4000}, ("succeeded", "weu", 200), id="capped: waited for"),
+        pytest.param({}, ("retry", "weu", None), id="no cap: left at the read timeout"),
+    ],
+)
+async def test_an_attempt_waits_for_a_long_plain_generation_as_the_sync_path_does(
+    backends, make_gateway, extra, outcome
+):
+    """weu answers after 2 s, past the 1 s read timeout: a capped request (4,000 tokens may take 100 s at 40 tokens/s)
+    gets that answer in one attempt; an uncapped one is cut at the read timeout and retried, as before."""
+    weu, neu = backends
+    gw = make_gateway(
+        GATEWAY_BACKEND_1=f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;deployments=gpt-4o-mini",
+        GATEWAY_BACKEND_2=f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;deployments=gpt-4o-mini",
+        GATEWAY_READ_TIMEOUT_S="1",
+        GATEWAY_TOKENS_PER_SECOND="40",
+    )
+    weu.latency_ms = 2000
+    request = await submit(gw, {**CHAT, **extra})
+    result = await activities.attempt_backend(gw, {"request": request, "attempt": 1, "avoid": []})
+    assert (result["status"], result["backend"], result["http_status"]) == outcome
+    assert len(weu.requests) == 1 and neu.requests == []
+    if result["status"] == "retry":
+        assert result["reason"] == "timeout"
