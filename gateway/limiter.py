@@ -157,6 +157,12 @@ class Limiter:
         """Every key this instance knows, by (kind, key): the operator view."""
         return {k: w for k in list(self._keys) if (w := self.window(k[1], k[0])) is not None}
 
+    def admitted_here(self, key: str, kind: str) -> int | None:
+        """What this instance itself admitted for a key in the last 60 s, settled (exact, unlike `window`'s
+        shared estimate); None for a key it has not seen lately."""
+        state = self._keys.get((kind, key))
+        return None if state is None else max(0, counted(state.history, self._clock()))
+
     async def read(self, key: str, kind: str) -> Row | None:
         """The stored row of a key (the operator view, tests)."""
         return await self._table.read(kind, key)
