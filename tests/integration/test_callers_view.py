@@ -1,5 +1,6 @@
 """`GET /gateway/callers` (operations.callers_view): each caller's profile, limits and use of them in the current
-window, from the instance's own limiter and caller slots, with no storage call.
+window, from the instance's own limiter and caller slots, with no storage call. The same limiter feeds the
+`gateway.caller.limit` gauge that docs/queries/tokens-per-minute.kql compares usage with.
 
 Real parts: the gateway's services with the limiter on Azurite, a fake Azure OpenAI on loopback, and a local Entra
 ID whose token maps an application to its profile by app role only.
@@ -12,11 +13,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway.bootstrap import Services, build_services, leases_table
 from gateway.config import load_settings
 from gateway.credentials import storage_credential
 from gateway.messages import Inbound
+from gateway.metrics import CALLER_LIMIT, CallerLimits
 from gateway.operations import callers_view
 from gateway.storage import storage_account
 from gateway.usage import UsageRecord
@@ -120,6 +124,22 @@ async def test_the_callers_view_shows_each_callers_use_of_its_limits_in_the_wind
     application = callers[f"app:{CLIENT_ID}"]
     assert application["profile"] == "batch" and application["limits"] == {"rpm": 50, "tpm": None, "concurrency": None}
     assert application["window"][0]["requests"]["admitted_here"] == 1
+
+    # The limits gauge: one series per caller and kind (per-model keys share one), read at export time.
+    reader = InMemoryMetricReader()
+    CallerLimits(services.quotas.limiter.active_limits, MeterProvider(metric_readers=[reader]).get_meter("test"))
+    [metric] = [m for r in reader.get_metrics_data().resource_metrics for s in r.scope_metrics for m in s.metrics]
+    assert metric.name == CALLER_LIMIT
+    series = {
+        (p.attributes["gateway.caller"], p.attributes["gateway.limit"], p.attributes["gateway.limit.per"]): p.value
+        for p in metric.data.data_points
+    }
+    assert series == {
+        ("team-a", "rpm", "caller"): 10,
+        ("team-a", "tpm", "caller"): 5000,
+        ("silver", "tpm", "caller,model"): 1000,
+        (f"app:{CLIENT_ID}", "rpm", "caller"): 50,
+    }
 
 
 async def test_the_callers_view_counts_requests_holding_a_callers_concurrency_slot(gateway):
