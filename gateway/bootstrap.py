@@ -24,7 +24,7 @@ from .credentials import BackendAuth, TokenCredential, storage_credential
 from .entra import EntraValidator
 from .governance import Governance
 from .limiter import Limiter
-from .metrics import UsageMetrics
+from .metrics import CallerLimits, UsageMetrics
 from .pipeline import Pipeline
 from .pool import BackendPool
 from .quotas import Quotas
@@ -161,4 +161,6 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
     if configure_exporter(env):
         services.usage.add_sink(TraceSink())
     services.usage.add_sink(UsageMetrics())
+    if services.quotas.limiter is not None:
+        CallerLimits(services.quotas.limiter.active_limits)  # the meter keeps its callback
     return services

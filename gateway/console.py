@@ -1,7 +1,8 @@
 """The operator console: one static page (gateway/console.html) served by the app, no build step.
 
-The page reads the operator routes (`/gateway/backends`, `/gateway/usage`, `/gateway/work`) with the function
-key it was opened with (`?code=`), refreshes itself, and calls `POST /gateway/backends/{name}/{action}`. It
+The page reads the operator routes (`/gateway/backends`, `/gateway/usage`, `/gateway/callers`, `/gateway/work`)
+with the function key it was opened with (`?code=`), refreshes itself, and calls the backends' and callers'
+`POST` actions. It
 builds every value as a DOM text node, and its Content-Security-Policy allows only its own inline script and
 style (by hash) and requests to this origin, so a caller name or an error message from outside can never run.
 """

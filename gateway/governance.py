@@ -19,7 +19,7 @@ from . import errors
 from .callers import Caller
 from .config import Settings
 from .errors import ConfigError
-from .profiles import Profile, profile_from_mapping
+from .profiles import NO_LIMITS, Profile, profile_from_mapping
 from .state_store import CALLER, PROFILE, Snapshot, StateStore
 
 __all__ = ["CALLER_NAME", "Governance"]
@@ -131,20 +131,27 @@ class Governance:
     # ------------------------------------------------------------------ the operator's view
 
     def callers(self) -> list[dict[str, Any]]:
-        """Known callers: configured key names and mappings, suspended ones, and those this instance has seen."""
+        """Known callers: configured key names and mappings, suspended ones, and those this instance has seen.
+
+        A caller seen here shows the profile it was last admitted with (its roles and groups may have mapped
+        it), as that profile is now; any other, the profile its name alone maps to."""
         settings = self._settings
         names = {n for n in settings.api_keys.values() if n}
         names |= set(settings.caller_profiles.callers) | set(self._suspended) | set(self._seen)
         view = []
         for name in sorted(names):
-            profile = self.profile_for(Caller(name, "key"))
+            seen = self._seen.get(name)
+            if seen is None:
+                profile = self.profile_for(Caller(name, "key"))
+            else:
+                profile = self._effective.get(seen, NO_LIMITS) if seen else NO_LIMITS
             view.append(
                 {
                     "caller": name,
-                    "profile": self._seen.get(name, profile.name) or None,
+                    "profile": profile.name or None,
                     "suspended": name in self._suspended,
                     "reason": self._suspended.get(name) or None,
-                    "limits": {"rpm": profile.rpm, "tpm": profile.tpm} if profile.limited else None,
+                    "limits": _limits(profile),
                 }
             )
         return view
@@ -160,3 +167,10 @@ class Governance:
         self._seen.move_to_end(caller)
         if len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
+
+
+def _limits(profile: Profile) -> dict[str, int | None] | None:
+    """The profile's limits (None: it has none)."""
+    if not profile.limited and profile.concurrency is None:
+        return None
+    return {"rpm": profile.rpm, "tpm": profile.tpm, "concurrency": profile.concurrency}

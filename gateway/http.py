@@ -112,9 +112,9 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
 
     @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)
     async def list_callers(req: Request) -> JSONResponse:
-        """Known callers: profile, suspension, limits (and usage in the current window once limits apply)."""
+        """Known callers: profile, suspension, limits and their use in the current window (this instance's view)."""
         await pool.refresh_if_due()
-        return JSONResponse({"callers": operations.callers_view(services)})
+        return JSONResponse(operations.callers_view(services))
 
     @bp.route(route="gateway/callers/{name}/{action}", methods=["POST"], auth_level=FUNCTION)
     async def change_caller(req: Request) -> Response:

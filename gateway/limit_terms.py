@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FAIR_SHARE", "HEADROOM", "Grant", "Refusal", "Window", "limit_key", "slice_size"]
+__all__ = ["FAIR_SHARE", "HEADROOM", "Grant", "Refusal", "Window", "limit_key", "slice_size", "split_limit_key"]
 
 HEADROOM = 1.25  # a slice covers a little more than the rate times the lifetime: one lease per lifetime
 FAIR_SHARE = 2  # near the limit, each instance leases at most 1/(FAIR_SHARE * instances) of what is left
@@ -54,6 +54,18 @@ class Window:
 def limit_key(caller: str, model: str | None = None) -> str:
     """The key of a caller's limit, or of a caller's limit on one model (unambiguous whatever the names)."""
     return caller if model is None else f"{len(caller)}:{caller}:{model}"
+
+
+def split_limit_key(key: str) -> tuple[str, str | None]:
+    """(caller, model) back from `limit_key` (model None for a per-caller key). Caller names never start with
+    digits and a colon (key names hold no colon; Entra ones start with app: or user:), so a per-caller key is
+    never mistaken for a per-model one."""
+    length, colon, rest = key.partition(":")
+    if colon and length.isdigit():
+        caller, model = rest[: int(length)], rest[int(length) + 1 :]
+        if limit_key(caller, model) == key:
+            return caller, model
+    return key, None
 
 
 def slice_size(

@@ -157,6 +157,17 @@ class Limiter:
         """Every key this instance knows, by (kind, key): the operator view."""
         return {k: w for k in list(self._keys) if (w := self.window(k[1], k[0])) is not None}
 
+    def active_limits(self) -> list[tuple[str, str, int]]:
+        """(kind, key, limit) of every key used here in the last `IDLE_S`: the callers' limits gauge."""
+        edge = self._clock() - IDLE_S
+        return [(s.kind, s.key, s.limit) for s in list(self._keys.values()) if s.last >= edge]
+
+    def admitted_here(self, key: str, kind: str) -> int | None:
+        """What this instance itself admitted for a key in the last 60 s, settled (exact, unlike `window`'s
+        shared estimate); None for a key it has not seen lately."""
+        state = self._keys.get((kind, key))
+        return None if state is None else max(0, counted(state.history, self._clock()))
+
     async def read(self, key: str, kind: str) -> Row | None:
         """The stored row of a key (the operator view, tests)."""
         return await self._table.read(kind, key)

@@ -13,22 +13,25 @@ call and nothing is kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
 
+from .limit_terms import split_limit_key
 from .usage import UsageRecord, outcome_of
 
 __all__ = [
     "BATCH_LINES",
     "BATCH_TOKENS",
     "BREAKER_TRANSITIONS",
+    "CALLER_LIMIT",
     "METER_NAME",
     "OPERATION_DURATION",
     "PROVIDER",
     "REQUESTS",
     "TIME_TO_FIRST_CHUNK",
     "TOKEN_USAGE",
+    "CallerLimits",
     "UsageMetrics",
     "breaker_transition",
     "operation_name",
@@ -43,6 +46,9 @@ REQUESTS = "gateway.requests"
 BREAKER_TRANSITIONS = "gateway.breaker.transitions"
 BATCH_LINES = "gateway.batch.lines"
 BATCH_TOKENS = "gateway.batch.tokens"
+CALLER_LIMIT = "gateway.caller.limit"
+
+LimitSource = Callable[[], Iterable[tuple[str, str, int]]]  # (kind, limit key, limit) of the keys used lately
 
 # gen_ai.operation.name values for the operations the gateway forwards.
 _OPERATIONS = {
@@ -120,6 +126,33 @@ class UsageMetrics:
         if record.usage is not None:
             self._batch_tokens.add(record.usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
             self._batch_tokens.add(record.usage.completion_tokens, {**attributes, "gen_ai.token.type": "output"})
+
+
+class CallerLimits:
+    """An observable gauge of each active caller's RPM and TPM limit, as its profile applied to its latest request
+    (operator overrides included), so queries compare usage with the real limits (docs/queries/tokens-per-minute.kql).
+
+    `source()` gives (kind, limit key, limit) for the keys this instance used lately (`Limiter.active_limits`); read
+    at each export, never per request. `gateway.limit.per` says whether the limit counts per caller or per caller
+    and model; per-model keys of one caller share one series.
+    """
+
+    def __init__(self, source: LimitSource, meter: metrics.Meter | None = None) -> None:
+        self._source = source
+        meter = meter or metrics.get_meter(METER_NAME)
+        meter.create_observable_gauge(
+            CALLER_LIMIT, callbacks=[self._observe], unit="1/min", description="Callers' RPM and TPM limits"
+        )
+
+    def _observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        series: dict[tuple[str, str, str], int] = {}
+        for kind, key, limit in self._source():
+            caller, model = split_limit_key(key)
+            series[(caller, kind, "caller" if model is None else "caller,model")] = limit
+        return [
+            metrics.Observation(limit, {"gateway.caller": caller, "gateway.limit": kind, "gateway.limit.per": per})
+            for (caller, kind, per), limit in series.items()
+        ]
 
 
 def request_attributes(record: UsageRecord) -> dict[str, str | bool | int]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .attempt import Attempts
+from .caller_usage import window_by_caller
 from .governance import Governance
 from .health import probe_all
 from .pool import BackendPool
@@ -65,8 +66,14 @@ async def change_backend(pool: BackendPool, name: str, action: str) -> dict[str,
     return {"backend": name, "breaker": pool.status(name), "action": action}
 
 
-def callers_view(services: Services) -> list[dict[str, Any]]:
-    return services.governance.callers()
+def callers_view(services: Services) -> dict[str, Any]:
+    """Known callers with their profile, limits and use of them in the current window (`window`: as the answering
+    `instance` knows it, see gateway/caller_usage.py); no storage call."""
+    windows = window_by_caller(services.quotas.limiter, services.quotas.caller_slots)
+    callers = services.governance.callers()
+    for caller in callers:
+        caller["window"] = windows.get(caller["caller"], [])
+    return {"instance": services.pool.instance_id, "callers": callers}
 
 
 async def change_caller(governance: Governance, name: str, action: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ Rows are per instance (`UsageTable`): PartitionKey the UTC minute (`YYYYMMDDHHMM
 digest of the dimensions, each row holding that instance's running totals for that minute. A flush replaces
 its rows whole (upsert REPLACE, in batches of one partition), so a retried or repeated flush can never count
 twice and instances never contend for a row: no ETag read-modify-write, no conflicts under scale-out. A query
-reads the window's partitions (one range query) and sums over instances. The price is one row per instance
-and dimension set per minute; docs/architecture.md compares this with shared ETag-merged rows.
+writes nothing: it reads the window's partitions (one range query) and sums over instances, this instance's
+rows taken from memory (so the usage API and the console never make an instance flush sooner). The price is one
+row per instance and dimension set per minute; docs/architecture.md compares this with shared ETag-merged rows.
 """
 
 from __future__ import annotations
@@ -236,12 +237,24 @@ class UsageCounters:
                 del self._rows[key]  # no request or activity outlives this: those minutes are final
 
     async def query(self, first_minute: int, last_minute: int) -> tuple[list[tuple[Key, Counts]], int]:
-        """Rows of the window summed over instances (this one flushed first), and how many instances wrote."""
-        await self.flush()
+        """Rows of the window summed over instances, and how many instances counted any. Writes nothing.
+
+        The other instances' rows are read from the table; this instance's own come from memory, in place of
+        its stored rows (memory holds each row whole, so it is what the next flush will write: nothing counted
+        twice, and its unflushed traffic counted once). A stored row of this instance that memory no longer
+        holds (a minute forgotten after its flush) is taken from the table.
+        """
+        stored = await self.table.read(first_minute, last_minute)
+        mine = {k: c for k, c in self._rows.items() if first_minute <= k[0] <= last_minute}  # after the read
+        me = self.table.instance_id
         summed: dict[Key, Counts] = {}
-        instances: set[str] = set()
-        for key, instance, counts in await self.table.read(first_minute, last_minute):
+        instances = {me} if mine else set()
+        for key, instance, counts in stored:
+            if instance == me and key in mine:
+                continue
             instances.add(instance)
+            summed.setdefault(key, Counts()).merge(counts)
+        for key, counts in mine.items():
             summed.setdefault(key, Counts()).merge(counts)
         return list(summed.items()), len(instances)
 

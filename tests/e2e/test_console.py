@@ -131,14 +131,43 @@ def test_the_console_shows_the_gateway_and_its_disable_button_works(azurite, tmp
                     # Governance beside usage: profile, limits and status as /gateway/callers says.
                     known = {c["caller"]: c for c in http.get("/gateway/callers", headers=OPERATOR).json()["callers"]}
                     team_a = page.locator('#callers tr[data-caller="team-a"]')
-                    assert known["team-a"]["limits"] == {"rpm": 600, "tpm": 200000}
+                    assert known["team-a"]["limits"] == {"rpm": 600, "tpm": 200000, "concurrency": None}
                     assert known["team-a"]["profile"] == "gold"
                     assert team_a.locator('td[data-field="profile"]').inner_text() == "gold"
                     assert team_a.locator('td[data-field="limits"]').inner_text() == "600 / 200,000"
                     assert team_a.locator('td[data-field="status"]').inner_text() == "active"
                     team_b = page.locator('#callers tr[data-caller="team-b"]')
-                    assert known["team-b"]["limits"] is None
+                    assert known["team-b"]["limits"] is None and known["team-b"]["window"] == []
                     assert team_b.locator('td[data-field="limits"]').inner_text() == "none"
+                    assert team_b.locator('td[data-field="window"]').inner_text() == "\u2013"
+
+                    # The last 60 s against the limits: team-a's four requests, as /gateway/callers says.
+                    [window] = known["team-a"]["window"]
+                    assert window["requests"]["admitted_here"] == 4 and window["tokens"]["admitted_here"] > 0
+                    shown = team_a.locator('td[data-field="window"]')
+                    deadline = time.monotonic() + 10
+                    while True:  # `used` is a shared estimate that may move once as a slice expires: poll both
+                        [window] = next(c for c in http.get("/gateway/callers", headers=OPERATOR).json()["callers"]
+                                        if c["caller"] == "team-a")["window"]
+                        used = window["requests"]["used"], window["tokens"]["used"]
+                        want = (f"{used[0]:,} / 600 RPM", f"{used[1]:,} / 200,000 TPM")
+                        got = tuple(shown.locator(f'[data-window="{w}"]').inner_text() for w in ("requests", "tokens"))
+                        if got == want:
+                            break
+                        assert time.monotonic() < deadline, (got, want)
+                        page.wait_for_function("n => Number(document.body.dataset.refreshes) > n",
+                                               arg=int(page.locator("body").get_attribute("data-refreshes")))
+                    assert 4 <= window["requests"]["used"] <= 600
+
+                    # It refreshes on its own: traffic sent now shows on the page with no click.
+                    requests_cell = page.locator('#callers tr[data-caller="analytics"] td[data-field="requests"]')
+                    before = number(requests_cell.inner_text())
+                    refreshes = int(page.locator("body").get_attribute("data-refreshes"))
+                    for _ in range(2):
+                        answer = http.post("/v1/embeddings", json=embedding, headers={"api-key": KEYS["analytics"]})
+                        assert answer.status_code == 200
+                    playwright.expect(requests_cell).to_have_text(f"{before + 2:,}", timeout=15_000)
+                    assert int(page.locator("body").get_attribute("data-refreshes")) > refreshes
 
 
                     # Backends: breaker, in-flight count and latency as /gateway/backends says.

@@ -84,6 +84,8 @@ def telemetry_stack(azurite, tmp_path: Path) -> Iterator[tuple[DevHost, Ingestio
             APPLICATIONINSIGHTS_CONNECTION_STRING=ingestion.connection_string,
             APPLICATIONINSIGHTS_AUTHENTICATION_STRING=f"Authorization=AAD;ClientId={CLIENT_ID}",
             REQUESTS_CA_BUNDLE=str(certificate.cert_file),  # the exporter trusts the local endpoint's certificate
+            GATEWAY_PROFILE_GOLD="rpm=100000;tpm=50000000",  # limits far away: the limits gauge has a caller
+            GATEWAY_CALLER_PROFILES="team-a=gold",
             **identity.env,
         )
         with DevHost(env=env) as host, httpx.Client(base_url=host.url, headers={"api-key": KEY}, timeout=30) as http:
@@ -114,7 +116,8 @@ def test_requests_dependencies_and_metrics_arrive_with_their_attributes(azurite,
             outcomes = {(p["gateway.outcome"], p["gateway.async"]) for _, p in metric_points(items, "gateway.requests")}
             return (all(requests_of(items, i) for i in ids) and len(requests_of(items, "async-1")) >= 2
                     and {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "gateway.requests",
-                         "gen_ai.client.operation.time_to_first_chunk", "gateway.breaker.transitions"} <= names
+                         "gen_ai.client.operation.time_to_first_chunk", "gateway.breaker.transitions",
+                         "gateway.caller.limit"} <= names
                     and {("throttled_backend", "False"), ("success", "True")} <= outcomes)
 
         ingestion.wait_for(everything_arrived, timeout_s=30)
@@ -175,6 +178,10 @@ def test_requests_dependencies_and_metrics_arrive_with_their_attributes(azurite,
         outcomes = {(props["gateway.outcome"], props["gateway.async"]) for _, props in
                     metric_points(items, "gateway.requests")}
         assert {("success", "False"), ("success", "True"), ("throttled_backend", "False")} <= outcomes
+        # The limits gauge that tokens-per-minute.kql joins on: the caller's configured RPM and TPM.
+        limits = {(props["gateway.caller"], props["gateway.limit"], props["gateway.limit.per"]): value
+                  for value, props in metric_points(items, "gateway.caller.limit")}
+        assert limits == {("team-a", "rpm", "caller"): 100000, ("team-a", "tpm", "caller"): 50000000}
         assert not ingestion.unknown  # nothing else was posted anywhere
 
 

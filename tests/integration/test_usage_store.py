@@ -10,9 +10,10 @@ import time
 import uuid
 
 import pytest
+from azure.data.tables.aio import TableClient
 
 from gateway.state_sync import STORAGE_ERRORS
-from gateway.storage import StorageAccount
+from gateway.storage import CLIENT_OPTIONS, StorageAccount
 from gateway.usage import Usage, UsageRecord
 from gateway.usage_store import UsageCounters, UsageTable, group
 
@@ -43,6 +44,26 @@ def table(azurite, name: str, instance: str) -> UsageTable:
     """The table as the gateway builds it (fail-fast client options)."""
     account = StorageAccount(connection_string=azurite.connection_string)
     return UsageTable(lambda: account.table_client(name, None), instance)
+
+
+def counted_table(azurite, name: str, instance: str, sent: list[tuple[str, str]]) -> UsageTable:
+    """The table through the real client, every HTTP request it sends noted as (method, path) by azure-core's
+    request hook: what reaches Azurite, not what the store says it did."""
+
+    def client() -> TableClient:
+        def note(request) -> None:
+            sent.append((request.http_request.method, request.http_request.url.split("?")[0]))
+
+        return TableClient.from_connection_string(
+            azurite.connection_string, name, **CLIENT_OPTIONS, raw_request_hook=note
+        )
+
+    return UsageTable(client, instance)
+
+
+def writes(sent: list[tuple[str, str]]) -> int:
+    """Row writes: the flush's transactions (POST .../$batch)."""
+    return sum(1 for method, path in sent if method == "POST" and path.endswith("$batch"))
 
 
 async def test_records_cost_no_storage_call_and_a_flush_writes_each_row_whole(azurite):
@@ -126,7 +147,7 @@ async def test_a_storage_outage_keeps_the_counts_for_the_next_flush():
             counters(record())
             await counters.idle()
             storage.stop()
-            counters(record())  # the background flusher waits an interval: flush now, as a query would
+            counters(record())  # the background flusher waits an interval: flush now
             with pytest.raises(STORAGE_ERRORS):
                 await counters.flush()
             storage.start()  # in-memory Azurite: the table is gone, as after a wiped account
@@ -169,3 +190,41 @@ async def test_a_late_record_of_an_earlier_minute_adds_to_it(azurite):
         assert counts.as_dict()["requests"] == 2
     finally:
         await counters.close()
+
+
+async def test_queries_under_traffic_write_nothing_and_count_unflushed_traffic_once(azurite):
+    """The console asks for usage three times per refresh: a query must never make the instance flush sooner.
+    Its own rows come from memory in place of its stored ones, so the totals include its unflushed traffic
+    exactly once; another instance's rows come from the table."""
+    name = "usage" + uuid.uuid4().hex[:10]
+    other = UsageCounters(table(azurite, name, "instance-b"), flush_interval_s=3600)
+    sent: list[tuple[str, str]] = []
+    counters = UsageCounters(counted_table(azurite, name, "instance-a", sent), flush_interval_s=3600)
+    now = int(time.time() // 60)
+    try:
+        other(record("team-b"))
+        await other.flush()
+        counters(record(timestamp=THIS_MINUTE - 70 * 60))  # past KEEP_MINUTES: memory forgets it once written
+        counters(record())  # the first record starts the flusher, which writes at once (nothing written before)
+        await counters.idle()
+        assert writes(sent) == 2 and counters.flushes == 1  # one transaction per minute partition
+        sent_before = len(sent)
+        for n in range(2, 22):
+            counters(record())  # traffic: the flusher's next turn is an hour away
+            rows, instances = await counters.query(now - 90, now)
+            by_caller = {r["caller"]: r["requests"] for r in group(rows, ("caller",), per_minute=False)}
+            assert by_caller == {"team-a": n + 1, "team-b": 1}  # unflushed ones once, the forgotten minute too
+            assert instances == 2
+            this_minute = [c for key, c in rows if key[0] == now and key[1] == "team-a"]
+            assert [c.input_tokens for c in this_minute] == [10 * n]
+        assert writes(sent) == 2 and counters.flushes == 1  # 20 queries under traffic: not one write
+        assert [m for m, _ in sent[sent_before:]] == ["GET"] * 20  # one range read per query, nothing else
+
+        await counters.flush()  # the flusher's own turn: the other instance now reads the same totals
+        assert writes(sent) == 3  # this minute's partition only: the old one did not change
+        rows, instances = await other.query(now - 90, now)
+        by_caller = {r["caller"]: r["requests"] for r in group(rows, ("caller",), per_minute=False)}
+        assert by_caller == {"team-a": 22, "team-b": 1} and instances == 2
+    finally:
+        await counters.close()
+        await other.close()

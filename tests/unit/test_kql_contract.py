@@ -1,8 +1,9 @@
 """docs/queries/*.kql and the telemetry the code emits agree, both ways.
 
 What the code emits is observed, not declared: representative records go through the real `UsageMetrics` sink
-into an in-memory reader, a breaker transition through `breaker_transition`, and requests, attempts and an
-async attempt through `gateway.tracing` into an in-memory span exporter. Then:
+into an in-memory reader, a breaker transition through `breaker_transition`, callers' limits through the
+`CallerLimits` gauge, and requests, attempts and an async attempt through `gateway.tracing` into an in-memory
+span exporter. Then:
 - every metric name and every `customDimensions["..."]` a query reads is one the code emits (for spans, one
   the Azure Monitor exporter keeps as a custom dimension: `http.*`, `server.*`, `url.*` and `error.type`
   become columns, not dimensions);
@@ -25,7 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gateway import tracing
-from gateway.metrics import UsageMetrics, breaker_transition
+from gateway.limit_terms import limit_key
+from gateway.metrics import CallerLimits, UsageMetrics, breaker_transition
 from gateway.usage import BatchLines, Usage, UsageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +68,8 @@ def emitted_metrics() -> dict[str, set[str]]:
     for r in representative_records():
         sink(r)
     breaker_transition("weu:gpt-4o-mini", "open", "429", meter=meter)
+    limits = [("rpm", "team-a", 600), ("tpm", "team-a", 200000), ("tpm", limit_key("team-b", "gpt-4o-mini"), 1000)]
+    CallerLimits(lambda: limits, meter)  # as Limiter.active_limits gives them
     emitted: dict[str, set[str]] = {}
     for resource in reader.get_metrics_data().resource_metrics:
         for scope in resource.scope_metrics:
@@ -142,7 +146,7 @@ def test_the_contract_sees_what_it_checks(emitted_metrics, emitted_span_dimensio
     """Guards the checks above against an empty observation."""
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "gateway.requests",
             "gen_ai.client.operation.time_to_first_chunk", "gateway.breaker.transitions", "gateway.batch.lines",
-            "gateway.batch.tokens"} == set(emitted_metrics)
+            "gateway.batch.tokens", "gateway.caller.limit"} == set(emitted_metrics)
     assert "gateway.limit" in emitted_metrics["gateway.requests"]  # a refusal names the limit that refused it
     assert {"gateway.backend", "gateway.first_chunk_ms", "gen_ai.usage.input_tokens"} <= emitted_span_dimensions[
         "requests"]

@@ -1,11 +1,19 @@
 """Slice sizing and limit keys: the pure part of the limiter."""
 
-from gateway.limit_terms import HEADROOM, limit_key, slice_size
+from gateway.limit_terms import HEADROOM, limit_key, slice_size, split_limit_key
 
 
 def test_limit_keys_of_caller_and_model_do_not_collide():
     assert limit_key("a:b", "c") != limit_key("a", "b:c")
     assert limit_key("app:1") == "app:1"
+
+
+def test_limit_keys_split_back_into_caller_and_model():
+    for caller in ("team-a", "app:3f2c-1", "user:ab", "key:0123456789ab", "12"):
+        assert split_limit_key(limit_key(caller)) == (caller, None)
+        for model in ("gpt-4o", "a:b", ""):
+            assert split_limit_key(limit_key(caller, model)) == (caller, model)
+    assert split_limit_key("3:ab") == ("3:ab", None)  # looks like a per-model key, is not one
 
 
 def test_a_slice_covers_the_rate_for_a_lifetime_when_far_from_the_limit():

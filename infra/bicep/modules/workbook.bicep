@@ -23,7 +23,7 @@ var panels = [
     visualization: 'table'
   }
   {
-    title: 'Tokens per minute per caller against limits'
+    title: 'Tokens and requests per minute per caller against their limits'
     query: loadTextContent('../../../docs/queries/tokens-per-minute.kql')
     visualization: 'table'
   }
