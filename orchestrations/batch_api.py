@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from azure.core.exceptions import AzureError
-
 from gateway import errors, guard, ids, validate
 from gateway.batch_files import BATCH_ENDPOINTS, BatchFileChecker, batch_object, file_object
 from gateway.bodies import check_declared_length, read_capped
@@ -28,6 +26,7 @@ from gateway.callers import Caller
 from gateway.headers import client_request_id
 from gateway.messages import Inbound, Outbound, error_outbound
 from gateway.multipart import Data, End, MultipartReader, PartStart
+from gateway.state_sync import STORAGE_ERRORS
 from gateway.translate import multipart_boundary
 
 from .workflows import BATCH_ORCHESTRATOR, RUNNING
@@ -81,9 +80,9 @@ async def handle(
         raise errors.method_not_allowed(method[:16], "this route", _allowed(kind, item, action))
     except errors.GatewayError as exc:
         return error_outbound(exc)
-    except AzureError:
-        log.warning("Blob Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
-        return error_outbound(errors.unavailable(503, "The gateway's storage is unavailable; retry later.", 5))
+    except STORAGE_ERRORS:  # Blob Storage, or the Durable client's call to the host
+        log.warning("Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
+        return error_outbound(errors.storage_unavailable())
     except Exception:
         log.exception("Unexpected failure in the Files/Batches API")  # the trace goes to logs, not the client
         return error_outbound(errors.internal_error())
@@ -264,7 +263,7 @@ async def _batch_view(client: Any, caller: str, batch_id: str) -> dict[str, Any]
     status = await client.get_status(batch_id, show_input=True)
     job = _job(status, caller)
     if job is None:
-        raise errors.not_found("No batch with this id.", code="batch_not_found")
+        raise ids.unknown("batch")
     return _view(job, status)
 
 
@@ -332,7 +331,7 @@ def _limit(value: str | None) -> int:
 
 
 def _no_file() -> errors.GatewayError:
-    return errors.not_found("No file with this id.", code="file_not_found")
+    return ids.unknown("file")
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from azure.storage.queue import QueueClient
 
+from tests.support.azurite import Azurite
 from tests.support.devhost import DevHost
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
@@ -26,6 +27,9 @@ KEY, OTHER_KEY = "async-key", "someone-else"
 OPERATOR = {"x-functions-key": "devhost-function-key"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello asynchronously"}]}
 ASYNC = {"api-key": KEY, "Prefer": "respond-async"}
+# What GET /status/{id} answers (README): the Durable status object without its input.
+FINAL = ("Completed", "Failed", "Terminated")
+STATUS_KEYS = {"name", "instanceId", "runtimeStatus", "customStatus", "output", "createdTime", "lastUpdatedTime"}
 
 
 class Stack:
@@ -49,10 +53,12 @@ class Stack:
         while time.monotonic() < deadline:
             answer = self.http.get(status_url)
             status = answer.json()
-            assert answer.status_code == (202 if status["runtimeStatus"] in ("Pending", "Running") else 200)
-            if status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
-                assert "input" not in status  # the orchestration input is never shown
-                return status
+            assert set(status) == STATUS_KEYS  # the documented seven: never `input`, nothing else
+            if status["runtimeStatus"] not in FINAL:  # Pending, Running, ...: still running
+                assert answer.status_code == 202 and int(answer.headers["Retry-After"]) >= 1, answer.headers
+                continue
+            assert answer.status_code == 200 and "retry-after" not in answer.headers
+            return status
         raise AssertionError(f"still {status['runtimeStatus']} after {timeout_s} s: {status}")
 
     def submit(self, body: dict, **headers: str) -> httpx.Response:
@@ -169,6 +175,9 @@ def test_cancel_with_delete_ends_the_work_and_publishes_cancelled_once(fresh: St
     result_url = answer.json()["result_url"]
     pending = fresh.http.get(result_url)
     assert pending.status_code == 202 and pending.json()["status"] == "running"
+    running = fresh.http.get(answer.headers["Location"])  # the status route while the work waits out the 429s
+    assert running.status_code == 202 and int(running.headers["Retry-After"]) >= 1
+    assert set(running.json()) == STATUS_KEYS and running.json()["runtimeStatus"] not in FINAL
     cancelled = fresh.http.delete(result_url)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert fresh.poll(answer.headers["Location"])["runtimeStatus"] == "Terminated"
@@ -259,3 +268,40 @@ def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
             assert done["purged"] >= 1
             assert stack.http.get(accepted["status_url"]).status_code == 404
             assert stack.http.get(accepted["result_url"]).status_code == 404
+
+
+def test_malformed_unknown_and_someone_elses_ids_get_the_same_404(fresh: Stack):
+    """No oracle: on each route, an id that cannot exist, one that does not, and another caller's look alike."""
+    mine = fresh.submit(CHAT).json()["id"]
+    fresh.poll(f"/status/{mine}")
+    malformed = ["zz", "0" * 31, "F" * 32, "g" * 32, mine + "0"]
+    for route, code in (("status", "status_not_found"), ("results", "result_not_found")):
+        answers = [fresh.http.get(f"/{route}/{value}") for value in [*malformed, uuid.uuid4().hex]]
+        answers.append(fresh.http.get(f"/{route}/{mine}", headers={"api-key": OTHER_KEY}))
+        if route == "results":
+            answers.append(fresh.http.delete(f"/results/{uuid.uuid4().hex}"))
+            answers.append(fresh.http.delete("/results/zz"))
+            answers.append(fresh.http.delete(f"/results/{mine}", headers={"api-key": OTHER_KEY}))
+        assert {a.status_code for a in answers} == {404}
+        assert [a.json() for a in answers] == [answers[0].json()] * len(answers)
+        assert answers[0].json()["error"]["code"] == code and mine not in answers[-1].text
+    assert fresh.http.get(f"/status/{mine}").status_code == 200  # the owner still gets it
+
+
+def test_results_answer_503_with_retry_after_while_storage_is_down():
+    """Azurite stopped: a result that cannot be read from Blob Storage is an outage to wait out, not a 500."""
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    storage = Azurite().start()
+    try:
+        with weu.threaded(), neu.threaded(), running_stack(storage, weu, neu) as stack:
+            accepted = stack.submit(CHAT).json()
+            assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Completed"
+            storage.stop()
+            for method in ("GET", "DELETE"):
+                answer = stack.http.request(method, accepted["result_url"])
+                assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1, answer.text
+                error = answer.json()["error"]
+                assert (error["code"], error["type"]) == ("storage_unavailable", "service_unavailable")
+            assert "Traceback" not in stack.host.log()  # an outage, logged as one: not a crash
+    finally:
+        storage.stop()
