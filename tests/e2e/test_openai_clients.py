@@ -209,6 +209,10 @@ def test_relayed_answers_carry_one_date_and_one_server_header(fresh: Stack):
         ("PUT", "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", "POST"),
         ("POST", "/v1/models", "GET"),
         ("POST", "/openai/models", "GET"),
+        ("POST", "/results/" + "0" * 32, "GET, DELETE"),
+        ("PUT", "/results/not-even-an-id", "GET, DELETE"),
+        ("DELETE", "/status/" + "0" * 32, "GET"),
+        ("POST", "/status/" + "0" * 32, "GET"),
     ],
 )
 def test_a_wrong_method_gets_openais_405_with_allow(fresh: Stack, method: str, path: str, allow: str):
