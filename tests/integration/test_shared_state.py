@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 
 from gateway import errors, operations
 from gateway.bootstrap import Services, build_services
@@ -282,6 +283,47 @@ async def test_probes_are_shared_and_steer_traffic(azurite, table):
         assert b.pool.state.backends["apim1"].ttfb_ms is not None  # probes feed the latency strategy
         await a.close()
         await b.close()
+
+
+class FailingCredential:
+    """A token credential the test owns: fails with `error` as azure-identity (or a bug) would."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def get_token(self, *scopes: str, **kwargs: object):
+        raise self.error
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "shown", "bug"),
+    [
+        (ClientAuthenticationError("no managed identity endpoint"), "ClientAuthenticationError", False),
+        (TypeError("a programming error in the credential"), "internal error", True),
+    ],
+)
+async def test_a_probe_that_fails_before_sending_is_a_failed_probe_and_a_bug_is_logged_as_one(
+    azurite, table, caplog, error, shown, bug
+):
+    caplog.set_level(logging.WARNING, logger="gateway.health")
+    async with FakeAzureOpenAI(name="apim1") as apim1:
+        env = env_for(apim1, None, azurite.connection_string, table)
+        env["GATEWAY_BACKEND_1"] = f"name=apim1;host={apim1.url};mode=apim;probe=/status;usemi=true;deployments=m"
+        settings = load_settings(env)
+        gw = build_services(settings, credential=FailingCredential(error))
+        results = await operations.probe(gw.attempts)
+        assert results["apim1"]["ok"] is False and results["apim1"]["error"] == shown
+        assert apim1.requests == []  # nothing was sent without a credential
+        assert gw.attempts.unexpected_errors == (1 if bug else 0)
+        [record] = caplog.records
+        if bug:
+            assert record.levelno == logging.ERROR and record.exc_info is not None and record.exc_info[0] is TypeError
+        else:
+            assert record.levelno == logging.WARNING and record.exc_info is None
+        await gw.close()
 
 
 async def test_disable_enable_and_reset_reach_every_instance(backends, azurite, table):
