@@ -241,11 +241,14 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
         raise errors.bad_request(
             f"Unsupported content type '{_shown(media, 64)}': this operation takes application/json.",
             code="unsupported_content_type",
+            param="content-type",
         )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise errors.bad_request("The body is not valid UTF-8.", code="invalid_encoding") from None
+        field = validate.undecodable_field(body)
+        where = f"The text of '{field}'" if field else "The body"
+        raise errors.bad_request(f"{where} is not valid UTF-8.", code="invalid_encoding", param=field) from None
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's stack
@@ -253,7 +256,9 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
             "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
         ) from None
     if not isinstance(parsed, dict):
-        raise errors.bad_request("The JSON body must be an object.", code="invalid_json")
+        raise errors.bad_request(
+            f"The JSON body must be an object, not {validate.json_kind(parsed)}.", code="invalid_json"
+        )
     return parsed
 
 
