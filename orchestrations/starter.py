@@ -23,6 +23,7 @@ from gateway.deferral import Deferred, prefers_async
 from gateway.headers import forwarded_headers
 from gateway.messages import Inbound, Outbound
 from gateway.state_sync import STORAGE_ERRORS
+from gateway.translate import without_credentials
 from gateway.usage_store import RETENTION_DAYS
 
 from .activities import completion_message, ended, record_unanswered, result_url, status_url
@@ -97,7 +98,7 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "api_style": route.api_style,
         "operation": route.operation,
         "path": inbound.path,
-        "query": inbound.query,
+        "query": without_credentials(inbound.query),  # a key or SAS in the query string is never stored
         "headers": headers,
         # The async deadline is the smaller of GATEWAY_ASYNC_TTL_S and the request's own time to live.
         "deadline": min(time.time() + services.settings.async_ttl_s, deferred.lane.expires_at or math.inf),

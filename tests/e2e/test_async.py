@@ -194,12 +194,21 @@ def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite)
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
         with running_stack(azurite, weu, neu, GATEWAY_EXPOSE_DURABLE_URLS="true") as stack:
-            done = stack.submit(CHAT, **{"authorization": "Bearer not-a-gateway-key"}).json()
+            in_query = {
+                "api-key": KEY, "code": "host-code-5e1", "sig": "sas-sig-9d2", "key": "plain-key-4b7",
+                "token": "tok-8c3", "Subscription-Key": "apim-key-2f6", "x-my-apikey": "custom-key-1a0",
+            }  # fmt: skip
+            query = "api-version=2024-10-21&" + "&".join(f"{k}={v}" for k, v in in_query.items()) + "&keep=me"
+            headers = {**ASYNC, "authorization": "Bearer not-a-gateway-key"}
+            submitted = stack.http.post(f"/v1/chat/completions?{query}", json=CHAT, headers=headers)
+            assert submitted.status_code == 202, submitted.text
+            done = submitted.json()
             stack.poll(done["status_url"])
             durable = httpx.get(done["statusQueryGetUri"] + "&showInput=true&showHistory=true&showHistoryOutput=true")
-            durable_input = durable.json()["input"]
-            assert durable.status_code == 200 and json.loads(durable_input)["caller"]
-            for secret in (KEY, "not-a-gateway-key", "fake-key"):
+            durable_input = json.loads(durable.json()["input"])
+            assert durable.status_code == 200 and durable_input["caller"]
+            assert durable_input["query"] == "api-version=2024-10-21&keep=me"  # only what is not a credential
+            for secret in (KEY, "not-a-gateway-key", "fake-key", *in_query.values()):
                 assert secret not in durable.text  # input, output, custom status and history
 
             for fake in (weu, neu):
