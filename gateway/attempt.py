@@ -57,6 +57,7 @@ class Attempts:
         self.auth = auth
         self.settings = settings
         self.in_flight: dict[str, int] = {}  # backend name -> answers being awaited or read on this instance
+        self.unexpected_errors = 0  # bugs met while probing (gateway/health.py logs each with its traceback)
 
     async def next_target(
         self,

@@ -24,6 +24,7 @@ from jwt.types import Options
 
 from . import errors
 from .config import Settings
+from .upstream import NETWORK_ERRORS
 
 __all__ = ["EntraValidator", "GetJson", "Identity"]
 
@@ -47,6 +48,8 @@ _OPTIONS: Options = {
 }
 
 log = logging.getLogger("gateway.entra")
+# Why a key fetch can fail without a bug: the network, an HTTP error status, JSON or shape (ValueError).
+_NO_KEYS: tuple[type[BaseException], ...] = (*NETWORK_ERRORS, ValueError)
 
 GetJson = Callable[[str, dict[str, str]], Awaitable[Any]]
 
@@ -93,6 +96,7 @@ class EntraValidator:
         self._failing = False  # the last fetch failed (logged once per outage)
         self._lock = asyncio.Lock()
         self._validated: dict[bytes, tuple[Identity, str]] = {}  # sha256(token) -> (identity, kid)
+        self.unexpected_errors = 0  # bugs met while fetching keys (logged with their traceback)
 
     async def identity(self, token: str) -> Identity:
         """The caller a bearer token proves; otherwise 401 invalid_token naming the check that failed."""
@@ -168,9 +172,14 @@ class EntraValidator:
                 await self._discover()
             assert self._jwks_url is not None
             keys = _signing_keys(await self._get_json(self._jwks_url, {"Accept": "application/json"}))
-        except Exception as exc:  # transport, HTTP status, JSON or shape: all mean "no new keys"
+        except _NO_KEYS as exc:  # transport, HTTP status, JSON or shape: all mean "no new keys"
             if not self._failing:
                 log.warning("Entra ID signing keys unavailable (%s: %s)", type(exc).__name__, exc)
+            self._failing = True
+            return
+        except Exception:  # a bug: no new keys either, but logged with its traceback and counted, every time
+            self.unexpected_errors += 1
+            log.error("Unexpected error fetching the Entra ID signing keys", exc_info=True)
             self._failing = True
             return
         if self._failing:
@@ -210,8 +219,11 @@ def _tenant_issuers(tenant_id: str) -> frozenset[str]:
 
 def _signing_keys(doc: Any) -> dict[str, jwt.PyJWK]:
     """The RS256 signing keys of a JWKS by kid; other kinds of keys are skipped."""
+    found = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(found, list):
+        raise ValueError("the JWKS has no 'keys' array")
     keys: dict[str, jwt.PyJWK] = {}
-    for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
+    for jwk in found:
         if not isinstance(jwk, dict) or jwk.get("kty") != "RSA" or jwk.get("use", "sig") != "sig":
             continue
         if not isinstance(jwk.get("kid"), str) or jwk.get("alg", "RS256") != "RS256":

@@ -20,6 +20,7 @@ __all__ = [
     "invalid_token",
     "method_not_allowed",
     "not_found",
+    "storage_unavailable",
     "stream_error_event",
     "too_large",
     "unauthorized",
@@ -133,6 +134,18 @@ def unavailable(status: int, message: str, retry_after_s: int | None) -> Gateway
         type="rate_limit_error" if status == 429 else "service_unavailable",
         code="backends_unavailable",
         headers=headers,
+    )
+
+
+def storage_unavailable(retry_after_s: int = 5) -> GatewayError:
+    """503 when the gateway's own storage (results, files, the Durable task hub) cannot be reached: an outage the
+    client waits out, never a 500 that reads like a bug."""
+    return GatewayError(
+        503,
+        "The gateway's storage is unavailable; retry later.",
+        type="service_unavailable",
+        code="storage_unavailable",
+        headers={"Retry-After": str(max(1, retry_after_s))},
     )
 
 

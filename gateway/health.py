@@ -15,12 +15,15 @@ import time
 from .attempt import Attempts
 from .pool import Target
 from .state_store import Health
+from .state_sync import STORAGE_ERRORS
 from .upstream import TransportError
 
 __all__ = ["probe_all"]
 
 log = logging.getLogger("gateway.health")
 PROBE_TIMEOUT_S = 5.0
+# A failed probe, not a bug: a credential (AzureError), the network, or a Key Vault answer that is not JSON.
+_FAILED_PROBE: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, ValueError)
 
 
 async def probe_all(attempts: Attempts) -> dict[str, Health]:
@@ -44,8 +47,12 @@ async def _probe(attempts: Attempts, target: Target) -> Health:
         attempt.response.release()
     except TransportError as exc:
         return Health(False, None, time.time(), exc.kind)
-    except Exception as exc:  # a credential failure is a failed probe, not a crashed timer
+    except _FAILED_PROBE as exc:
         log.warning("Probe of %s failed: %s", backend.name, type(exc).__name__)
         return Health(False, None, time.time(), type(exc).__name__)
+    except Exception:  # a bug: failed probe all the same (the timer goes on), but logged with its trace and counted
+        attempts.unexpected_errors += 1
+        log.error("Unexpected error probing %s", backend.name, exc_info=True)
+        return Health(False, None, time.time(), "internal error")
     ok = attempt.status is not None and attempt.status < 500 and attempt.status != 429
     return Health(ok, round(latency, 2), time.time(), "" if ok else f"HTTP {attempt.status}")

@@ -24,6 +24,7 @@ __all__ = [
     "is_response_id",
     "new_batch_id",
     "response_id",
+    "unknown",
 ]
 
 # uuid4().hex: the async path's instance ids (starter.accept).
@@ -79,7 +80,12 @@ def batch_created_ms(value: str) -> int | None:
     return int(match["ms"], 16) if match else None
 
 
+def unknown(what: str) -> errors.GatewayError:
+    """The one 404 for an id that is malformed, unknown or someone else's: the answer tells them apart for nobody."""
+    return errors.not_found(f"No {what} with this id.", code=f"{what}_not_found")
+
+
 def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        raise errors.not_found(f"No {what} with this id.", code=f"{what}_not_found")
+        raise unknown(what)
     return value

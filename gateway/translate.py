@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 from . import errors, ids, validate
 from .surface import OPERATIONS, V1_OPERATIONS
@@ -30,6 +30,7 @@ __all__ = [
     "resolve",
     "upstream_path",
     "with_multipart_field",
+    "without_credentials",
 ]
 
 _AZURE_PREFIX = "/openai/deployments/"
@@ -38,6 +39,9 @@ _MODELS = re.compile(r"/(?:openai/v1|v1|openai)/models(?:/(?P<id>[^/]+))?/?")
 _RESPONSE_ROUTE = re.compile(r"responses/(?P<id>[^/]+)(?P<action>/cancel|/input_items)?")
 # Query parameters that belong to the gateway or the Functions host, never forwarded.
 _OWN_QUERY = frozenset({"code", "api-version"})
+# Query parameters that look like a credential (`api-key`, the host's `code`, a SAS `sig`, `token`, `*key*`, ...):
+# kept out of anything stored, such as an async request's orchestration input.
+_CREDENTIAL_QUERY = re.compile(r"code|sig|.*(key|token|secret|password).*", re.IGNORECASE)
 # api-version values look like 2024-10-21, 2025-01-01-preview, preview or latest.
 _API_VERSION = re.compile(r"[A-Za-z0-9._-]{1,40}")
 
@@ -242,6 +246,16 @@ def _with(body: dict[str, Any], where: tuple[str, ...], value: str) -> dict[str,
     return copy
 
 
+def without_credentials(query: str) -> str:
+    """The query string without its credential-like parameters; the others stay exactly as they were sent."""
+    kept = [part for part in query.split("&") if part and not _CREDENTIAL_QUERY.fullmatch(_query_name(part))]
+    return "&".join(kept)
+
+
+def _query_name(part: str) -> str:
+    return unquote_plus(part.split("=", 1)[0]).strip()
+
+
 def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     """The JSON object of a JSON operation's body; 400 naming the problem for anything else."""
     media = content_type.split(";", 1)[0].strip().lower()
@@ -249,11 +263,14 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
         raise errors.bad_request(
             f"Unsupported content type '{_shown(media, 64)}': this operation takes application/json.",
             code="unsupported_content_type",
+            param="content-type",
         )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise errors.bad_request("The body is not valid UTF-8.", code="invalid_encoding") from None
+        field = validate.undecodable_field(body)
+        where = f"The text of '{field}'" if field else "The body"
+        raise errors.bad_request(f"{where} is not valid UTF-8.", code="invalid_encoding", param=field) from None
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's stack
@@ -261,7 +278,9 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
             "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
         ) from None
     if not isinstance(parsed, dict):
-        raise errors.bad_request("The JSON body must be an object.", code="invalid_json")
+        raise errors.bad_request(
+            f"The JSON body must be an object, not {validate.json_kind(parsed)}.", code="invalid_json"
+        )
     return parsed
 
 

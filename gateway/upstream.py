@@ -17,10 +17,14 @@ from typing import Any, Protocol
 
 import aiohttp
 
-__all__ = ["Body", "Transport", "TransportError", "Upstream", "UpstreamResponse"]
+__all__ = ["NETWORK_ERRORS", "Body", "Transport", "TransportError", "Upstream", "UpstreamResponse"]
 
 # A request body: bytes, or chunks produced as they are sent (a batch file; the caller sets Content-Length).
 type Body = bytes | AsyncIterable[bytes]
+
+
+# What a call through the session raises when the other side cannot be reached or answers an error status.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class TransportError(Exception):

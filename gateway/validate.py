@@ -9,6 +9,7 @@ as Azure accepts it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import errors, ids
 
-__all__ = ["MAX_TOKENS", "NAME_RULE", "RULES", "check_body", "is_name"]
+__all__ = ["MAX_TOKENS", "NAME_RULE", "RULES", "check_body", "is_name", "json_kind", "undecodable_field"]
 
 MAX_TOKENS = 1 << 20  # no deployment generates more in one answer; more is a typo or an attack
 # Azure's rule for deployment names, applied to model names too: they become part of the upstream URL.
@@ -202,3 +203,35 @@ def check_body(operation: str, body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is not None and (problem := check(value)) is not None:
             raise errors.bad_request(f"'{name}' {problem}.", code="invalid_type", param=name)
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in the words of an error message ("an array", "a string", ...)."""
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), "an object")
+
+
+def undecodable_field(body: bytes) -> str | None:
+    """The field (OpenAI's `messages.[0].content` form) whose text is not UTF-8, when the JSON around it parses.
+
+    Undecodable bytes become lone surrogates (U+DC80-U+DCFF) with `surrogateescape`, and are found in the parsed
+    value; None when the JSON does not parse, or the bytes are in a key or outside any string."""
+    try:
+        parsed = json.loads(body.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[Any, str]] = [(parsed, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if path and _ESCAPED.search(node):
+                return path
+        elif isinstance(node, dict):
+            stack.extend((value, f"{path}.{key}" if path else key) for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}.[{index}]") for index, value in reversed(list(enumerate(node))))
+    return None
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+

@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from azure.core.exceptions import AzureError
-
 from gateway import errors, guard, ids, validate
 from gateway.batch_files import BATCH_ENDPOINTS, BatchFileChecker, batch_object, file_object
 from gateway.bodies import check_declared_length, read_capped
@@ -28,7 +26,8 @@ from gateway.callers import Caller
 from gateway.headers import client_request_id
 from gateway.messages import Inbound, Outbound, error_outbound
 from gateway.multipart import Data, End, MultipartReader, PartStart
-from gateway.translate import multipart_boundary
+from gateway.state_sync import STORAGE_ERRORS
+from gateway.translate import multipart_boundary, parse_body
 
 from .workflows import BATCH_ORCHESTRATOR, RUNNING
 
@@ -81,9 +80,9 @@ async def handle(
         raise errors.method_not_allowed(method[:16], "this route", _allowed(kind, item, action))
     except errors.GatewayError as exc:
         return error_outbound(exc)
-    except AzureError:
-        log.warning("Blob Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
-        return error_outbound(errors.unavailable(503, "The gateway's storage is unavailable; retry later.", 5))
+    except STORAGE_ERRORS:  # Blob Storage, or the Durable client's call to the host
+        log.warning("Storage failed during %s %s", inbound.method, inbound.path[:100], exc_info=True)
+        return error_outbound(errors.storage_unavailable())
     except Exception:
         log.exception("Unexpected failure in the Files/Batches API")  # the trace goes to logs, not the client
         return error_outbound(errors.internal_error())
@@ -264,7 +263,7 @@ async def _batch_view(client: Any, caller: str, batch_id: str) -> dict[str, Any]
     status = await client.get_status(batch_id, show_input=True)
     job = _job(status, caller)
     if job is None:
-        raise errors.not_found("No batch with this id.", code="batch_not_found")
+        raise ids.unknown("batch")
     return _view(job, status)
 
 
@@ -295,21 +294,8 @@ def _view(job: dict[str, Any], status: Any) -> dict[str, Any]:
 async def _json_body(inbound: Inbound, body: AsyncIterable[bytes]) -> dict[str, Any]:
     """A small JSON object body: 413 over MAX_JSON_BODY, 400 for anything that is not a JSON object."""
     check_declared_length(inbound.headers, MAX_JSON_BODY)
-    media = inbound.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in ("", "application/json"):
-        raise errors.bad_request(
-            "Unsupported content type: this operation takes application/json.", code="unsupported_content_type"
-        )
-    data = await read_capped(body, MAX_JSON_BODY)
-    try:
-        request = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise errors.bad_request("The body is not valid UTF-8.", code="invalid_encoding") from None
-    except (ValueError, RecursionError):
-        raise errors.bad_request("The body must be JSON.", code="invalid_json") from None
-    if not isinstance(request, dict):
-        raise errors.bad_request("The body must be a JSON object.", code="invalid_json")
-    return request
+    data = await read_capped(body, MAX_JSON_BODY)  # at most 64 KB, whatever the content type says
+    return parse_body(inbound.headers.get("content-type", ""), data)  # the data plane's checks and wording
 
 
 def _check_purpose(value: bytearray) -> None:
@@ -332,7 +318,7 @@ def _limit(value: str | None) -> int:
 
 
 def _no_file() -> errors.GatewayError:
-    return errors.not_found("No file with this id.", code="file_not_found")
+    return ids.unknown("file")
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -6,19 +6,19 @@ Decorated wrappers only; the logic is in workflows (deterministic), activities a
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import JSONResponse, Request, Response
 
-from gateway import ids
 from gateway.bootstrap import Services
 from gateway.deferral import Deferred
 from gateway.errors import GatewayError
 from gateway.http import ALL_METHODS, body_stream, inbound, to_response
 from gateway.messages import Outbound, error_outbound
 
-from . import activities, batch_activities, batch_api, starter, work_view, workflows
+from . import activities, async_routes, batch_activities, batch_api, starter, work_view, workflows
 
 __all__ = ["build_async_blueprint", "starter_for"]
 
@@ -48,32 +48,17 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     async def publish_completion(payload: str) -> dict:
         return await activities.publish_completion(services, _decoded(payload))
 
-    @bp.route(route="results/{id}", methods=["GET", "DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(route="results/{id}", methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
     @bp.durable_client_input(client_name="client")
     async def results(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """GET: the result of an async request (202 while running). DELETE: cancel it, or delete a finished one."""
-        try:
-            request = await inbound(req)
-            instance_id = ids.instance_id(request.path.rstrip("/").rsplit("/", 1)[-1])
-            if req.method == "DELETE":
-                out = await starter.cancel(client, services, request, instance_id)
-            else:
-                out = await starter.get_result(client, services, request, instance_id)
-        except GatewayError as exc:
-            out = error_outbound(exc)
-        return to_response(out)
+        return await _async_route(services, req, client, "result")
 
-    @bp.route(route="status/{id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(route="status/{id}", methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
     @bp.durable_client_input(client_name="client")
     async def status(req: Request, client: df.DurableOrchestrationClient) -> Response:
         """The Durable status of an async request, to its caller only: no system key ever leaves the gateway."""
-        try:
-            request = await inbound(req)
-            instance_id = ids.instance_id(request.path.rstrip("/").rsplit("/", 1)[-1], what="status")
-            out = await starter.get_status(client, services, request, instance_id)
-        except GatewayError as exc:
-            out = error_outbound(exc)
-        return to_response(out)
+        return await _async_route(services, req, client, "status")
 
     @bp.orchestration_trigger(context_name="context", orchestration=workflows.BATCH_ORCHESTRATOR)
     def batch_job(context: df.DurableOrchestrationContext):
@@ -127,6 +112,15 @@ def _register_activity(bp: df.Blueprint, services: Services, name: str, implemen
         return await implementation(services, _decoded(payload))
 
     bp.activity_trigger(input_name="payload", activity=name)(_renamed(activity, name))
+
+
+async def _async_route(services: Services, req: Request, client: Any, route: str) -> Response:
+    """`/results/{id}` or `/status/{id}` (see orchestrations/async_routes.py); every method reaches it (405 there)."""
+    try:
+        request = await inbound(req)
+    except GatewayError as exc:
+        return to_response(error_outbound(exc))
+    return to_response(await async_routes.answer(client, services, request, route))
 
 
 def _batch_route(services: Services, name: str):

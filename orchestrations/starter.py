@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway import errors, tracing
+from gateway import errors, ids, tracing
 from gateway.bootstrap import Services
 from gateway.completions import publish_once
 from gateway.deferral import Deferred, prefers_async
 from gateway.headers import forwarded_headers
 from gateway.messages import Inbound, Outbound
 from gateway.state_sync import STORAGE_ERRORS
+from gateway.translate import without_credentials
 from gateway.usage_store import RETENTION_DAYS
 
 from .activities import completion_message, ended, record_unanswered, result_url, status_url
@@ -97,7 +98,7 @@ async def accept(services: Services, deferred: Deferred) -> dict[str, Any]:
         "api_style": route.api_style,
         "operation": route.operation,
         "path": inbound.path,
-        "query": inbound.query,
+        "query": without_credentials(inbound.query),  # a key or SAS in the query string is never stored
         "headers": headers,
         # The async deadline is the smaller of GATEWAY_ASYNC_TTL_S and the request's own time to live.
         "deadline": min(time.time() + services.settings.async_ttl_s, deferred.lane.expires_at or math.inf),
@@ -116,7 +117,7 @@ async def get_status(client: Any, services: Services, inbound: Inbound, instance
 
     202 with Retry-After while the work runs, 200 once it has ended, 404 to anyone else.
     """
-    status, _ = await _owned(client, services, inbound, instance_id)
+    status, _ = await _owned(client, services, inbound, instance_id, "status")
     runtime = status.runtime_status.value
     body = {
         "name": status.name,
@@ -211,14 +212,17 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
     }
 
 
-async def _owned(client: Any, services: Services, inbound: Inbound, instance_id: str) -> tuple[Any, dict[str, Any]]:
-    """The instance's status and input, if it exists and belongs to this caller; else 404 (existence not revealed)."""
+async def _owned(
+    client: Any, services: Services, inbound: Inbound, instance_id: str, what: str = "result"
+) -> tuple[Any, dict[str, Any]]:
+    """The instance's status and input, if it exists and belongs to this caller; else the 404 a malformed id gets
+    (`ids.unknown(what)`), so nothing is revealed about what exists."""
     caller = await services.callers.authenticate(inbound.headers)
     services.governance.admit(caller, None)  # a suspended caller reads nothing either
     status = await client.get_status(instance_id, show_input=True)
     request = _as_dict(status.input_) if status.runtime_status is not None else None
     if not request or request.get("caller") != caller.name:
-        raise errors.not_found(f"No result with id '{instance_id}'.", code="result_not_found")
+        raise ids.unknown(what)
     return status, request
 
 

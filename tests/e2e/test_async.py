@@ -19,6 +19,7 @@ import httpx
 import pytest
 from azure.storage.queue import QueueClient
 
+from tests.support.azurite import Azurite
 from tests.support.devhost import DevHost
 from tests.support.fake_openai import FakeAzureOpenAI, Fault
 
@@ -26,6 +27,9 @@ KEY, OTHER_KEY = "async-key", "someone-else"
 OPERATOR = {"x-functions-key": "devhost-function-key"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello asynchronously"}]}
 ASYNC = {"api-key": KEY, "Prefer": "respond-async"}
+# What GET /status/{id} answers (README): the Durable status object without its input.
+FINAL = ("Completed", "Failed", "Terminated")
+STATUS_KEYS = {"name", "instanceId", "runtimeStatus", "customStatus", "output", "createdTime", "lastUpdatedTime"}
 
 
 class Stack:
@@ -49,10 +53,12 @@ class Stack:
         while time.monotonic() < deadline:
             answer = self.http.get(status_url)
             status = answer.json()
-            assert answer.status_code == (202 if status["runtimeStatus"] in ("Pending", "Running") else 200)
-            if status["runtimeStatus"] in ("Completed", "Failed", "Terminated"):
-                assert "input" not in status  # the orchestration input is never shown
-                return status
+            assert set(status) == STATUS_KEYS  # the documented seven: never `input`, nothing else
+            if status["runtimeStatus"] not in FINAL:  # Pending, Running, ...: still running
+                assert answer.status_code == 202 and int(answer.headers["Retry-After"]) >= 1, answer.headers
+                continue
+            assert answer.status_code == 200 and "retry-after" not in answer.headers
+            return status
         raise AssertionError(f"still {status['runtimeStatus']} after {timeout_s} s: {status}")
 
     def submit(self, body: dict, **headers: str) -> httpx.Response:
@@ -169,6 +175,9 @@ def test_cancel_with_delete_ends_the_work_and_publishes_cancelled_once(fresh: St
     result_url = answer.json()["result_url"]
     pending = fresh.http.get(result_url)
     assert pending.status_code == 202 and pending.json()["status"] == "running"
+    running = fresh.http.get(answer.headers["Location"])  # the status route while the work waits out the 429s
+    assert running.status_code == 202 and int(running.headers["Retry-After"]) >= 1
+    assert set(running.json()) == STATUS_KEYS and running.json()["runtimeStatus"] not in FINAL
     cancelled = fresh.http.delete(result_url)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert fresh.poll(answer.headers["Location"])["runtimeStatus"] == "Terminated"
@@ -185,12 +194,21 @@ def test_durable_urls_only_by_opt_in_and_no_credential_in_durable_state(azurite)
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
         with running_stack(azurite, weu, neu, GATEWAY_EXPOSE_DURABLE_URLS="true") as stack:
-            done = stack.submit(CHAT, **{"authorization": "Bearer not-a-gateway-key"}).json()
+            in_query = {
+                "api-key": KEY, "code": "host-code-5e1", "sig": "sas-sig-9d2", "key": "plain-key-4b7",
+                "token": "tok-8c3", "Subscription-Key": "apim-key-2f6", "x-my-apikey": "custom-key-1a0",
+            }  # fmt: skip
+            query = "api-version=2024-10-21&" + "&".join(f"{k}={v}" for k, v in in_query.items()) + "&keep=me"
+            headers = {**ASYNC, "authorization": "Bearer not-a-gateway-key"}
+            submitted = stack.http.post(f"/v1/chat/completions?{query}", json=CHAT, headers=headers)
+            assert submitted.status_code == 202, submitted.text
+            done = submitted.json()
             stack.poll(done["status_url"])
             durable = httpx.get(done["statusQueryGetUri"] + "&showInput=true&showHistory=true&showHistoryOutput=true")
-            durable_input = durable.json()["input"]
-            assert durable.status_code == 200 and json.loads(durable_input)["caller"]
-            for secret in (KEY, "not-a-gateway-key", "fake-key"):
+            durable_input = json.loads(durable.json()["input"])
+            assert durable.status_code == 200 and durable_input["caller"]
+            assert durable_input["query"] == "api-version=2024-10-21&keep=me"  # only what is not a credential
+            for secret in (KEY, "not-a-gateway-key", "fake-key", *in_query.values()):
                 assert secret not in durable.text  # input, output, custom status and history
 
             for fake in (weu, neu):
@@ -259,3 +277,40 @@ def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
             assert done["purged"] >= 1
             assert stack.http.get(accepted["status_url"]).status_code == 404
             assert stack.http.get(accepted["result_url"]).status_code == 404
+
+
+def test_malformed_unknown_and_someone_elses_ids_get_the_same_404(fresh: Stack):
+    """No oracle: on each route, an id that cannot exist, one that does not, and another caller's look alike."""
+    mine = fresh.submit(CHAT).json()["id"]
+    fresh.poll(f"/status/{mine}")
+    malformed = ["zz", "0" * 31, "F" * 32, "g" * 32, mine + "0"]
+    for route, code in (("status", "status_not_found"), ("results", "result_not_found")):
+        answers = [fresh.http.get(f"/{route}/{value}") for value in [*malformed, uuid.uuid4().hex]]
+        answers.append(fresh.http.get(f"/{route}/{mine}", headers={"api-key": OTHER_KEY}))
+        if route == "results":
+            answers.append(fresh.http.delete(f"/results/{uuid.uuid4().hex}"))
+            answers.append(fresh.http.delete("/results/zz"))
+            answers.append(fresh.http.delete(f"/results/{mine}", headers={"api-key": OTHER_KEY}))
+        assert {a.status_code for a in answers} == {404}
+        assert [a.json() for a in answers] == [answers[0].json()] * len(answers)
+        assert answers[0].json()["error"]["code"] == code and mine not in answers[-1].text
+    assert fresh.http.get(f"/status/{mine}").status_code == 200  # the owner still gets it
+
+
+def test_results_answer_503_with_retry_after_while_storage_is_down():
+    """Azurite stopped: a result that cannot be read from Blob Storage is an outage to wait out, not a 500."""
+    weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
+    storage = Azurite().start()
+    try:
+        with weu.threaded(), neu.threaded(), running_stack(storage, weu, neu) as stack:
+            accepted = stack.submit(CHAT).json()
+            assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Completed"
+            storage.stop()
+            for method in ("GET", "DELETE"):
+                answer = stack.http.request(method, accepted["result_url"])
+                assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1, answer.text
+                error = answer.json()["error"]
+                assert (error["code"], error["type"]) == ("storage_unavailable", "service_unavailable")
+            assert "Traceback" not in stack.host.log()  # an outage, logged as one: not a crash
+    finally:
+        storage.stop()

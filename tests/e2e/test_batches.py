@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from azure.storage.queue import QueueClient
@@ -171,6 +172,32 @@ def test_malformed_files_are_refused_before_anything_is_sent(fresh: Stack, conte
         fresh.v1.files.create(file=("bad.jsonl", content), purpose="batch")
     assert fragment in info.value.body["message"] and info.value.body["code"] == "invalid_batch_file"
     assert not any(r.path.startswith("/openai/files") for fake in (fresh.weu, fresh.neu) for r in fake.requests)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "code", "param", "says"),
+    [
+        ("application/json", b'[{"input_file_id": "file-1", "endpoint": "/v1/chat/completions"}]', "invalid_json",
+         None, "must be an object, not an array"),
+        ("application/json", b'"batch"', "invalid_json", None, "not a string"),
+        ("application/json", b'{"input_file_id": "f", "endpoint": "/v1/chat/completions", "metadata": {"t": "\xff"}}',
+         "invalid_encoding", "metadata.t", "'metadata.t' is not valid UTF-8"),
+        ("text/plain", b'{"input_file_id": "f", "endpoint": "/v1/chat/completions"}', "unsupported_content_type",
+         "content-type", "application/json"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/v1/batches", "/openai/batches?api-version=2024-10-21"])
+def test_a_batch_body_that_is_not_a_json_object_is_a_400_naming_the_problem(
+    fresh: Stack, path, content_type, body, code, param, says
+):
+    answer = httpx.post(
+        fresh.host.url + path, content=body, headers={"api-key": KEY, "content-type": content_type}, timeout=30
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+    assert says in error["message"]
+    assert not any(r.path.startswith("/openai/batches") for fake in (fresh.weu, fresh.neu) for r in fake.requests)
 
 
 def test_files_and_batches_belong_to_their_caller(fresh: Stack):

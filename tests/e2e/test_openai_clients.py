@@ -162,8 +162,9 @@ def test_the_first_chunk_arrives_before_the_backend_sends_the_last(fresh: Stack)
 
 
 def test_gateway_errors_reach_the_sdk_as_typed_errors(fresh: Stack):
-    with pytest.raises(openai.AuthenticationError) as auth:
-        openai.OpenAI(base_url=fresh.host.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    wrong = openai.OpenAI(base_url=fresh.host.url + "/v1", api_key="wrong", max_retries=0)
+    with wrong, pytest.raises(openai.AuthenticationError) as auth:
+        wrong.models.list()
     assert auth.value.body["code"] == "invalid_api_key"
     with pytest.raises(openai.NotFoundError) as missing:
         fresh.v1().chat.completions.create(model="no-such-model", messages=MESSAGES)
@@ -213,6 +214,10 @@ def test_relayed_answers_carry_one_date_and_one_server_header(fresh: Stack):
         ("POST", "/v1/models/gpt-4o-mini", "GET"),
         ("PUT", "/v1/responses/resp_1", "GET, DELETE"),
         ("GET", "/v1/realtime/client_secrets", "POST"),
+        ("POST", "/results/" + "0" * 32, "GET, DELETE"),
+        ("PUT", "/results/not-even-an-id", "GET, DELETE"),
+        ("DELETE", "/status/" + "0" * 32, "GET"),
+        ("POST", "/status/" + "0" * 32, "GET"),
     ],
 )
 def test_a_wrong_method_gets_openais_405_with_allow(fresh: Stack, method: str, path: str, allow: str):

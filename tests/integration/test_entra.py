@@ -266,6 +266,37 @@ async def test_a_jwks_outage_refuses_only_tokens_no_cached_key_fits_and_is_logge
     assert all(known not in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("body", [[1, 2], "keys", {"keys": 5}, {"keys": None}, {"keys": [{"kty": "RSA"}, 7]}, {}])
+async def test_a_jwks_answer_that_is_json_but_not_a_key_set_means_no_keys_not_a_bug(
+    entra, validator, caplog, body
+):
+    entra.jwks_body = body
+    caplog.set_level(logging.INFO, logger="gateway.entra")
+    assert "signing keys unavailable" in await refused(validator, entra.token())
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and "unavailable" in warning.getMessage() and warning.exc_info is None
+    assert validator.unexpected_errors == 0 and entra.requests["jwks"] == 1
+
+
+async def test_a_bug_while_fetching_keys_is_logged_with_its_traceback_and_counted(entra, upstream, clock, caplog):
+    """A fetcher the test owns fails as a programming error would: not an outage, though the token is refused."""
+    fetches = 0
+
+    async def buggy(url: str, headers: dict[str, str]) -> Any:
+        nonlocal fetches
+        fetches += 1
+        if fetches == 1:
+            return await upstream.get_json(url, headers)  # the OpenID configuration
+        raise TypeError("a programming error in the key fetch")
+
+    validator = make_validator(upstream, clock, buggy, GATEWAY_ENTRA_ISSUER=entra.issuer)
+    caplog.set_level(logging.INFO, logger="gateway.entra")
+    assert "signing keys unavailable" in await refused(validator, entra.token())
+    assert validator.unexpected_errors == 1 and fetches == 2
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR and record.exc_info is not None and record.exc_info[0] is TypeError
+
+
 async def test_a_domain_tenant_discovers_its_issuers_on_the_public_cloud(upstream, clock):
     """No issuer override: the public cloud's configuration (served locally, as if DNS pointed here)."""
     async with FakeEntra(issuer_base=PUBLIC_CLOUD) as entra:

@@ -94,11 +94,8 @@ def test_a_streamed_response_ends_with_its_usage_and_no_done_marker(fakes):
     assert events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == weu.chunks
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == events[-1].response.output_text
-    short = list(
-        openai.OpenAI(base_url=f"{weu.url}/openai/v1", api_key=KEY, max_retries=0).responses.create(
-            model="gpt-4o-mini", input="Hi", stream=True, max_output_tokens=2
-        )
-    )
+    with openai.OpenAI(base_url=f"{weu.url}/openai/v1", api_key=KEY, max_retries=0) as client:
+        short = list(client.responses.create(model="gpt-4o-mini", input="Hi", stream=True, max_output_tokens=2))
     assert short[-1].type == "response.incomplete" and short[-1].response.usage.output_tokens == 2
 
 

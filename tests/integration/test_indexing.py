@@ -15,8 +15,8 @@ def test_sample_app_indexes(repo_root: Path) -> None:
 
 
 def test_function_app_indexes(repo_root: Path) -> None:
-    # The app validates its settings at import (it refuses to start misconfigured); the host indexes
-    # with the app settings present, so index with the sample settings a newcomer starts from.
+    # With valid settings (the sample a newcomer starts from) the full app is indexed: every data-plane, async,
+    # batch and operator function. Misconfigured, it indexes the stand-in routes instead (the test below).
     sample_settings = json.loads((repo_root / "local.settings.sample.json").read_text())["Values"]
     report = index_app_report(repo_root / "function_app.py", env=sample_settings)
     assert report["indexed"] == report["declared"], "every function of app.get_functions() is indexed"

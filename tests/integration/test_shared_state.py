@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 
 from gateway import errors, operations
 from gateway.bootstrap import Services, build_services
@@ -51,11 +52,30 @@ def env_for(weu: FakeAzureOpenAI, neu: FakeAzureOpenAI | None, connection: str, 
     return env
 
 
-def instance(env: dict, name: str, clock: Clock | None = None) -> Services:
+def instance(env: dict, name: str, clock: Clock | None = None, store_class: type[StateStore] = StateStore) -> Services:
     settings = load_settings(env)
     account = storage_account(env, settings.state_storage)
-    store = StateStore(lambda: account.table_client(settings.state_table, storage_credential), name)
+    store = store_class(lambda: account.table_client(settings.state_table, storage_credential), name)
     return build_services(settings, store=store, clock=clock or Clock())
+
+
+class BuggyStore(StateStore):
+    """The real store on Azurite, with a programming error the test switches on for one read or one write."""
+
+    bug_in: str | None = None  # "refresh" or "write"
+
+    def _bug(self, where: str) -> None:
+        if self.bug_in == where:
+            self.bug_in = None
+            raise TypeError(f"a programming error in the state store's {where}")
+
+    async def read_versions(self):
+        self._bug("refresh")
+        return await super().read_versions()
+
+    async def update_breaker(self, *args, **kwargs):
+        self._bug("write")
+        return await super().update_breaker(*args, **kwargs)
 
 
 def chat() -> Inbound:
@@ -191,6 +211,7 @@ async def test_storage_outage_degrades_to_local_state_and_resynchronises(backend
         await gw.pool.settle()
         await gw.pool.refresh()
         assert not gw.pool.storage_ok and gw.pool.status("weu", "gpt-4o-mini") == "open"
+        assert gw.pool.sync.unexpected_errors == 0  # an outage, not a bug
         unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(unreachable) == 1  # said once, not per request
 
@@ -203,6 +224,36 @@ async def test_storage_outage_degrades_to_local_state_and_resynchronises(backend
         await gw.close()
     finally:
         storage.stop()
+
+
+@pytest.mark.parametrize("bug_in", ["refresh", "write"])
+async def test_a_bug_in_the_store_is_logged_and_counted_never_taken_for_an_outage(
+    backends, azurite, table, caplog, bug_in
+):
+    weu, neu = backends
+    caplog.set_level(logging.WARNING, logger="gateway.pool")
+    gw = instance(env_for(weu, neu, azurite.connection_string, table), "A", store_class=BuggyStore)
+    assert (await gw.pipeline.handle(chat())).status == 200  # the state is loaded
+    await gw.pool.settle()
+    store = gw.pool.store
+    assert isinstance(store, BuggyStore)
+    store.bug_in = bug_in
+    if bug_in == "refresh":
+        await gw.pool.refresh()
+    else:
+        weu.enqueue(Fault.status(429, retry_after=30))  # the breaker's background write meets the bug
+        assert (await gw.pipeline.handle(chat())).headers["x-gateway-backend"] == "neu"
+        await gw.pool.settle()
+    assert store.bug_in is None  # the bug was met
+    assert gw.pool.storage_ok and gw.pool.sync.unexpected_errors == 1  # shared state still in use
+    assert operations.stats(gw.pool, gw.pipeline.requests)["unexpected_storage_errors"] == 1
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None and record.exc_info[0] is TypeError  # with its traceback
+    assert not any("unreachable" in r.getMessage() for r in caplog.records)
+    assert (await gw.pipeline.handle(chat())).status == 200
+    await gw.pool.refresh()  # the next refresh reads storage as before
+    assert gw.pool.storage_ok and gw.pool.sync.unexpected_errors == 1
+    await gw.close()
 
 
 async def test_probes_are_shared_and_steer_traffic(azurite, table):
@@ -232,6 +283,47 @@ async def test_probes_are_shared_and_steer_traffic(azurite, table):
         assert b.pool.state.backends["apim1"].ttfb_ms is not None  # probes feed the latency strategy
         await a.close()
         await b.close()
+
+
+class FailingCredential:
+    """A token credential the test owns: fails with `error` as azure-identity (or a bug) would."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def get_token(self, *scopes: str, **kwargs: object):
+        raise self.error
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "shown", "bug"),
+    [
+        (ClientAuthenticationError("no managed identity endpoint"), "ClientAuthenticationError", False),
+        (TypeError("a programming error in the credential"), "internal error", True),
+    ],
+)
+async def test_a_probe_that_fails_before_sending_is_a_failed_probe_and_a_bug_is_logged_as_one(
+    azurite, table, caplog, error, shown, bug
+):
+    caplog.set_level(logging.WARNING, logger="gateway.health")
+    async with FakeAzureOpenAI(name="apim1") as apim1:
+        env = env_for(apim1, None, azurite.connection_string, table)
+        env["GATEWAY_BACKEND_1"] = f"name=apim1;host={apim1.url};mode=apim;probe=/status;usemi=true;deployments=m"
+        settings = load_settings(env)
+        gw = build_services(settings, credential=FailingCredential(error))
+        results = await operations.probe(gw.attempts)
+        assert results["apim1"]["ok"] is False and results["apim1"]["error"] == shown
+        assert apim1.requests == []  # nothing was sent without a credential
+        assert gw.attempts.unexpected_errors == (1 if bug else 0)
+        [record] = caplog.records
+        if bug:
+            assert record.levelno == logging.ERROR and record.exc_info is not None and record.exc_info[0] is TypeError
+        else:
+            assert record.levelno == logging.WARNING and record.exc_info is None
+        await gw.close()
 
 
 async def test_disable_enable_and_reset_reach_every_instance(backends, azurite, table):

@@ -100,6 +100,8 @@ def paths() -> list[Case]:
         b"/openai/files/../deployments/gpt-4o-mini/chat/completions",
         b"/results/../openai/files",
         b"/results/..%2F..%2Fx",
+        b"/status/../openai/files",
+        b"/status/..%2F..%2Fx",
         b"/health/../v1/models",
         b"/" + b"a" * 6000,
         b"/%ff%fe",
@@ -115,7 +117,8 @@ def paths() -> list[Case]:
 
 def methods() -> list[Case]:
     routes = [b"/v1/chat/completions", b"/openai/deployments/gpt-4o-mini/embeddings", b"/v1/models",
-              b"/v1/files", b"/v1/batches", b"/v1/batches/batch_" + b"0" * 32, b"/results/" + b"0" * 32]  # fmt: skip
+              b"/v1/files", b"/v1/batches", b"/v1/batches/batch_" + b"0" * 32, b"/results/" + b"0" * 32,
+              b"/status/" + b"0" * 32]  # fmt: skip
     verbs = ["GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "FOO"]
     return [
         _case("methods", f"{verb} {route.decode()}", verb, route, [JSON], b"{}" if verb in ("PUT", "PATCH") else None)
@@ -297,8 +300,9 @@ def ids(rng: random.Random) -> list[Case]:
     bad = [b"..", b"%2e%2e", b"..%2F..%2Fx", b"a%2Fb", b"%00", b"%0d%0a", b"x" * 3000, b"%C3%A9", b"F" * 32,
            b"0" * 31, b"0" * 33, b"batch_..", b"file-..", b"file-" + b"0" * 32 + b"%2F..", b"-", b"_"]  # fmt: skip
     bad.append("".join(rng.choice(HEX) for _ in range(32)).encode())  # well formed, unknown
-    routes = [("GET", b"/results/"), ("DELETE", b"/results/"), ("GET", b"/v1/files/"), ("GET", b"/openai/files/"),
-              ("GET", b"/v1/batches/"), ("POST", b"/v1/batches/")]  # fmt: skip
+    routes = [("GET", b"/results/"), ("DELETE", b"/results/"), ("GET", b"/status/"), ("DELETE", b"/status/"),
+              ("GET", b"/v1/files/"), ("GET", b"/openai/files/"), ("GET", b"/v1/batches/"),
+              ("POST", b"/v1/batches/")]  # fmt: skip
     cases = []
     for value in bad:
         for method, prefix in routes:
@@ -351,8 +355,8 @@ def keys() -> list[Case]:
     ]  # fmt: skip
     cases = []
     for index, headers in enumerate(presented):
-        for target in (b"/v1/chat/completions", b"/v1/files", b"/results/" + b"0" * 32):
-            method = "GET" if target.startswith(b"/results") else "POST"
+        for target in (b"/v1/chat/completions", b"/v1/files", b"/results/" + b"0" * 32, b"/status/" + b"0" * 32):
+            method = "GET" if target.startswith((b"/results", b"/status")) else "POST"
             wire = any(b"\x00" in v for _, v in headers)
             cases.append(_case("keys", f"key variant {index} {target[:10].decode()}", method, target,
                                [JSON, *headers], _json(CHAT), key=False, wire=wire))  # fmt: skip

@@ -29,7 +29,8 @@ OWNED = [
     (re.compile(r"/openai/v1(/.*)?"), ALL),
     (re.compile(r"/openai/models"), ALL),
     (re.compile(r"/openai/(files|batches)(/.*)?"), ALL),
-    (re.compile(r"/results/[^/]+"), {"GET", "DELETE"}),
+    (re.compile(r"/results/[^/]+"), ALL),
+    (re.compile(r"/status/[^/]+"), ALL),
     (re.compile(r"/health"), {"GET"}),
 ]
 UPSTREAM = re.compile(r"/openai/deployments/(?P<deployment>[A-Za-z0-9_.-]{1,64})/(?P<operation>.+)")

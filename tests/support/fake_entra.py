@@ -44,6 +44,7 @@ class FakeEntra:
         self.add_key()
         self.requests = {"openid": 0, "jwks": 0}
         self.fail_jwks = False  # answer the JWKS with a 503
+        self.jwks_body: Any = None  # when set, the JWKS answers this JSON (200) instead of the key set
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -106,6 +107,8 @@ class FakeEntra:
         self.requests["jwks"] += 1
         if self.fail_jwks:
             return web.json_response({"error": "unavailable"}, status=503)
+        if self.jwks_body is not None:
+            return web.json_response(self.jwks_body)
         keys = []
         for kid, key in self.keys.items():
             jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.translate import multipart_field, outgoing, resolve, upstream_path, with_multipart_field
+from gateway.translate import (
+    multipart_field,
+    outgoing,
+    resolve,
+    upstream_path,
+    with_multipart_field,
+    without_credentials,
+)
 
 V = "2024-10-21"
 JSON = "application/json"
@@ -221,3 +228,19 @@ def test_multipart_model_is_rewritten_for_v1_backends_only():
     route = resolve("POST", "/openai/deployments/whisper/audio/translations", "", ctype, azure, V)
     assert with_multipart_field(ctype, azure, "model", "w") == outgoing(route, "v1", "w", azure, ctype).body
     assert multipart_field(ctype, outgoing(route, "v1", "w", azure, ctype).body, "model") == "w"
+
+
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        ("api-version=2024-10-21&api-key=s&code=s&sig=s&key=s&token=s&stream=true",
+         "api-version=2024-10-21&stream=true"),
+        ("Subscription-Key=s&X-APIKEY=s&access_token=s&client_secret=s&password=s&codes=1", "codes=1"),
+        ("%61pi-key=s&api%2Dkey=s&api+key=s&a=1", "a=1"),  # names are compared decoded
+        ("a=%2F..&b=&&c", "a=%2F..&b=&c"),  # what stays is kept exactly as sent
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_credential_like_query_parameters_are_left_out(query, kept):
+    assert without_credentials(query) == kept
+

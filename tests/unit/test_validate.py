@@ -65,21 +65,27 @@ def test_good_bodies_and_nulls_pass_and_unknown_fields_are_the_backends_business
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body", "code"),
+    ("content_type", "body", "code", "param", "says"),
     [
-        ("application/json", b"[1]", "invalid_json"),
-        ("application/json", b'"text"', "invalid_json"),
-        ("application/json", b"", "invalid_json"),
-        ("application/json", b'{"a": "\xff"}', "invalid_encoding"),
-        ("application/json", b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
-        ("text/plain", b"{}", "unsupported_content_type"),
-        ("application/x-www-form-urlencoded", b"a=b", "unsupported_content_type"),
+        ("application/json", b"[1]", "invalid_json", None, "not an array"),
+        ("application/json", b'"text"', "invalid_json", None, "not a string"),
+        ("application/json", b"null", "invalid_json", None, "not null"),
+        ("application/json", b"", "invalid_json", None, "could not parse"),
+        ("application/json", b'{"a": "\xff"}', "invalid_encoding", "a", "'a' is not valid UTF-8"),
+        ("application/json", b'{"messages": [{"content": "ok"}, {"content": "\xfe"}]}', "invalid_encoding",
+         "messages.[1].content", "'messages.[1].content'"),
+        ("application/json", b'{"\xff": 1}', "invalid_encoding", None, "The body is not valid UTF-8"),
+        ("application/json", b"[" * 100_000 + b"]" * 100_000, "invalid_json", None, "could not parse"),
+        ("text/plain", b"{}", "unsupported_content_type", "content-type", "'text/plain'"),
+        ("application/x-www-form-urlencoded", b"a=b", "unsupported_content_type", "content-type", "application/json"),
     ],
-)
-def test_bodies_that_are_not_a_json_object(content_type, body, code):
+)  # fmt: skip
+def test_bodies_that_are_not_a_json_object(content_type, body, code, param, says):
     with pytest.raises(GatewayError) as info:
         parse_body(content_type, body)
-    assert (info.value.status, json.loads(info.value.body())["error"]["code"]) == (400, code)
+    error = json.loads(info.value.body())["error"]
+    assert (info.value.status, error["code"], error["param"]) == (400, code, param)
+    assert says in error["message"]
 
 
 def test_json_with_a_charset_parameter_and_without_a_content_type_is_json():
