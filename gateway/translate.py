@@ -116,7 +116,9 @@ def resolve(
     explicit = next((v for k, v in params if k == "api-version" and v), "")
     if explicit and not _API_VERSION.fullmatch(explicit):
         raise errors.bad_request("The api-version is not valid.", code="invalid_api_version", param="api-version")
-    rest = urlencode([(k, v) for k, v in params if k not in _OWN_QUERY])
+    # The gateway's own parameters, and anything credential-like (a client's `?api-key=` is the gateway's key),
+    # never reach a backend.
+    rest = urlencode([(k, v) for k, v in params if k not in _OWN_QUERY and not _CREDENTIAL_QUERY.fullmatch(k.strip())])
 
     if path.startswith(_AZURE_PREFIX):
         deployment, _, operation = path[len(_AZURE_PREFIX) :].partition("/")

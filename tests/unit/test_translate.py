@@ -244,3 +244,13 @@ def test_multipart_model_is_rewritten_for_v1_backends_only():
 def test_credential_like_query_parameters_are_left_out(query, kept):
     assert without_credentials(query) == kept
 
+
+
+@pytest.mark.parametrize("path", ["/openai/deployments/gpt-4o/chat/completions", "/v1/chat/completions"])
+def test_a_credential_in_the_query_never_reaches_a_backend(path):
+    """A client that authenticates with `?api-key=` would otherwise hand the gateway's key to every backend."""
+    body = b'{"model": "gpt-4o", "messages": []}'
+    route = resolve("POST", path, "api-key=gw-secret&Access_Token=t&sig=s&x=1", JSON, body, V)
+    assert route.query == "x=1"
+    sent = upstream_path(route, "gpt-4o-weu")
+    assert "gw-secret" not in sent and "sig" not in sent and sent.endswith("x=1")
