@@ -75,8 +75,13 @@ class Services:
 
 
 def instance_id(env: Mapping[str, str]) -> str:
-    """Azure's own instance id when there is one; else host, process and a random suffix (unique per process)."""
-    return env.get("WEBSITE_INSTANCE_ID", "")[:16] or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """This process's name in shared state: the instance (Azure's id, else the host), the process and a random suffix.
+
+    Unique per process, not per instance: a worker restarted on the same instance, or a second worker process
+    (`FUNCTIONS_WORKER_PROCESS_COUNT`), must not take over the first one's slots, leases or usage rows.
+    """
+    machine = env.get("WEBSITE_INSTANCE_ID", "")[:16] or socket.gethostname()
+    return f"{machine}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def build_services(
