@@ -78,7 +78,9 @@ async def query(client: Any, upstream: Upstream, *, max_pages: int = DEFAULT_PAG
 
 async def _request(upstream: Upstream, url: str, token: str | None) -> tuple[list[Any], str | None]:
     """One page, and the token for the next one (None: this was the last)."""
-    answer = await upstream.send("GET", url, {CONTINUATION: token} if token else {}, None, total_s=_TIMEOUT_S)
+    headers = {CONTINUATION: token} if token else {}
+    # Not the backends' timeouts: a filtered query of the Instances table may take seconds on Azure.
+    answer = await upstream.send("GET", url, headers, None, total_s=_TIMEOUT_S, connect_s=5.0, read_s=_TIMEOUT_S)
     try:
         body = await answer.read()
     except BaseException:
