@@ -12,11 +12,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .affinity import Affinity, affinity_table
 from .attempt import Attempts
+from .batch_index import BatchIndex, batch_index_table
 from .callers import Callers
 from .completions import CompletionPublisher, build_publisher
 from .config import Settings, load_settings
@@ -59,12 +60,14 @@ class Services:
     auth: BackendAuth
     affinity: Affinity  # which backend keeps each response id (Responses API)
     usage_counters: UsageCounters | None = None  # per-minute usage shared by instances (None: not counted)
+    batch_index: BatchIndex = field(default_factory=lambda: BatchIndex(None))  # each caller's batches, newest first
 
     async def close(self) -> None:
         for part in (self.usage_counters, self.results, self.completions):
             if part is not None:
                 await part.close()
         await self.affinity.close()
+        await self.batch_index.close()
         await self.pool.close()
         if self.quotas.limiter is not None:
             await self.quotas.limiter.close()  # gives back unspent slices
@@ -96,6 +99,7 @@ def build_services(
     affinity: Affinity | None = None,
     clock: Callable[[], float] = time.time,
     usage_table: UsageTable | None = None,
+    batch_index: BatchIndex | None = None,
 ) -> Services:
     """Wires the services from settings and the stores given (tests pass Azurite-backed ones, or none).
 
@@ -134,6 +138,7 @@ def build_services(
         auth,
         affinity,
         counters,
+        batch_index or BatchIndex(None),
     )
 
 
@@ -162,6 +167,7 @@ def build_gateway(env: Mapping[str, str] | None = None) -> Services:
         leases=lambda: account.table_client(leases, storage_credential),
         affinity=affinity,
         usage_table=usage_table,
+        batch_index=BatchIndex(lambda: account.table_client(batch_index_table(table), storage_credential)),
     )
     if configure_exporter(env):
         services.usage.add_sink(TraceSink())

@@ -8,6 +8,7 @@ built from that orchestration's state. Files and batches belong to the caller (g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from gateway.multipart import Data, End, MultipartReader, PartStart
 from gateway.state_sync import STORAGE_ERRORS
 from gateway.translate import multipart_boundary, parse_body
 
+from . import instance_query
 from .workflows import BATCH_ORCHESTRATOR, RUNNING
 
 __all__ = ["handle"]
@@ -41,6 +43,10 @@ MAX_JSON_BODY = 64 * 1024  # a batch create body: ids, endpoint, window, metadat
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around an upload
 MAX_FIELD = 1024  # a text field of the upload form (purpose)
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+# A batch's instance is created a moment after its id (which carries the time, from the same host's clock) is
+# made: the page's query reaches a little before its oldest id and well after its newest. Older batches would
+# come first in the query's id order; newer ones come after the page's and cost nothing.
+_BEFORE, _AFTER = timedelta(seconds=1), timedelta(seconds=60)
 
 
 async def handle(
@@ -72,7 +78,7 @@ async def handle(
                 request = await _json_body(inbound, body or _empty())
                 return await create_batch(client, services, inbound, request, identity)
             if item is None and method == "GET":
-                return await list_batches(client, caller, inbound.query)
+                return await list_batches(client, services, caller, inbound.query)
             if item is not None and method == "GET" and action is None:
                 return _json(200, await _batch_view(client, caller, ids.batch_id(item)))
             if item is not None and method == "POST" and action == "cancel":
@@ -211,43 +217,73 @@ async def create_batch(
         "poll_min_s": settings.batch_poll_min_s,
         "poll_max_s": settings.batch_poll_max_s,
     }
-    await client.start_new(BATCH_ORCHESTRATOR, batch_id, job)
+    await services.batch_index.add(caller, batch_id)  # first: a batch that runs is always listed
+    try:
+        await client.start_new(BATCH_ORCHESTRATOR, batch_id, job)
+    except Exception:
+        log.exception("Could not start the batch orchestration %s", batch_id)
+        with contextlib.suppress(*STORAGE_ERRORS):  # else the listing skips the row: its instance does not exist
+            await services.batch_index.remove(caller, batch_id)
+        raise errors.unavailable(503, "The gateway could not start the batch; retry later.", 5) from None
     return _json(200, batch_object(job, {"status": "validating"}))
 
 
-async def list_batches(client: Any, caller: str, query: str) -> Outbound:
-    """The caller's batches, newest first, `limit` at a time after `after`: one query filtered on the caller's
-    id prefix (and, after `after`, on creation time), never a status call per instance. Batch ids sort by
-    creation time within a caller, so the cursor is the id itself."""
+async def list_batches(client: Any, services: Services, caller: str, query: str) -> Outbound:
+    """The caller's batches, newest first, `limit` at a time after `after`: the ids come from the caller's
+    partition of the batch index (one range query), their state from the instance query over the page's
+    creation times (see `_statuses`). Never a scan of every instance, never another caller's batch."""
     params = dict(parse_qsl(query, keep_blank_values=True))
     limit = _limit(params.get("limit"))
-    after = params.get("after") or None
-    created_to = None
-    if after is not None:
-        ids.batch_id(after)
-        if (created_ms := ids.batch_created_ms(after)) is not None:
-            created_to = datetime.fromtimestamp(created_ms / 1000, UTC) + timedelta(seconds=1)  # times are whole s
-    statuses = await client.get_status_by(
-        created_time_to=created_to, instance_id_prefix="batch_" + ids.caller_tag(caller)
-    )
-    rows = sorted(
-        ((status.instance_id, job, status) for status in statuses if (job := _job(status, caller)) is not None),
-        key=lambda row: row[0],
-        reverse=True,
-    )
-    if after is not None:
-        rows = [row for row in rows if row[0] < after]
-    page = [_view(job, status) for _, job, status in rows[:limit]]
+    cursor = params.get("after") or None
+    if cursor is not None:
+        ids.batch_id(cursor)
+    views: list[dict[str, Any]] = []
+    more = True
+    while more and len(views) <= limit:  # a second round only when rows had no instance (a start that failed)
+        batch_ids, more = await services.batch_index.newest(caller, cursor, limit + 1 - len(views))
+        found = await _statuses(client, services, caller, batch_ids)
+        views += [_view(*found[batch_id]) for batch_id in batch_ids if batch_id in found]
+        cursor = batch_ids[-1] if batch_ids else cursor
+    data = views[:limit]
     return _json(
         200,
         {
             "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(rows) > limit,
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(views) > limit,
         },
     )
+
+
+async def _statuses(
+    client: Any, services: Services, caller: str, batch_ids: list[str]
+) -> dict[str, tuple[dict[str, Any], Any]]:
+    """Job and status of each of the caller's `batch_ids` that exists: the instance query over the caller's id
+    prefix and the span of the ids' creation times, page by page until every id is found (usually one page)."""
+    wanted = set(batch_ids)
+    created = [ms for batch_id in batch_ids if (ms := ids.batch_created_ms(batch_id)) is not None]
+    found: dict[str, tuple[dict[str, Any], Any]] = {}
+    if not created:
+        return found
+    pages = instance_query.pages(
+        client,
+        services.upstream,
+        created_from=datetime.fromtimestamp(min(created) / 1000, UTC) - _BEFORE,
+        created_to=datetime.fromtimestamp(max(created) / 1000, UTC) + _AFTER,
+        prefix="batch_" + ids.caller_tag(caller),
+        show_input=True,
+        top=len(batch_ids) + 1,
+    )
+    async for page in pages:
+        for status in page:
+            if status.instance_id in wanted and (job := _job(status, caller)) is not None:
+                found[status.instance_id] = (job, status)
+        if len(found) == len(wanted):
+            await pages.aclose()
+            break
+    return found
 
 
 async def cancel_batch(client: Any, services: Services, caller: str, batch_id: str) -> Outbound:

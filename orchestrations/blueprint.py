@@ -89,12 +89,12 @@ def build_async_blueprint(services: Services) -> df.Blueprint:
     @bp.route(route="gateway/work", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
     @bp.durable_client_input(client_name="client")
     async def recent_work(req: Request, client: df.DurableOrchestrationClient) -> JSONResponse:
-        """Async requests and batches created in the last `hours` (operator console): one instance query."""
+        """Async requests and batches created in the last `hours` (operator console), newest first."""
         try:
             hours = float(req.query_params.get("hours") or 1)
         except ValueError:
             hours = 1.0
-        return JSONResponse(await work_view.recent_work(client, hours))
+        return JSONResponse(await work_view.recent_work(client, services.upstream, hours))
 
     @bp.timer_trigger(arg_name="timer", schedule=services.settings.housekeeping_schedule, run_on_startup=False)
     @bp.durable_client_input(client_name="client")

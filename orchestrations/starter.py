@@ -26,6 +26,7 @@ from gateway.state_sync import STORAGE_ERRORS
 from gateway.translate import without_credentials
 from gateway.usage_store import RETENTION_DAYS
 
+from . import instance_query
 from .activities import completion_message, ended, record_unanswered, result_url, status_url
 from .workflows import RELAY_ORCHESTRATOR, RUNNING
 
@@ -33,6 +34,7 @@ __all__ = ["accept", "cancel", "get_result", "get_status", "housekeeping", "publ
 
 log = logging.getLogger("orchestrations.starter")
 POLL_AFTER_S = "2"
+HOUSEKEEPING_PAGES = 20  # instance-query pages per housekeeping pass: 2,000 instances (a run every 15 min)
 # The body a client may see for each way an async request can end without a backend answer to relay.
 _END_STATUS = {"expired": 504, "cancelled": 409, "failed": 502}
 
@@ -182,23 +184,37 @@ async def publish_cancelled(services: Services, request: dict[str, Any]) -> bool
     return True
 
 
-async def housekeeping(client: Any, services: Services) -> dict[str, int]:
+async def housekeeping(client: Any, services: Services) -> dict[str, Any]:
     """Publishes `cancelled` for work terminated from outside (the durable terminate URL), then purges
-    finished instances and their blobs after GATEWAY_PURGE_AFTER_DAYS, expired response-affinity rows, and usage
-    rows older than the usage API's longest window. Filtered queries, not full lists."""
+    finished instances and their blobs (and a batch's index row) after GATEWAY_PURGE_AFTER_DAYS, expired
+    response-affinity rows, and usage rows older than the usage API's longest window.
+
+    Instances are read page by page (instance_query: the SDK's own query stops at the first 100), at most
+    HOUSEKEEPING_PAGES pages per pass; `complete` is false when a pass stopped there: the next run goes on."""
     from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
 
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.purge_after_days)
-    cancelled = purged = 0
-    for status in await client.get_status_by(created_time_from=cutoff, runtime_status=[Status.Terminated]):
-        request = await _input(client, status.instance_id)
+    terminated = await instance_query.query(
+        client,
+        services.upstream,
+        max_pages=HOUSEKEEPING_PAGES,
+        created_from=cutoff,
+        runtime_status=[Status.Terminated],
+        show_input=True,
+    )
+    cancelled = 0
+    for status in terminated.items:
+        request = _as_dict(status.input_)
         if request and request.get("caller") and await publish_cancelled(services, request):
             cancelled += 1
-    finished = [Status.Completed, Status.Failed, Status.Terminated]
-    for status in await client.get_status_by(created_time_to=cutoff, runtime_status=finished):
-        await services.results.delete(status.instance_id)
-        await client.purge_instance_history(status.instance_id)
-        purged += 1
+    purged, purged_all = await _purge_finished(client, services, cutoff)
+    complete = terminated.complete and purged_all
+    if not complete:
+        log.warning(
+            "Housekeeping stopped at its bound of %d pages (%d purged); the next run goes on",
+            HOUSEKEEPING_PAGES,
+            purged,
+        )
     expired_responses = await services.affinity.purge_expired()  # rows of responses the backends no longer keep
     usage_rows = 0
     if services.usage_counters is not None:  # per-minute usage rows past the usage API's longest window
@@ -209,7 +225,30 @@ async def housekeeping(client: Any, services: Services) -> dict[str, int]:
         "purged": purged,
         "expired_responses": expired_responses,
         "usage_rows_purged": usage_rows,
+        "complete": complete,
     }
+
+
+async def _purge_finished(client: Any, services: Services, cutoff: datetime) -> tuple[int, bool]:
+    """Purges finished instances created before `cutoff` as their pages come; (how many, whether all were)."""
+    from azure.durable_functions.models.OrchestrationRuntimeStatus import OrchestrationRuntimeStatus as Status
+
+    finished = [Status.Completed, Status.Failed, Status.Terminated]
+    purged = read = 0
+    pages = instance_query.pages(client, services.upstream, created_to=cutoff, runtime_status=finished, show_input=True)
+    async for page in pages:
+        for status in page:
+            await services.results.delete(status.instance_id)
+            request = _as_dict(status.input_)
+            if status.instance_id.startswith("batch_") and request and isinstance(request.get("caller"), str):
+                await services.batch_index.remove(request["caller"], status.instance_id)
+            await client.purge_instance_history(status.instance_id)
+            purged += 1
+        read += 1
+        if read >= HOUSEKEEPING_PAGES:
+            await pages.aclose()
+            return purged, False
+    return purged, True
 
 
 async def _owned(
@@ -224,11 +263,6 @@ async def _owned(
     if not request or request.get("caller") != caller.name:
         raise ids.unknown(what)
     return status, request
-
-
-async def _input(client: Any, instance_id: str) -> dict[str, Any] | None:
-    status = await client.get_status(instance_id, show_input=True)
-    return _as_dict(status.input_)
 
 
 def _iso(moment: datetime | None) -> str | None:

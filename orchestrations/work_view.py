@@ -1,8 +1,10 @@
-"""Recent async requests and batches for the operator console: one instance query, nothing per instance.
+"""Recent async requests and batches for the operator console: instance queries, nothing per instance.
 
-`GET /gateway/work?hours=1` lists the orchestrations created in the window (the Durable HTTP API's instance
-query: on Azure one read of the task hub's Instances table), newest first, at most `limit`. Only what an
-operator needs is shown: kind, state, caller and model, attempts or line counts, timestamps and the error
+`GET /gateway/work?hours=1` lists the newest orchestrations created in the window, at most `limit`. The Durable
+instance query answers a page at a time in instance-id order, not newest first, so the whole window is read,
+page by page (instance_query), at most WORK_PAGES pages: exact for windows of up to 2,000 instances; beyond
+that the answer says `"complete": false` (the newest of what was read), and a shorter `hours` helps. Only what
+an operator needs is shown: kind, state, caller and model, attempts or line counts, timestamps and the error
 message of work that failed. Never the request's headers or body.
 """
 
@@ -12,23 +14,27 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.upstream import Upstream
+
+from . import instance_query
 from .workflows import BATCH_ORCHESTRATOR, RELAY_ORCHESTRATOR
 
 __all__ = ["recent_work"]
 
 MAX_HOURS = 48
 MAX_ITEMS = 200
+WORK_PAGES = 20  # instance-query pages read per view (100 instances each)
 
 
-async def recent_work(client: Any, hours: float = 1.0, limit: int = 50) -> dict[str, Any]:
+async def recent_work(client: Any, upstream: Upstream, hours: float = 1.0, limit: int = 50) -> dict[str, Any]:
     """The async requests and batches created in the last `hours`, newest first."""
     hours = min(max(hours, 0.05), MAX_HOURS)
     limit = min(max(limit, 1), MAX_ITEMS)
     since = datetime.now(UTC) - timedelta(hours=hours)
-    statuses = await client.get_status_by(created_time_from=since)
-    items = [_item(s) for s in statuses if s.name in (RELAY_ORCHESTRATOR, BATCH_ORCHESTRATOR)]
-    items.sort(key=lambda i: i["created"] or "", reverse=True)
-    return {"since": _iso(since), "count": len(items), "items": items[:limit]}
+    listing = await instance_query.query(client, upstream, max_pages=WORK_PAGES, created_from=since, show_input=True)
+    ours = [s for s in listing.items if s.name in (RELAY_ORCHESTRATOR, BATCH_ORCHESTRATOR)]
+    items = [_item(s) for s in instance_query.newest_first(ours)[:limit]]
+    return {"since": _iso(since), "count": len(ours), "items": items, "complete": listing.complete}
 
 
 def _item(status: Any) -> dict[str, Any]:

@@ -267,16 +267,24 @@ def test_a_crashed_activity_is_retried_and_still_publishes_once(azurite):
 
 
 def test_housekeeping_purges_finished_work_and_its_blobs(azurite):
+    """More finished instances than one page of the Durable instance query (2 here, 100 on Azure, where the SDK's
+    own query stops at the first page): the console's work view and the housekeeping read every page."""
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
     with weu.threaded(), neu.threaded():
-        with running_stack(azurite, weu, neu, GATEWAY_PURGE_AFTER_DAYS="0") as stack:
-            accepted = stack.submit(CHAT).json()
-            assert stack.poll(accepted["status_url"])["runtimeStatus"] == "Completed"
-            assert stack.http.get(accepted["result_url"]).status_code == 200
+        with running_stack(azurite, weu, neu, GATEWAY_PURGE_AFTER_DAYS="0", DURABLE_STANDIN_PAGE_SIZE="2") as stack:
+            accepted = [stack.submit(CHAT).json() for _ in range(5)]
+            for one in accepted:
+                assert stack.poll(one["status_url"])["runtimeStatus"] == "Completed"
+                assert stack.http.get(one["result_url"]).status_code == 200
+            work = stack.http.get("/gateway/work", headers=OPERATOR).json()
+            assert {item["id"] for item in work["items"]} == {one["id"] for one in accepted} and work["complete"]
+            created = [item["created"] for item in work["items"]]
+            assert created == sorted(created, reverse=True)  # newest first
             done = stack.http.post("/gateway/async/housekeeping", headers=OPERATOR).json()
-            assert done["purged"] >= 1
-            assert stack.http.get(accepted["status_url"]).status_code == 404
-            assert stack.http.get(accepted["result_url"]).status_code == 404
+            assert done["purged"] == 5 and done["complete"] is True
+            for one in accepted:
+                assert stack.http.get(one["status_url"]).status_code == 404
+                assert stack.http.get(one["result_url"]).status_code == 404
 
 
 def test_malformed_unknown_and_someone_elses_ids_get_the_same_404(fresh: Stack):

@@ -13,12 +13,18 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
+from gateway.batch_index import batch_index_table, row_key
 from tests.support.devhost import DevHost
 from tests.support.fake_openai import BatchStep, FakeAzureOpenAI
 
 KEY, OTHER_KEY = "batch-key", "other-batch-key"
+OPERATOR = {"x-functions-key": "devhost-function-key"}
+# The Durable stand-in answers an instance query with at most this many instances, sorted by instance id, as the
+# extension does with its 100 on Azure; the list test makes more batches than that.
+PAGE = 4
 
 
 def requests_jsonl(n: int = 3) -> bytes:
@@ -37,6 +43,7 @@ def requests_jsonl(n: int = 3) -> bytes:
 class Stack:
     def __init__(self, weu: FakeAzureOpenAI, neu: FakeAzureOpenAI, host: DevHost, queue: QueueClient) -> None:
         self.weu, self.neu, self.host, self.queue = weu, neu, host, queue
+        self.index: TableClient | None = None  # the batch index table, read directly
         self.v1 = openai.OpenAI(base_url=host.url + "/v1", api_key=KEY, max_retries=0)
         self.azure = openai.AzureOpenAI(azure_endpoint=host.url, api_key=KEY, api_version="2024-10-21", max_retries=0)
 
@@ -78,6 +85,8 @@ def stack(azurite) -> Iterator[Stack]:
             "GATEWAY_API_KEYS": f"{KEY},{OTHER_KEY}",
             "GATEWAY_BATCH_POLL_MIN_S": "0.05",
             "GATEWAY_BATCH_POLL_MAX_S": "0.1",
+            "DURABLE_STANDIN_PAGE_SIZE": str(PAGE),
+            "GATEWAY_PURGE_AFTER_DAYS": "0",  # housekeeping (only on demand here) purges what has finished
             "GATEWAY_BACKEND_1": f"name=weu;host={weu.url};mode=direct;api-key=fake-key;priority=1;"
             "deployments=gpt-4o-mini;batch=gpt-4o-mini",
             "GATEWAY_BACKEND_2": f"name=neu;host={neu.url};mode=direct;api-key=fake-key;priority=2;"
@@ -86,8 +95,12 @@ def stack(azurite) -> Iterator[Stack]:
         with (
             DevHost(env=env) as host,
             QueueClient.from_connection_string(azurite.connection_string, "done-" + suffix) as queue,
+            TableClient.from_connection_string(
+                azurite.connection_string, batch_index_table(env["GATEWAY_STATE_TABLE"])
+            ) as index,
             contextlib.closing(Stack(weu, neu, host, queue)) as stack,
         ):
+            stack.index = index
             yield stack
 
 
@@ -211,23 +224,51 @@ def test_files_and_batches_belong_to_their_caller(fresh: Stack):
 
 
 def test_list_pages_the_callers_own_batches_newest_first(fresh: Stack):
-    """`limit`/`after` as OpenAI pages them (the SDK's auto-pagination follows `has_more`), one caller only."""
+    """`limit`/`after` as OpenAI pages them (the SDK's auto-pagination follows `has_more`), one caller only, with
+    more batches than one page of the Durable instance query holds (which has the oldest first)."""
     uploaded = fresh.v1.files.create(file=("requests.jsonl", requests_jsonl()), purpose="batch")
-    created = [
-        fresh.v1.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h").id
-        for _ in range(3)
-    ]
+    other = openai.OpenAI(base_url=fresh.host.url + "/v1", api_key=OTHER_KEY, max_retries=0)
+    theirs_file = other.files.create(file=("requests.jsonl", requests_jsonl()), purpose="batch")
+
+    def create(client: openai.OpenAI, file_id: str) -> str:
+        return client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id
+
+    created = [create(fresh.v1, uploaded.id) for _ in range(3)]
+    theirs = create(other, theirs_file.id)  # another caller's, created in between
+    created += [create(fresh.v1, uploaded.id) for _ in range(PAGE)]
+    newest_first = created[::-1]
     try:
         first = fresh.v1.batches.list(limit=2)
-        assert [b.id for b in first.data] == created[::-1][:2] and first.has_more
-        rest = fresh.v1.batches.list(limit=2, after=first.data[-1].id)
-        assert [b.id for b in rest.data][:1] == created[:1]
+        assert [b.id for b in first.data] == newest_first[:2] and first.has_more
+        assert all(b.endpoint == "/v1/chat/completions" and b.request_counts.total == 3 for b in first.data)
+        rest = fresh.v1.batches.list(limit=3, after=first.data[-1].id)
+        assert [b.id for b in rest.data] == newest_first[2:5] and rest.has_more
         every = [b.id for b in fresh.v1.batches.list(limit=1)]  # follows `after` page by page
-        assert every[:3] == created[::-1] and len(every) == len(set(every))
-        other = openai.OpenAI(base_url=fresh.host.url + "/v1", api_key=OTHER_KEY, max_retries=0)
-        assert not set(created) & {b.id for b in other.batches.list()}
+        assert every[: len(created)] == newest_first and len(every) == len(set(every))
+        assert theirs not in every
+        theirs_listed = [b.id for b in other.batches.list()]
+        assert theirs in theirs_listed and not set(created) & set(theirs_listed)
         with pytest.raises(openai.BadRequestError):
             fresh.v1.batches.list(limit=1000)
     finally:
         for batch_id in created:
             fresh.v1.batches.cancel(batch_id)
+        other.batches.cancel(theirs)
+        other.close()
+
+
+def test_housekeeping_purges_a_finished_batch_and_its_index_row(fresh: Stack):
+    """Last in the module: with GATEWAY_PURGE_AFTER_DAYS=0 the housekeeping purges every finished batch."""
+    fresh.weu.batch_script = ["completed"]
+    uploaded = fresh.v1.files.create(file=("requests.jsonl", requests_jsonl()), purpose="batch")
+    batch = fresh.v1.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert fresh.wait(batch.id).status == "completed"
+    assert fresh.index is not None
+    rows = list(fresh.index.query_entities("RowKey eq @key", parameters={"key": row_key(batch.id)}))
+    assert [row["BatchId"] for row in rows] == [batch.id]  # written when the batch was created
+    done = httpx.post(fresh.host.url + "/gateway/async/housekeeping", headers=OPERATOR, timeout=30).json()
+    assert done["purged"] >= 1 and done["complete"] is True
+    assert not list(fresh.index.query_entities("RowKey eq @key", parameters={"key": row_key(batch.id)}))
+    with pytest.raises(openai.NotFoundError):
+        fresh.v1.batches.retrieve(batch.id)
+    assert batch.id not in {b.id for b in fresh.v1.batches.list(limit=100)}

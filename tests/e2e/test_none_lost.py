@@ -2,10 +2,18 @@
 
 The Durable stand-in crashes 10 % of all activity executions (`DURABLE_STANDIN_CRASH_RATE`), each at random
 before the activity runs or after it (its side effects done, its result lost), and the AMQP test broker
-refuses 5 % of the completion messages sent to it (`refuse_sends`, a transient `amqp:internal-error`); both
-draw from generators seeded with SEED. Every request must end in exactly one completion message and a result
-`GET /results/{id}` returns: 0 lost, 0 duplicated. The counts and the time taken are printed (and recorded in
-docs/reliability.md). Faults are injected at the protocol boundaries only; the gateway's code runs unpatched.
+refuses 5 % of the completion messages sent to it (`refuse_sends`); both draw from generators seeded with SEED.
+The refusal is Service Bus's quota exceeded (`amqp:resource-limit-exceeded`, an entity full until its consumers
+catch up), which the azure-servicebus client does not retry itself: every refusal reaches the gateway's
+publisher, so its own retry (the Durable retry of `publish_completion`, then the orchestrator's timer) is what
+delivers the message. (A refusal the client retries, `amqp:internal-error`, was absorbed by its 4 tries and
+never reached the gateway; refusing one message on all 4 costs about 15 s of the client's back-off while the
+process's one sender waits, minutes for 50 messages.)
+
+Every request must end in exactly one completion message and a result `GET /results/{id}` returns: 0 lost,
+0 duplicated, and every refused message delivered later exactly once. The counts and the time taken are printed
+(and recorded in docs/reliability.md). Faults are injected at the protocol boundaries only; the gateway's code
+runs unpatched.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.support.amqp_broker import AmqpBroker
+from tests.support.amqp_broker import QUOTA_EXCEEDED, AmqpBroker
 from tests.support.devhost import DevHost
 from tests.support.durable_standin import CRASH_REASON
 from tests.support.fake_openai import FakeAzureOpenAI
@@ -107,7 +115,8 @@ async def activity_failures(http: httpx.AsyncClient, ids: list[str]) -> Counter[
 @pytest.mark.timeout(DEADLINE_S + 120)
 async def test_none_lost(azurite, capsys: pytest.CaptureFixture[str]) -> None:
     weu, neu = FakeAzureOpenAI(name="weu"), FakeAzureOpenAI(name="neu")
-    with AmqpBroker(refuse_sends=REFUSE_RATE, seed=SEED) as broker, weu.threaded(), neu.threaded():
+    broker = AmqpBroker(refuse_sends=REFUSE_RATE, seed=SEED, refuse_condition=QUOTA_EXCEEDED)
+    with broker, weu.threaded(), neu.threaded():
         env = {
             "AzureWebJobsStorage": azurite.connection_string,
             "GATEWAY_STATE_TABLE": "nonelost",
@@ -150,15 +159,21 @@ async def test_none_lost(azurite, capsys: pytest.CaptureFixture[str]) -> None:
         and results[m.message_id].headers.get("x-gateway-status") != json.loads(m.body)["status"]
     ]
     crashes = failures["crash before"] + failures["crash after"]
+    publish_failed = failures["publish_completion failed"]  # the gateway's publish retry path, per execution
+    refused_not_delivered_once = [i for i in broker.refused_ids if per_id[i] != 1]
     with capsys.disabled():
         print(
             f"\n  none lost | requests {REQUESTS} | completions {len(per_id)} {dict(statuses)} | lost {len(lost)}"
             f" | duplicated {len(duplicated)} | crashes injected {crashes} (before {failures['crash before']},"
-            f" after {failures['crash after']}) | publish failures injected {broker.refused} (reached the"
-            f" activity: {failures['publish_completion failed']}) | other activity failures"
-            f" {sum(failures.values()) - crashes - failures['publish_completion failed']}"
+            f" after {failures['crash after']}) | publish refusals injected {broker.refused} (failed publish"
+            f" activities: {publish_failed}; refused then delivered once:"
+            f" {len(broker.refused_ids) - len(refused_not_delivered_once)}) | other activity failures"
+            f" {sum(failures.values()) - crashes - publish_failed}"
             f" | backend calls {len(weu.requests) + len(neu.requests)} | {seconds:.1f} s"
         )
     assert (lost, duplicated, strays) == ([], [], set())
     assert unretrievable == {} and mismatched == []
-    assert crashes > 0 and failures["crash before"] > 0 and failures["crash after"] > 0 and broker.refused > 0
+    assert crashes > 0 and failures["crash before"] > 0 and failures["crash after"] > 0
+    # Every refusal reached the gateway's publish activity (unless an injected crash after it took its place) and
+    # the gateway's own retry delivered that message, once.
+    assert broker.refused > 0 and 0 < publish_failed <= broker.refused and refused_not_delivered_once == []

@@ -17,9 +17,9 @@ from azure.servicebus import ServiceBusClient as SyncServiceBusClient
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.amqp import AmqpAnnotatedMessage
-from azure.servicebus.exceptions import ServiceBusConnectionError, ServiceBusError
+from azure.servicebus.exceptions import ServiceBusConnectionError, ServiceBusError, ServiceBusQuotaExceededError
 
-from tests.support.amqp_broker import AmqpBroker, ReceivedMessage
+from tests.support.amqp_broker import QUOTA_EXCEEDED, AmqpBroker, ReceivedMessage
 from tests.support.ports import closed_port, port_is_open
 
 APPLICATION_PROPERTIES = {"deployment": "gpt-4o", "total_tokens": 42}
@@ -261,6 +261,22 @@ async def test_refused_sends_fail_as_a_transient_error_and_are_not_kept() -> Non
                         sent.append(f"m{number}")
         assert 0 < failed < 8 and broker.refused == failed
         assert [m.message_id for m in broker.messages("flaky")] == sent
+
+
+async def test_a_refusal_the_sdk_does_not_retry_reaches_the_sender_at_once() -> None:
+    """With its default retry policy the client hands a quota-exceeded refusal straight to its caller (one try),
+    and the next send on the same sender goes through."""
+    with AmqpBroker(refuse_sends=0.5, seed=3, refuse_condition=QUOTA_EXCEEDED) as broker:
+        failed: list[str] = []
+        async with ServiceBusClient.from_connection_string(broker.connection_string) as client:
+            async with client.get_queue_sender("full") as sender:
+                for number in range(8):
+                    try:
+                        await sender.send_messages(ServiceBusMessage(b"x", message_id=f"m{number}"))
+                    except ServiceBusQuotaExceededError:
+                        failed.append(f"m{number}")
+        assert failed and broker.refused == len(failed) and broker.refused_ids == failed  # one try each
+        assert [m.message_id for m in broker.messages("full")] == [f"m{n}" for n in range(8) if f"m{n}" not in failed]
 
 
 async def test_a_stopped_broker_comes_back_on_its_port_with_its_record() -> None:

@@ -19,6 +19,8 @@ from gateway.messages import Inbound
 from orchestrations import async_routes
 from tests.support.ports import closed_port
 
+pytestmark = pytest.mark.usefixtures("durable_sdk_session")
+
 KEY = "routes-key-3c1f"
 
 

@@ -201,6 +201,7 @@ async def test_queries_under_traffic_write_nothing_and_count_unflushed_traffic_o
     sent: list[tuple[str, str]] = []
     counters = UsageCounters(counted_table(azurite, name, "instance-a", sent), flush_interval_s=3600)
     now = int(time.time() // 60)
+    minute = int(THIS_MINUTE // 60)  # the records' minute: the module's import, maybe minutes before this test runs
     try:
         other(record("team-b"))
         await other.flush()
@@ -211,18 +212,18 @@ async def test_queries_under_traffic_write_nothing_and_count_unflushed_traffic_o
         sent_before = len(sent)
         for n in range(2, 22):
             counters(record())  # traffic: the flusher's next turn is an hour away
-            rows, instances = await counters.query(now - 90, now)
+            rows, instances = await counters.query(minute - 90, now)
             by_caller = {r["caller"]: r["requests"] for r in group(rows, ("caller",), per_minute=False)}
             assert by_caller == {"team-a": n + 1, "team-b": 1}  # unflushed ones once, the forgotten minute too
             assert instances == 2
-            this_minute = [c for key, c in rows if key[0] == now and key[1] == "team-a"]
+            this_minute = [c for key, c in rows if key[0] == minute and key[1] == "team-a"]
             assert [c.input_tokens for c in this_minute] == [10 * n]
         assert writes(sent) == 2 and counters.flushes == 1  # 20 queries under traffic: not one write
         assert [m for m, _ in sent[sent_before:]] == ["GET"] * 20  # one range read per query, nothing else
 
         await counters.flush()  # the flusher's own turn: the other instance now reads the same totals
         assert writes(sent) == 3  # this minute's partition only: the old one did not change
-        rows, instances = await other.query(now - 90, now)
+        rows, instances = await other.query(minute - 90, now)
         by_caller = {r["caller"]: r["requests"] for r in group(rows, ("caller",), per_minute=False)}
         assert by_caller == {"team-a": 22, "team-b": 1} and instances == 2
     finally:

@@ -20,8 +20,13 @@ needs to send messages and to receive and settle them:
 * ``$management`` requests (peek, renew lock, schedule...) get status 501, so the SDK
   raises a clear error instead of timing out.
 * Fault injection: ``AmqpBroker(refuse_sends=0.05, seed=7)`` rejects that share of the
-  messages sent to entities (``amqp:internal-error``, a transient failure the SDK retries),
-  chosen by a seeded generator; a refused message is not kept. ``refused`` counts them.
+  messages sent to entities, chosen by a seeded generator; a refused message is not kept.
+  ``refused`` counts them and ``refused_ids`` lists their message ids. The rejection carries
+  ``refuse_condition``: by default ``amqp:internal-error``, a transient failure the SDK
+  retries itself (4 tries, backing off: about 15 s for a message refused every time), so a
+  refusal rarely reaches the application; ``QUOTA_EXCEEDED`` (``amqp:resource-limit-exceeded``,
+  Service Bus's answer when an entity is full until its consumers catch up) is one the SDK
+  does not retry: every refusal reaches the code that called ``send_messages``.
   ``stop()`` then ``start()`` is an outage: same port, the record of what arrived kept.
 
 Tests inspect what arrived with :meth:`AmqpBroker.messages` and
@@ -63,6 +68,9 @@ HOST = "127.0.0.1"
 # The emulator's well-known SAS key; the broker does not check tokens.
 SAS_KEY_NAME = "RootManageSharedAccessKey"
 SAS_KEY_VALUE = "SAS_KEY_VALUE"
+# Rejection conditions for refused sends: retried inside the SDK, or handed to its caller.
+INTERNAL_ERROR = "amqp:internal-error"
+QUOTA_EXCEEDED = "amqp:resource-limit-exceeded"
 
 # Descriptor codes of the AMQP 1.0 message sections (header ... footer).
 _FIRST_SECTION, _LAST_SECTION = 0x70, 0x78
@@ -132,10 +140,14 @@ class AmqpBroker:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, *, refuse_sends: float = 0.0, seed: int | None = None) -> None:
+    def __init__(
+        self, *, refuse_sends: float = 0.0, seed: int | None = None, refuse_condition: str = INTERNAL_ERROR
+    ) -> None:
         self.port: int | None = None
         self.refuse_sends = refuse_sends
+        self.refuse_condition = refuse_condition
         self.refused = 0  # messages rejected by fault injection so far
+        self.refused_ids: list[Any] = []  # their message ids, in order
         self._rng = random.Random(seed)
         self._arrived: dict[str, list[ReceivedMessage]] = {}
         self._changed = threading.Condition()
@@ -158,7 +170,7 @@ class AmqpBroker:
         if self._thread is not None:
             raise RuntimeError("broker already started")
         self._injector = EventInjector()
-        handler = _BrokerHandler(self._record, self._injector, self._refuse)
+        handler = _BrokerHandler(self._record, self._injector, self._refuse, self.refuse_condition)
         container = Container(handler)
         container.selectable(self._injector)
         handler.acceptor = container.listen(f"{HOST}:{self.port or 0}")  # binds and listens now
@@ -228,12 +240,13 @@ class AmqpBroker:
             with self._changed:
                 self._changed.notify_all()
 
-    def _refuse(self) -> bool:
-        """Called on the reactor thread for every message sent to an entity: reject this one?"""
+    def _refuse(self, messages: list[ReceivedMessage]) -> bool:
+        """Called on the reactor thread for every message (or batch) sent to an entity: reject this one?"""
         if not self.refuse_sends or self._rng.random() >= self.refuse_sends:
             return False
         with self._changed:
             self.refused += 1
+            self.refused_ids.extend(m.message_id for m in messages)
         return True
 
     def _record(self, address: str, messages: list[ReceivedMessage]) -> None:
@@ -250,11 +263,13 @@ class _BrokerHandler(Handler):
         self,
         record: Callable[[str, list[ReceivedMessage]], None],
         injector: EventInjector,
-        refuse: Callable[[], bool] = lambda: False,
+        refuse: Callable[[list[ReceivedMessage]], bool] = lambda messages: False,
+        refuse_condition: str = INTERNAL_ERROR,
     ) -> None:
         self._record = record
         self._injector = injector
         self._refuse = refuse
+        self._refuse_condition = refuse_condition
         self.acceptor: Any = None  # proton's Acceptor, set by AmqpBroker.start()
         self._connections: set[Connection] = set()
         self._queues: dict[str, deque[bytes]] = {}
@@ -315,8 +330,9 @@ class _BrokerHandler(Handler):
             try:
                 self._on_message(link, encoded)
             except Exception as exc:  # the client's send fails with this; the broker keeps running
+                condition = self._refuse_condition if isinstance(exc, _Refused) else INTERNAL_ERROR
                 # The SDK reads the error's info field unconditionally: it must be present.
-                error = Condition("amqp:internal-error", f"test AMQP broker: {exc!r}", {"source": "AmqpBroker"})
+                error = Condition(condition, f"test AMQP broker: {exc!r}", {"source": "AmqpBroker"})
                 delivery.local.condition = error
                 delivery.update(Delivery.REJECTED)
             else:
@@ -333,10 +349,11 @@ class _BrokerHandler(Handler):
             detail = "not implemented by the test AMQP broker"
             self._reply(link, encoded, {"statusCode": 501, "statusDescription": detail})
         else:
-            if self._refuse():
-                raise _Refused("refused by fault injection (refuse_sends)")
             messages = _unbatch(encoded)
-            self._record(address, [ReceivedMessage.decode(m) for m in messages])
+            received = [ReceivedMessage.decode(m) for m in messages]
+            if self._refuse(received):
+                raise _Refused("refused by fault injection (refuse_sends)")
+            self._record(address, received)
             self._queues.setdefault(address, deque()).extend(messages)
             self._pump_all(address)
 
@@ -416,7 +433,7 @@ class _BrokerHandler(Handler):
 
 
 class _Refused(Exception):
-    """A send rejected on purpose; the client sees amqp:internal-error."""
+    """A send rejected on purpose; the client sees the broker's `refuse_condition`."""
 
 
 def _links[L: Link](connection: Connection, kind: type[L]) -> list[L]:

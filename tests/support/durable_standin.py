@@ -46,11 +46,22 @@ Settings (read from the environment when the host starts):
     ``DURABLE_STANDIN_CRASH_SEED`` (default 0), so a run gets the same sequence of decisions (which
     execution draws which one follows the order executions start). Every injected crash is logged as
     ``durable-standin: injected crash before|after activity ...``; ``DurableEngine.crashes`` counts them.
+
+``DURABLE_STANDIN_PAGE_SIZE`` (int > 0, default 100)
+    The instance query (``GET instances/?...``) pages as the extension's does: sorted by instance id (the Azure
+    Storage provider's Instances table is keyed by it), at most ``top`` per answer (this many when ``top`` is not
+    given: the extension's default page is 100), an ``x-ms-continuation-token`` response header when more match,
+    and that header honoured on the request. A page is also never longer than this, whatever ``top`` says: a
+    storage provider may answer fewer than ``top`` with a token (an Azure Table query response holds at most
+    1,000 entities), so with a small value tests see paging with a handful of instances. The Python SDK's
+    ``get_status_by`` sends neither ``top`` nor the token and reads no header (azure-functions-durable-python
+    #580), so code using it sees only the first page, as on Azure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import inspect
 import json
@@ -87,6 +98,7 @@ __all__ = [
     "CRASH_REASON",
     "CRASH_SEED_SETTING",
     "DURABLE_CLIENT",
+    "PAGE_SIZE_SETTING",
     "RPC_PREFIX",
     "TIME_SCALE_SETTING",
     "WEBHOOK_PREFIX",
@@ -102,6 +114,7 @@ __all__ = [
     "history_events",
     "parse_crash_rate",
     "parse_crash_setting",
+    "parse_page_size",
     "parse_time_scale",
     "read_task_hub",
     "status_payload",
@@ -111,6 +124,9 @@ TIME_SCALE_SETTING = "DURABLE_STANDIN_TIME_SCALE"
 CRASH_ACTIVITY_SETTING = "DURABLE_STANDIN_CRASH_ACTIVITY"
 CRASH_RATE_SETTING = "DURABLE_STANDIN_CRASH_RATE"
 CRASH_SEED_SETTING = "DURABLE_STANDIN_CRASH_SEED"
+PAGE_SIZE_SETTING = "DURABLE_STANDIN_PAGE_SIZE"
+DEFAULT_PAGE_SIZE = 100  # OrchestrationStatusQueryCondition.PageSize's default in the extension
+CONTINUATION_HEADER = "x-ms-continuation-token"
 CRASH_REASON = "worker crashed (injected)"
 
 ORCHESTRATION_TRIGGER = "orchestrationTrigger"
@@ -180,6 +196,16 @@ def parse_crash_rate(rate: str | None, seed: str | None = None) -> tuple[float, 
     except ValueError:
         raise ValueError(f"{CRASH_SEED_SETTING}={seed!r}: expected an integer") from None
     return value, number
+
+
+def parse_page_size(text: str | None) -> int:
+    """``DURABLE_STANDIN_PAGE_SIZE``: a positive integer (default 100, the extension's page)."""
+    if text is None or not text.strip():
+        return DEFAULT_PAGE_SIZE
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{PAGE_SIZE_SETTING} must be a positive integer, not {text!r}")
+    return value
 
 
 def read_task_hub(app_dir: Path | None, environ: Mapping[str, str] = os.environ) -> str:
@@ -842,8 +868,10 @@ class DurableStandIn:
         task_hub: str = DEFAULT_TASK_HUB,
         connection: str = DEFAULT_CONNECTION,
         functions: DurableFunctions | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         self.engine = engine
+        self.page_size = page_size
         self.system_key = system_key
         self.task_hub = task_hub
         self.connection = connection
@@ -870,7 +898,13 @@ class DurableStandIn:
             crash_rate=crash_rate,
             crash_seed=crash_seed,
         )
-        return cls(engine, system_key=system_key, task_hub=read_task_hub(app_dir, environ), functions=functions)
+        return cls(
+            engine,
+            system_key=system_key,
+            task_hub=read_task_hub(app_dir, environ),
+            functions=functions,
+            page_size=parse_page_size(environ.get(PAGE_SIZE_SETTING)),
+        )
 
     # ------------------------------------------------------------------------------ devhost hooks
 
@@ -895,6 +929,8 @@ class DurableStandIn:
             lines.append(
                 f" {TIME_SCALE_SETTING}={self.engine.time_scale:g}: durable timers wait that fraction of their time."
             )
+        if self.page_size != DEFAULT_PAGE_SIZE:
+            lines.append(f" {PAGE_SIZE_SETTING}={self.page_size}: instance queries answer that many at most.")
         if self.engine.crash_activity:
             crashes = ", ".join(f"{k}:{v}" for k, v in self.engine.crash_activity.items())
             lines.append(f" {CRASH_ACTIVITY_SETTING}={crashes}: those executions lose their result (fault injection).")
@@ -1049,9 +1085,18 @@ class DurableStandIn:
     async def _instances(self, request: Request) -> Response:
         if request.method == "DELETE":
             return self._purge_matching(request)
-        selected = self._matching(request)
+        selected = sorted(self._matching(request), key=lambda i: i.instance_id)
         show_input = _query_bool(request, "showInput", True)  # OrchestrationStatusQueryCondition's default
-        return JSONResponse([status_payload(i, show_input=show_input) for i in selected])
+        token = request.headers.get(CONTINUATION_HEADER)
+        if token:
+            start = _token_id(token)
+            selected = [i for i in selected if i.instance_id > start]
+        top = _int_query(request, "top")
+        page = selected[: min(top, self.page_size) if top is not None and top > 0 else self.page_size]
+        headers = {}
+        if len(page) < len(selected):
+            headers[CONTINUATION_HEADER] = _continuation(page[-1].instance_id)
+        return JSONResponse([status_payload(i, show_input=show_input) for i in page], headers=headers)
 
     def _matching(self, request: Request) -> list[OrchestrationInstance]:
         created_from = _parse_query_time(request.query_params.get("createdTimeFrom"))
@@ -1152,6 +1197,25 @@ def _local_base(request: Request) -> str:
         return str(request.base_url).rstrip("/")
     host, port = server
     return f"http://{host}:{port}"
+
+
+def _int_query(request: Request, name: str) -> int | None:
+    try:
+        return int(request.query_params[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _continuation(last_id: str) -> str:
+    """An opaque token (as the extension's are): the last instance id of the page, base64."""
+    return base64.b64encode(json.dumps({"after": last_id}).encode()).decode()
+
+
+def _token_id(token: str) -> str:
+    try:
+        return str(json.loads(base64.b64decode(token))["after"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _float_query(request: Request, name: str) -> float | None:
