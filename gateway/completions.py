@@ -78,6 +78,12 @@ class CompletionPublisher(Protocol):
     async def close(self) -> None: ...
 
 
+# The SDK's own retry (3 more tries, backing off) is short here: sends take turns on the one sender, so a message
+# the broker keeps refusing held every other completion of the process for ~15 s. One quick retry covers a blip;
+# the publish activity's Durable retry and the orchestration's backing-off timer (never given up) do the rest.
+SEND_RETRY: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, "retry_backoff_max": 1}
+
+
 class ServiceBusPublisher:
     """One ServiceBusClient and sender per process, created lazily and rebuilt after a failure.
 
@@ -175,9 +181,9 @@ def build_publisher(
             from azure.servicebus.aio import ServiceBusClient
 
             if settings.servicebus_connection:
-                return ServiceBusClient.from_connection_string(settings.servicebus_connection)
+                return ServiceBusClient.from_connection_string(settings.servicebus_connection, **SEND_RETRY)
             return ServiceBusClient(
-                settings.servicebus_namespace, credential_factory(settings.servicebus_client_id or None)
+                settings.servicebus_namespace, credential_factory(settings.servicebus_client_id or None), **SEND_RETRY
             )
 
         return ServiceBusPublisher(client, settings.completions_entity)

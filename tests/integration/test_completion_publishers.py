@@ -8,7 +8,9 @@ import base64
 import json
 import uuid
 
+import pytest
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import ServiceBusError
 from azure.storage.queue.aio import QueueClient
 
 from gateway.completions import CompletionMessage, build_publisher
@@ -105,3 +107,21 @@ async def test_concurrent_publishes_share_one_sender():
             await publisher.close()
         arrived = broker.wait_for("completions", len(sent))
         assert sorted(m.message_id for m in arrived) == sorted(m.id for m in sent)
+
+
+async def test_a_refused_send_is_handed_back_after_one_retry():
+    """A message the broker keeps refusing fails the publish after the client's one retry (its default is three,
+    backing off), so the sender it shares with every other completion of the process is free again soon; the
+    publish activity's Durable retry and the orchestration's timer try it again later."""
+    with AmqpBroker(refuse_sends=1.0) as broker:
+        settings = load_settings({**BASE, "COMPLETIONS_SERVICEBUS": broker.connection_string})
+        publisher = build_publisher(
+            settings, storage_account({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}), storage_credential
+        )
+        refused = message()
+        try:
+            with pytest.raises(ServiceBusError):
+                await publisher.publish(refused)
+        finally:
+            await publisher.close()
+        assert broker.refused_ids == [refused.id, refused.id]  # the first try and one retry, no more
