@@ -42,13 +42,16 @@ ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_
 # A publish that still fails after those retries (Service Bus or storage down) is tried again after a durable
 # timer, waiting 30 s, then twice as long each time up to 10 minutes: the completion is never given up.
 PUBLISH_WAIT_S, PUBLISH_MAX_WAIT_S = 30, 600
+# An attempt whose activity failed every execution is tried again after 10 s, then twice as long each time (at
+# most 10 minutes), within the request's deadline and attempt cap.
+ATTEMPT_WAIT_S = 10
 
 
 def relay_request(context: df.DurableOrchestrationContext):
     """Input: the AsyncRequest dict built by orchestrations.starter. Output: the completion message body."""
     request: dict[str, Any] = context.get_input()
     deadline = datetime.fromtimestamp(request["deadline"], UTC)
-    attempts = 0
+    attempts = crashes = 0
     avoid: list[str] = []
     tried: dict[str, Any] = {}  # the last backend (and deployment) an attempt tried
     outcome: dict[str, Any] | None = None
@@ -58,7 +61,11 @@ def relay_request(context: df.DurableOrchestrationContext):
             outcome = _ended("expired", "The request expired before a backend could serve it.", "expired")
             break
         if attempts >= request["max_attempts"]:
-            outcome = _ended("failed", f"No backend served the request in {attempts} attempts.", "attempts_exhausted")
+            if crashes and crashes == attempts:  # never ran to an answer: the gateway failed, not the backends
+                outcome = _ended("failed", "The gateway could not run the request.", "internal_error")
+            else:
+                message = f"No backend served the request in {attempts} attempts."
+                outcome = _ended("failed", message, "attempts_exhausted")
             break
         attempts += 1
         context.set_custom_status({"state": "calling", "attempt": attempts})
@@ -67,8 +74,22 @@ def relay_request(context: df.DurableOrchestrationContext):
                 ATTEMPT_ACTIVITY, ACTIVITY_RETRY, {"request": request, "attempt": attempts, "avoid": avoid}
             )
         except Exception:
-            outcome = _ended("failed", "The gateway could not run the request.", "internal_error")
-            break
+            # Every execution of this attempt failed (storage down longer than the activity's retries, workers
+            # recycled): one attempt spent; wait and try again, as after a busy backend, within the deadline.
+            crashes += 1
+            if attempts < request["max_attempts"]:
+                wait_s = min(ATTEMPT_WAIT_S * 2 ** (crashes - 1), PUBLISH_MAX_WAIT_S)
+                retry_at = min(context.current_utc_datetime + timedelta(seconds=wait_s), deadline)
+                context.set_custom_status(
+                    {
+                        "state": "waiting",
+                        "attempt": attempts,
+                        "reason": "activity_failed",
+                        "next_try_at": retry_at.isoformat(),
+                    }
+                )
+                yield context.create_timer(retry_at)
+            continue
         if result["status"] != "retry":
             outcome = result
             break

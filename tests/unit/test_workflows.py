@@ -178,18 +178,57 @@ def test_the_attempt_cap_ends_the_work_as_failed():
     assert (outcome["attempts"], outcome["backend"], outcome["deployment"]) == (2, "neu", "gpt-4o-mini-neu")
 
 
-def test_an_activity_that_keeps_crashing_still_ends_in_a_completion():
-    h = HistoryBuilder(workflows.RELAY_ORCHESTRATOR, input=request(), start=T0)
-    replay(h)
-    # call_activity_with_retry: attempt 0, retry timer 1, attempt 2, retry timer 3, attempt 4, final timer 5.
-    for event_id in (0, 2, 4):
+def crash(h: HistoryBuilder, event_id: int) -> int:
+    """Every execution of the attempt at `event_id` fails (attempt and retry timer, three times): the next id."""
+    for _ in range(3):
         h.failed_activity(event_id, workflows.ATTEMPT_ACTIVITY, "worker crashed")
         replay(h)
-        h.fired_timer(event_id + 1, h.now + timedelta(seconds=2 * (event_id // 2 + 1)))
-        replay(h)
+        h.fired_timer(event_id + 1, h.now + timedelta(seconds=2))
+        event_id += 2
+    return event_id
+
+
+def test_an_attempt_whose_activity_keeps_crashing_is_tried_again_after_a_wait():
+    """Storage down longer than the activity's own retries, workers recycled: one attempt spent, not the request."""
+    h = HistoryBuilder(workflows.RELAY_ORCHESTRATOR, input=request(), start=T0)
+    replay(h)
+    event_id = crash(h, 0)
     state = replay(h)
-    outcome = published(state)
+    assert not state["isDone"] and state["actions"][-1]["actionType"] == CREATE_TIMER
+    fire_at = h.now + timedelta(seconds=workflows.ATTEMPT_WAIT_S)
+    assert state["customStatus"] == {
+        "state": "waiting", "attempt": 1, "reason": "activity_failed", "next_try_at": fire_at.isoformat()
+    }  # fmt: skip
+    h.fired_timer(event_id, fire_at)
+    state = replay(h)
+    assert activity_input(state["actions"][-1])["attempt"] == 2
+    h.completed_activity(event_id + 1, workflows.ATTEMPT_ACTIVITY, succeeded("neu"))
+    assert published(replay(h)) == {**succeeded("neu"), "attempts": 2}
+
+
+def test_an_activity_that_keeps_crashing_still_ends_in_a_completion():
+    h = HistoryBuilder(workflows.RELAY_ORCHESTRATOR, input=request(max_attempts=2), start=T0)
+    replay(h)
+    event_id = crash(h, 0)
+    replay(h)
+    h.fired_timer(event_id, h.now + timedelta(seconds=workflows.ATTEMPT_WAIT_S))
+    replay(h)
+    crash(h, event_id + 1)
+    outcome = published(replay(h))
     assert outcome["status"] == "failed" and outcome["error"]["code"] == "internal_error"
+    assert outcome["attempts"] == 2
+
+
+def test_a_wait_after_a_crash_never_passes_the_deadline():
+    h = HistoryBuilder(workflows.RELAY_ORCHESTRATOR, input=request(deadline_s=5), start=T0)
+    replay(h)
+    event_id = crash(h, 0)  # 6 s of retries: past the 5 s deadline
+    state = replay(h)
+    deadline = T0 + timedelta(seconds=5)
+    assert state["customStatus"]["next_try_at"] == deadline.isoformat()
+    h.fired_timer(event_id, deadline)
+    outcome = published(replay(h))
+    assert outcome["status"] == "expired" and outcome["attempts"] == 1
 
 
 def test_a_publish_that_keeps_failing_is_tried_again_on_a_backing_off_timer():
