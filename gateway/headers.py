@@ -60,7 +60,8 @@ def forwarded_headers(
 ) -> dict[str, str]:
     """The client's headers a backend may see: the standard ones and `allowed` (GATEWAY_FORWARD_HEADERS), never
     credentials or hop-by-hop ones; our request id, identity encoding."""
-    drop = _REQUEST_DROP | _connection_options(inbound)
+    options = _connection_options(inbound)
+    drop = _REQUEST_DROP | options if options else _REQUEST_DROP
     headers = {k: v for k, v in inbound.items() if (k in STANDARD_FORWARDED or k in allowed) and k not in drop}
     headers["x-request-id"] = request_id
     headers["accept-encoding"] = "identity"  # we read usage from the bytes we relay
@@ -69,19 +70,26 @@ def forwarded_headers(
 
 def relayed_headers(backend: Mapping[str, str]) -> dict[str, str]:
     """The backend's answer headers a client may see (the gateway then adds its own)."""
-    drop = _RESPONSE_DROP | _connection_options(backend)
+    options = _connection_options(backend)
+    drop = _RESPONSE_DROP | options if options else _RESPONSE_DROP
     return {k: v for k, v in backend.items() if k.lower() not in drop}
 
 
 def _connection_options(headers: Mapping[str, str]) -> frozenset[str]:
-    """The header names a message's `Connection` header lists (every such header, any case): hop-by-hop too."""
-    return frozenset(
-        name.strip().lower()
-        for key, value in headers.items()
-        if key.lower() == "connection"
-        for name in value.split(",")
-        if name.strip()
-    )
+    """The header names a message's `Connection` header lists (every such header, any case): hop-by-hop too.
+
+    On the request path for every answer: a case-insensitive multidict (aiohttp's) is asked, not walked, and a
+    `Connection` that names only itself (`keep-alive`, `close`) adds nothing."""
+    getall = getattr(headers, "getall", None)
+    values = getall("connection", ()) if getall else [v for k, v in headers.items() if k.lower() == "connection"]
+    if not values:
+        return _NO_OPTIONS
+    names = {name.strip().lower() for value in values for name in value.split(",")} - _SELF_OPTIONS
+    return frozenset(names) if names else _NO_OPTIONS
+
+
+_NO_OPTIONS: frozenset[str] = frozenset()
+_SELF_OPTIONS = frozenset({"", "close", "keep-alive"})  # already dropped (or not a header)
 
 
 def client_request_id(headers: Mapping[str, str]) -> str | None:
