@@ -74,4 +74,4 @@ bench: deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null || true; }; } || true
 	@command -v wrk >/dev/null || echo "wrk not available: the asyncio client measures every workload"
-	$(PY) -m bench.run $(if $(PEERS),--peers $(PEERS)) $(BENCH_ARGS)
+	$(PY) -m bench.run --with-limits $(if $(PEERS),--peers $(PEERS)) $(BENCH_ARGS)

@@ -536,6 +536,17 @@ def check_targets(rows: list[dict], import_s: float | None, refresh_s: float = 1
         if gw["stream"] and gw["ttfb_p50_ms"] is not None and floor["ttfb_p50_ms"] is not None:
             added = gw["ttfb_p50_ms"] - floor["ttfb_p50_ms"]
             add("stream TTFB within 2 ms of floor-asgi", workload, f"{added:+.3f} ms", added <= 2.0)
+    for (target, workload), limited in sorted(by.items()):  # the `<workload>-limits` rows (issue 12)
+        plain = by.get(("gateway", workload))
+        if target != LIMITS_TARGET or plain is None:
+            continue
+        if limited["cpu_ms_per_req"] and plain["cpu_ms_per_req"]:
+            ratio = limited["cpu_ms_per_req"] / plain["cpu_ms_per_req"]
+            add("CPU/req with limits ≤ 1.2 x without", f"{workload}-limits",
+                f"{limited['cpu_ms_per_req']:.3f} vs {plain['cpu_ms_per_req']:.3f} ms ({ratio:.2f}x)", ratio <= 1.2)
+        if limited["storage_ops_per_req"] is not None:
+            ops_per_req = limited["storage_ops_per_req"]
+            add("storage ops/req with limits ≤ 0.05", f"{workload}-limits", f"{ops_per_req:.4f}", ops_per_req <= 0.05)
     gw_rows = [r for r in rows if r["target"] == "gateway"]
     ops = [r["storage_ops_per_req"] for r in gw_rows]
     if gw_rows:
@@ -640,6 +651,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--with-limits", action="store_true",
                         help=f"also measure '{LIMITS_TARGET}': every caller under (generous) RPM, TPM and "
                         "concurrency limits, shared through Table leases, alternated with the plain gateway")
+    parser.add_argument("--limits-workloads", default="chat-c16,stream-c16",
+                        help=f"the workloads '{LIMITS_TARGET}' is measured on (their '<workload>-limits' rows); "
+                        "'' for every workload")
     parser.add_argument("--exporter-sampler", default="",
                         help="OTEL_TRACES_SAMPLER for that target (default: the distro's, 5 traces/s; always_on)")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/bench-<stamp>.json)")
@@ -745,7 +759,12 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"{name} answered {status} to a {'streamed' if stream else 'chat'} probe")
             samples: dict[tuple[str, str], list[Sample]] = {}
             latencies = sorted({w.latency_ms for w in pool})
-            runs = args.rounds * len(pool) * len(names)
+            limits_on = set(args.limits_workloads.split(",")) if args.limits_workloads else {w.name for w in pool}
+
+            def measured(name: str, workload: Workload) -> bool:
+                return name != LIMITS_TARGET or workload.name in limits_on
+
+            runs = args.rounds * sum(measured(n, w) for n in names for w in pool)
             print(f"bench: {runs} runs ({len(names)} targets x {len(pool)} workloads x {args.rounds} rounds, "
                   f"{args.duration:g} s each)", file=sys.stderr, flush=True)
             turn = done_runs = 0
@@ -757,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
                         order = names[turn % len(names):] + names[: turn % len(names)]
                         turn += 1
                         for name in order:
+                            if not measured(name, workload):
+                                continue
                             if time.monotonic() - started > args.max_total_s:
                                 skipped += 1
                                 continue
