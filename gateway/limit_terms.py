@@ -12,7 +12,7 @@ from dataclasses import dataclass
 __all__ = ["FAIR_SHARE", "HEADROOM", "Grant", "Refusal", "Window", "limit_key", "slice_size"]
 
 HEADROOM = 1.25  # a slice covers a little more than the rate times the lifetime: one lease per lifetime
-FAIR_SHARE = 2  # near the limit, each instance leases at most 1/(FAIR_SHARE * instances) of what is left
+FAIR_SHARE = 1  # near the limit, each instance leases at most 1/(FAIR_SHARE * instances) of what is left
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Slice sizing and limit keys: the pure part of the limiter."""
 
-from gateway.limit_terms import HEADROOM, limit_key, slice_size
+from gateway.limit_terms import FAIR_SHARE, HEADROOM, limit_key, slice_size
 
 
 def test_limit_keys_of_caller_and_model_do_not_collide():
@@ -14,7 +14,7 @@ def test_a_slice_covers_the_rate_for_a_lifetime_when_far_from_the_limit():
 
 
 def test_slices_shrink_to_a_fair_share_near_the_limit_but_always_hold_the_request():
-    assert slice_size(1, 1, rate=100, lifetime_s=2, free=80, holders=4) == 80 // (2 * 4)
+    assert slice_size(1, 1, rate=100, lifetime_s=2, free=80, holders=4) == 80 // (FAIR_SHARE * 4) < 100 * 2
     assert slice_size(1, 1, rate=100, lifetime_s=2, free=3, holders=4) == 1
     assert slice_size(500, 500, rate=10, lifetime_s=2, free=600, holders=4) == 500
     assert slice_size(2, 2, rate=100, lifetime_s=2, free=1, holders=1) == 0  # does not fit: refused
