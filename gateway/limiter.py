@@ -38,7 +38,7 @@ from .leases import (
     merged_holders,
     retry_after,
 )
-from .limit_terms import Grant, Refusal, Window, slice_size
+from .limit_terms import SLICE_REQUESTS, Grant, Pace, Refusal, Window, lease_terms
 from .state_sync import STORAGE_ERRORS
 
 __all__ = ["Limiter"]
@@ -46,9 +46,7 @@ __all__ = ["Limiter"]
 log = logging.getLogger("gateway.limits")
 
 LEASE_LIFETIME_S = 2.0  # a slice is spent within this, or its rest goes back with the next lease...
-MAX_LIFETIME_S = WINDOW_S  # ...or, where the key is seldom seen here, within up to this long...
-SLICE_REQUESTS = 8  # ...so that a slice lasts for about this many of this instance's requests,
-ROOM = 0.25  # while at least this share of the limit stays free besides it
+MAX_LIFETIME_S = WINDOW_S  # ...or, where the key is seldom seen here, within up to this (limit_terms.lease_terms)
 RATE_SPAN_S = 5.0  # the observed rate is this instance's admissions over the last few seconds
 REFUSAL_HOLD_S = 1.0  # after a refusal, refuse locally this long (or until budget frees) before asking again
 OVER_S = 5.0  # refused this recently, a caller is over its limit: its slices need not be fair shares
@@ -247,7 +245,7 @@ class Limiter:
         self._retire(state)
         applied = dict(state.pending)  # what this write carries back; settles may add to `pending` meanwhile
         leaving = dict(state.holding)
-        rate, sparse, longest = self._terms(state, amount, self._clock())
+        pace = self._pace(state, amount, self._clock())
         decided: list[Any] = []  # the last decision: (size, now, buckets, lifetime)
 
         def decide(row: Row, fresh: bool) -> Row | None:
@@ -257,14 +255,7 @@ class Limiter:
             free = state.limit - counted(buckets, now)
             sharing = active_holders(holders, now)
             over = now - state.refused_at < OVER_S
-            wanted = amount + state.waiting
-            size, lifetime = slice_size(amount, wanted, rate, self.lifetime_s, free, sharing, over), self.lifetime_s
-            if longest > lifetime:
-                # A long lifetime keeps what a slice admitted counted at its expiry until the next lease: only while
-                # the caller is far from its limit, and only for as long as the slice's rest needs.
-                roomy = slice_size(amount, wanted, sparse, longest, free, sharing, over)
-                if free - roomy >= ROOM * state.limit:
-                    size, lifetime = roomy, min(longest, max(lifetime, (roomy - amount) / sparse))
+            size, lifetime = lease_terms(amount, amount + state.waiting, pace, free, sharing, state.limit, over)
             decided[:] = [size, now, buckets, lifetime]
             if size:
                 expires = now + lifetime
@@ -349,17 +340,11 @@ class Limiter:
 
     # ------------------------------------------------------------------ views and housekeeping
 
-    def _terms(self, state: _Key, amount: int, now: float) -> tuple[float, float, float]:
-        """This instance's recent rate for the key; and for a key it sees only now and then (its recent rate
-        would not fill `SLICE_REQUESTS` requests like this one within the shortest lifetime), its rate over the
-        last minute and the lifetime in which that rate fills them (up to `max_lifetime_s`)."""
+    def _pace(self, state: _Key, amount: int, now: float) -> Pace:
+        """This instance's rates for the key (the minute's only where the recent one is too slow to matter)."""
         rate = self._rate(state, now)
-        if rate * self.lifetime_s >= SLICE_REQUESTS * amount:
-            return rate, rate, self.lifetime_s
-        sparse = max(rate, self._rate(state, now, WINDOW_S))
-        if sparse <= 0:
-            return rate, rate, self.lifetime_s  # nothing known yet: the first slice is just what this request needs
-        return rate, sparse, min(self.max_lifetime_s, max(self.lifetime_s, SLICE_REQUESTS * amount / sparse))
+        busy = rate * self.lifetime_s >= SLICE_REQUESTS * amount
+        return Pace(rate, rate if busy else self._rate(state, now, WINDOW_S), self.lifetime_s, self.max_lifetime_s)
 
     def _rate(self, state: _Key, now: float, span_s: float = RATE_SPAN_S) -> float:
         """This instance's admissions per second for the key, over the last few seconds (or `span_s`)."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.leases import WINDOW_S, bucket_of, counted
-from gateway.limit_terms import Grant, Refusal
-from gateway.limiter import MAX_LIFETIME_S, SLICE_REQUESTS, Limiter
+from gateway.limit_terms import SLICE_REQUESTS, Grant, Refusal
+from gateway.limiter import MAX_LIFETIME_S, Limiter
 from gateway.storage import StorageAccount
 from tests.support.azurite import Azurite
 from tests.support.clock import Clock
