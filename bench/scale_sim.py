@@ -67,6 +67,10 @@ def run(sc: Scenario, instances: tuple[int, ...] = INSTANCES, quick: bool = Fals
     leases = {name: [asdict(simulate_leases(n, cfg)) for n in instances] for name, cfg in profiles.items()}
     ramps = {name: [ramp(n, sc, rate) for n in instances] for name, rate in RAMPS.items()
              if not quick or rate * 60 >= max(instances)}
+    if not quick:  # the callers' limits while the fastest ramp brings the instances
+        n, fastest = max(instances), max(RAMPS.values())
+        cfg = replace(LEASE_PROFILES[ACCOUNT_PROFILE], ramp_per_s=fastest, warmup_s=0.0, measure_s=n / fastest + 60)
+        ramps["leases"] = asdict(simulate_leases(n, cfg))
     out = {
         "scenario": asdict(sc), "instances": list(instances), "calibration": asdict(CALIBRATED),
         "readpath": readpath, "stops": stops,
@@ -191,10 +195,18 @@ def _ramp_lines(out: dict[str, Any]) -> list[str]:
              "what the arrivals read per second", "",
              "| ramp | " + " | ".join(f"to {n}" for n in ns) + " |", "|---|" + "--:|" * len(ns)]
     for name, rows in out["ramps"].items():
+        if name == "leases":
+            continue
         cells = [f"{_n(r['peak_partition'])}; {_n(r['peak_account'])} tx (steady {_n(r['steady_partition'])}; "
                  f"{_n(r['steady_account'])} tx); arrivals {_n(r['arrivals_account'])} tx"
                  f"{' **over**' if r['exceeds'] else ''}" for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "leases" in out["ramps"]:
+        r, steady = out["ramps"]["leases"], out["leases"][ACCOUNT_PROFILE][-1]
+        lines += ["", f"Limits while the fastest ramp brings {r['instances']} instances: one caller like the first "
+                  f"below costs {r['ops_peak_10s']:,.0f} calls/s over its busiest 10 s ({r['ops_per_s']:,.0f} on "
+                  f"average from the start), against {steady['ops_per_s']:,.0f} running steadily: new instances "
+                  f"lease a first slice of one request for each caller."]
     return lines
 
 

@@ -50,6 +50,7 @@ class LeaseConfig:
     duration_s: float = 2.0  # from admission to settlement
     latency_s: float = 0.010  # one Table round trip (jittered +-30 %)
     clock_sd_s: float = 0.1  # instance clocks: normal around true time
+    ramp_per_s: float | None = None  # instances start one after another at this rate (Flex scaling out)
     warmup_s: float = 60.0
     measure_s: float = 60.0
 
@@ -79,6 +80,8 @@ class LeaseResult:
     refused: float  # share of requests refused
     ops_per_s: float  # Table calls of this caller's rows, per second (mean over the measured span)
     ops_sd: float  # their standard deviation from second to second
+    ops_peak: float  # their busiest second
+    ops_peak_10s: float  # their busiest 10 s, on average
     ops_per_request: float
     row_peak: float  # calls on the busiest row in its busiest second
     row_mean: float  # mean calls per second on the busiest row
@@ -181,12 +184,16 @@ async def _run(n: int, cfg: LeaseConfig, seed: int, caller: str) -> LeaseResult:
     t = rng.expovariate(rate)
     while t < end:
         await asyncio.sleep(t - loop.time())
+        running = n if cfg.ramp_per_s is None else min(n, int(t * cfg.ramp_per_s) + 1)
+        if running < n and rng.random() >= running / n:  # traffic grows with the instances that serve it
+            t += rng.expovariate(rate)
+            continue
         reserve = max(1, round(cfg.tokens_mean * rng.uniform(0.5, 1.5)))
         share = rng.uniform(*cfg.used_share)
         if rng.random() < cfg.under_p:
             share = 1 + rng.uniform(0, cfg.under_max)
         counts["requests"] += t >= cfg.warmup_s
-        task = asyncio.ensure_future(request(group[rng.randrange(n)], reserve, round(reserve * share)))
+        task = asyncio.ensure_future(request(group[rng.randrange(running)], reserve, round(reserve * share)))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         t += rng.expovariate(rate)
@@ -222,6 +229,8 @@ async def _run(n: int, cfg: LeaseConfig, seed: int, caller: str) -> LeaseResult:
         refused=counts["refused"] / measured_requests,
         ops_per_s=ops / cfg.measure_s,
         ops_sd=statistics.pstdev(each_second),
+        ops_peak=float(max(each_second, default=0)),
+        ops_peak_10s=max((sum(each_second[i : i + 10]) / 10 for i in range(max(1, len(each_second) - 9))), default=0.0),
         ops_per_request=ops / measured_requests,
         row_peak=float(max(busiest)),
         row_mean=sum(busiest) / cfg.measure_s,
