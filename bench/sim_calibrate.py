@@ -101,7 +101,7 @@ def _ops_rate(client: httpx.Client, host: DevHost, driver: Driver, window_s: flo
     rps = (req1 - req0) / (t1 - t0)
     measured = (ops1 - ops0) / (t1 - t0)
     return {"rps": round(rps, 2), "ops_per_s": round(measured, 3),
-            "model_ops_per_s": round(refresh_rate(rps, 1.0, ratio=1.0), 3)}
+            "model_ops_per_s": round(refresh_rate(rps, 1.0, ratio=1.0, read_s=0.003), 3)}
 
 
 def table_latency(connection_string: str, rows: int = 74, repeats: int = 30) -> dict[str, float]:

@@ -11,9 +11,16 @@ Designs (issue 17, item 2; the lead chooses, this module only measures them in a
        buckets), each row in its own partition; an instance re-reads a changed bucket with one range query
        (all its rows), and reads everything about once a minute (the resync)
 
-Each instance refreshes on the first request after its state is older than the interval, so one instance
-receiving `lambda` requests per second refreshes at `lambda / (1 + lambda * T)` per second: the renewal
-process simulated here, and the rate the calibration checks against a development host.
+As built (gateway/state_sync.py), a refresh that ends sets a timer one interval ahead, and the timer reads if a
+request came meanwhile; with none, the next request reads (its state is then older than the interval). One
+instance receiving `lambda` requests per second and taking `d` for a refresh therefore refreshes
+`1 / (T + d + exp(-lambda (T + d)) / lambda)` times per second: about once per interval when busy, `lambda`
+when traffic is sparse. Until issue 17 the timer did not exist and a refresh waited for the first request after
+the state was T old: `lambda / (1 + lambda * T)` per second (`Scenario.refresh_on_timer=False`). Both are the
+renewal processes simulated here, and the rate the calibration checks against a development host.
+
+With `ramp_per_s`, instances do not all run from the start: the k-th arrives at k / ramp_per_s (Flex scaling
+out) and starts with a full read, as a new gateway process does.
 """
 
 from __future__ import annotations
@@ -52,11 +59,16 @@ def buckets(sc: Scenario) -> dict[int, list[tuple[str, int]]]:
     return out
 
 
-def refresh_rate(per_instance_rps: float, refresh_s: float, ratio: float | None = None) -> float:
-    """Refreshes per second of one instance: the first request after the state is `refresh_s` old, times the
-    calibrated ratio of measured to predicted (`ratio=1.0`: the model alone)."""
+def refresh_rate(
+    per_instance_rps: float, refresh_s: float, ratio: float | None = None, read_s: float = 0.0, timer: bool = True
+) -> float:
+    """Refreshes per second of one instance (see the module's docstring), times the calibrated ratio of measured
+    to predicted (`ratio=1.0`: the model alone); `read_s` is a refresh's own duration."""
     ratio = CALIBRATED.refresh_ratio if ratio is None else ratio
-    return ratio * per_instance_rps / (1 + per_instance_rps * refresh_s)
+    if not timer:
+        return ratio * per_instance_rps / (1 + per_instance_rps * refresh_s)
+    period = refresh_s + read_s
+    return ratio / (period + math.exp(-per_instance_rps * period) / per_instance_rps)
 
 
 @dataclass
@@ -86,23 +98,38 @@ class Result:
         return over
 
 
+def rate_of(sc: Scenario) -> float:
+    """Refreshes per second of one busy instance in this scenario."""
+    return refresh_rate(sc.per_instance_rps, sc.refresh_s, read_s=sc.table_latency_s, timer=sc.refresh_on_timer)
+
+
 def interval_for(design: str, n: int, sc: Scenario) -> float:
     """(d) grows the interval until the busiest partition and the account stay within `budget` of their target."""
     if design != "d":
         return sc.refresh_s
-    r = refresh_rate(sc.per_instance_rps, sc.refresh_s) * sc.refresh_s  # share of intervals that refresh
+    r = rate_of(sc) * sc.refresh_s  # share of intervals that refresh
     need_partition = n * r * max(sc.rows.values()) / (sc.budget * TARGETS["table_partition"].limit)
     need_account = n * r * len(sc.rows) / (sc.budget * TARGETS["table_account"].limit)
     return max(sc.refresh_s, need_partition, need_account)
 
 
-def _schedule(rng: random.Random, rate: float, interval: float, horizon: float) -> list[float]:
-    """Refresh start times of one instance: every `interval`, then the wait for the next request."""
+def _schedule(
+    rng: random.Random, rate: float, interval: float, horizon: float, timer: bool = True, read_s: float = 0.0,
+    start: float | None = None,
+) -> list[float]:
+    """Refresh start times of one instance (from `start`, or a random phase of steady running): with the timer,
+    one interval after the last refresh ended if a request came meanwhile, else at the next request; without
+    it, at the first request after one interval."""
     times: list[float] = []
-    t = rng.uniform(0, interval + 1 / rate)
+    t = rng.uniform(0, interval + 1 / rate) if start is None else start
     while t < horizon:
         times.append(t)
-        t += interval + rng.expovariate(rate)
+        if not timer:
+            t += interval + rng.expovariate(rate)
+        elif rng.random() < math.exp(-rate * (interval + read_s)):
+            t += interval + read_s + rng.expovariate(rate)  # no request meanwhile: the next one reads
+        else:
+            t += interval + read_s
     return times
 
 
@@ -128,12 +155,16 @@ def _changes(rng: random.Random, sc: Scenario, mix: dict[str, float]) -> list[tu
     return out or [(sc.simulate_s / 2, parts[0], 0)]
 
 
-def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool = False) -> Result:
-    """Simulates `n` busy instances for `sc.simulate_s` seconds; counts reads per partition and per second."""
-    rng = random.Random(f"{seed}-{design}-{n}-{incident}")
+def simulate(
+    design: str, n: int, sc: Scenario, seed: int = 17, incident: bool = False, ramp_per_s: float | None = None
+) -> Result:
+    """Simulates `n` busy instances for `sc.simulate_s` seconds (or until the ramp is over and 10 s more);
+    counts reads per partition and per second."""
+    rng = random.Random(f"{seed}-{design}-{n}-{incident}-{ramp_per_s}")
     if incident:
         sc = sc.incident()
-    sc = replace(sc, simulate_s=_horizon(sc))
+    ramp_s = 0.0 if ramp_per_s is None else n / ramp_per_s
+    sc = replace(sc, simulate_s=max(_horizon(sc), ramp_s + 10))
     # The same changes for every design and instance count, so their delays compare.
     changes = _changes(random.Random(f"{seed}-{incident}"), sc, _mix(sc, incident))
     change_times = [c[0] for c in changes]
@@ -183,20 +214,31 @@ def simulate(design: str, n: int, sc: Scenario, seed: int = 17, incident: bool =
         delays.append(delay)
         last_know[k] = max(last_know[k], delay)
 
-    for _ in range(n):
-        times = _schedule(rng, rate, interval, sc.simulate_s)
+    for k in range(n):
+        start = None if ramp_per_s is None else k / ramp_per_s  # a new instance reads everything first
+        if start is not None:
+            tx[int(start)] += 1  # and checks that its table exists
+        times = _schedule(rng, rate, interval, sc.simulate_s, sc.refresh_on_timer, lat, start)
         if design == "e":  # pushed changes; a slow reconciling full read
-            for k, t in enumerate(change_times):
-                learned(k, t + rng.expovariate(1 / sc.bus_latency_s))
-            t = rng.uniform(0, sc.reconcile_s)
+            for j, t in enumerate(change_times):
+                if start is None or t >= start:
+                    learned(j, t + rng.expovariate(1 / sc.bus_latency_s))
+            t = rng.uniform(0, sc.reconcile_s) if start is None else start
             while t < sc.simulate_s:
                 full_read(t)
                 t += sc.reconcile_s
             continue
-        seen = 0  # changes this instance has read
-        next_full = rng.uniform(0, RESYNC_S) if design == "b+c" else math.inf  # instances started at random
+        seen = 0 if start is None else bisect.bisect_left(change_times, start)  # changes this instance has read
+        next_full = rng.uniform(0, RESYNC_S) if start is None else start  # instances started at random, or now
+        if design != "b+c":
+            next_full = math.inf
         for t in times:
-            if design in ("a", "c", "d"):
+            if design == "b" and start is not None and t == start:
+                full_read(t)
+                entities["version"][int(t)] += 1
+                tx[int(t)] += 1
+                known_at = t + 2 * lat
+            elif design in ("a", "c", "d"):
                 full_read(t)
                 known_at = t + lat
             else:
@@ -236,7 +278,7 @@ def stops_scaling(design: str, sc: Scenario, incident: bool = False) -> float:
     closed forms of the rates the simulation counts. Service Bus's subscription limit counts for (e)."""
     if incident:
         sc = sc.incident()
-    r = refresh_rate(sc.per_instance_rps, sc.refresh_s)
+    r = rate_of(sc)
     part, account = TARGETS["table_partition"].limit, TARGETS["table_account"].limit
     hottest, pages = max(sc.rows.values()), len(sc.rows)
     if design == "a":

@@ -51,22 +51,22 @@ class Calibration:
     ones docs/capacity.md reports (2 cores shared with other work: noisy, repeated three times).
     """
 
-    measured_on: str = "2026-11-30"
-    # Storage operations of one instance at a steady request rate, divided by the model's
-    # lambda / (1 + lambda * T): 1.10 busy (about 300-800 requests/s) and 1.00 paced at 2 requests/s, the
-    # same in three runs with 2, 3 and 4 hosts (10 s windows count whole refreshes: about +-10 %). Measured
-    # again with the version entity built (issue 17), on a busier machine: 1.07, 1.02 and 1.02.
-    refresh_ratio: float = 1.05
-    # Azurite loopback, median of 30: one 74-row whole-table query, one ETag-conditional update (the first
-    # calibration; with the version entity built, a point read took 1.6 ms on a quiet run).
-    read_latency_s: float = 0.0033
-    write_latency_s: float = 0.0015
-    # Breaker propagation between hosts sharing one Azurite at T = 1 s, 48 samples (2-4 hosts, 4 trials
-    # each way: a 429 on host A, then an operator reset), with the version entity built, on a machine busy
-    # enough that a request took about 45 ms (before issue 17, under the same load: mean 0.56 s, max 1.09 s).
-    # The model says 0.50 s mean, 1.01 s at most.
-    propagation_mean_s: float = 0.60
-    propagation_max_s: float = 1.13
+    measured_on: str = "2026-12-01"
+    # Storage operations of one instance at a steady request rate, divided by the model's rate (sim_readpath.
+    # refresh_rate): with the refresh timed from the last one (issue 17), busy (350-980 requests/s) and paced at
+    # 2 requests/s, in runs with 2, 3, 3 and 4 hosts: 1.04, 1.00, 1.00, 1.00 (10 s windows count whole refreshes:
+    # about +-10 %). Before the timer, against lambda / (1 + lambda * T): 1.10, then 1.07, 1.02 and 1.02.
+    refresh_ratio: float = 1.01
+    # Azurite loopback, median of 30: one 74-row whole-table query, one ETag-conditional update (2026-12-01:
+    # 3.0 ms and 1.4 ms; a point read 1.35 ms).
+    read_latency_s: float = 0.0030
+    write_latency_s: float = 0.0014
+    # Breaker propagation between hosts sharing one Azurite at T = 1 s, 48 samples (2-4 hosts, 4 trials each
+    # way: a 429 on host A, then an operator reset), with the refresh on a timer. Before it (waiting for a
+    # request after the interval), on a busier machine: mean 0.60 s, max 1.13 s. The model says 0.50 s mean,
+    # 1.00 s at most.
+    propagation_mean_s: float = 0.48
+    propagation_max_s: float = 1.06
 
 
 CALIBRATED = Calibration()
@@ -97,6 +97,9 @@ class Scenario:
     reconcile_s: float = 60.0  # (e) the full read that catches what a push missed
     budget: float = 0.5  # (d) the share of a target an adaptive interval aims at
     simulate_s: float = 60.0  # seconds of simulated time per design and instance count
+    # As built: a busy instance's next refresh is timed from its last one (gateway/state_sync.py). False: it
+    # waits for the first request after one interval, as until issue 17.
+    refresh_on_timer: bool = True
 
     def entities(self) -> int:
         return sum(self.rows.values())

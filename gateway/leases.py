@@ -1,14 +1,18 @@
-"""The shared side of rate limits: one Table row per (limit kind, key) that every instance leases from.
+"""The shared side of rate limits: one Table row per (limit kind, key), in a partition of its own, that every
+instance leases from.
 
 A row holds `Buckets`, a JSON map from a bucket number (a 1/`BUCKETS_PER_S` second) to an amount. An instance's
 live lease is counted in the bucket of its expiry; when the instance renews or returns it, that reservation is
 replaced by what it really admitted, each amount in the bucket of its admission time. A lease is granted only
 if the buckets still in the window plus the new amount fit the limit, so every 60 s window's admissions were
-all counted together at the last grant among them (see `docs/limits.md`). `Holders` maps each instance to its
-latest lease's expiry: how many instances share the budget, so slices can shrink with their number.
+all counted together at the last grant among them (see `docs/limits.md`). `Holders` counts the live leases by
+the second they expire in: how many instances share the budget, so slices can shrink with their number. An
+instance that renews takes its old lease out as it adds the new one, so the count needs no instance names and
+the row stays about 1 KiB however many instances lease from it.
 
 Writes are conditional on the ETag of the row as this instance last wrote or read it (`IfNotModified`): an
-instance alone with a key writes without reading first; a conflict reads again and decides again.
+instance alone with a key writes without reading first; one that shares the key reads first; a conflict reads
+again and decides again.
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ __all__ = [
     "active_holders",
     "bucket_of",
     "counted",
+    "decode_row",
     "encode_key",
+    "holder_second",
     "merged",
+    "merged_holders",
+    "partition_of",
     "retry_after",
+    "row_entity",
 ]
 
 WINDOW_S = 60.0
@@ -56,10 +65,10 @@ class LeaseContention(Exception):
 
 @dataclass(slots=True)
 class Row:
-    """The stored state of one (kind, key): amounts by bucket, holders' latest expiries, the latest limit."""
+    """The stored state of one (kind, key): amounts by bucket, live leases by expiry second, the latest limit."""
 
     buckets: dict[int, int] = field(default_factory=dict)
-    holders: dict[str, float] = field(default_factory=dict)
+    holders: dict[int, int] = field(default_factory=dict)
     limit: int = 0
 
 
@@ -75,6 +84,17 @@ def encode_key(text: str) -> str:
     if not out or len(out.encode("utf-16-le")) > _KEY_BYTES:
         return "%H" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return out
+
+
+def partition_of(kind: str, key: str) -> str:
+    """A partition of its own for each (kind, key) row: a busy caller's row never shares Azure's per-partition
+    target (about 2,000 operations/s) with another's. A kind never contains `|`, so the split is unambiguous."""
+    return encode_key(f"{kind}|{key}")
+
+
+def holder_second(expires: float) -> int:
+    """The second a lease expiring at `expires` is counted in among the holders (rounded up)."""
+    return math.ceil(expires)
 
 
 def bucket_of(t: float) -> int:
@@ -98,7 +118,16 @@ def merged(buckets: Mapping[int, int], delta: Mapping[int, int], now: float) -> 
 
     A negative total means the row was lost (a wiped account) after the amount it returns was added: dropped.
     """
-    edge = (now - WINDOW_S - PRUNE_MARGIN_S) * BUCKETS_PER_S
+    return _merged(buckets, delta, (now - WINDOW_S - PRUNE_MARGIN_S) * BUCKETS_PER_S)
+
+
+def merged_holders(holders: Mapping[int, int], delta: Mapping[int, int], now: float) -> dict[int, int]:
+    """`holders` plus `delta` (a renewing instance's old lease out, its new one in), without expiries that no
+    longer count (`active_holders`); never below zero (an old lease already pruned is simply gone)."""
+    return _merged(holders, delta, now - ACTIVE_S - 1)
+
+
+def _merged(buckets: Mapping[int, int], delta: Mapping[int, int], edge: float) -> dict[int, int]:
     out = {bucket: amount for bucket, amount in buckets.items() if bucket > edge}
     for bucket, change in delta.items():
         if bucket > edge and change:
@@ -129,9 +158,10 @@ def retry_after(buckets: Mapping[int, int], now: float, limit: int, amount: int)
     return 0.0
 
 
-def active_holders(holders: Mapping[str, float], now: float, me: str) -> int:
-    """How many instances share the budget now: this one and those whose lease expired within `ACTIVE_S`."""
-    return 1 + sum(1 for name, expires in holders.items() if name != me and expires > now - ACTIVE_S)
+def active_holders(holders: Mapping[int, int], now: float) -> int:
+    """How many instances share the budget now: this one (its own lease already taken out of `holders`) and
+    those whose lease is live or expired within `ACTIVE_S`."""
+    return 1 + sum(count for second, count in holders.items() if second > now - ACTIVE_S)
 
 
 class LeaseTable:
@@ -150,8 +180,10 @@ class LeaseTable:
         and returns the new row, or None for nothing to write. None from a cached row reads again first, so a
         decision to write nothing (a refusal) is never taken on stale data; a write needs no re-read, since
         its ETag condition fails if anyone wrote in between. `decide` must not change the row it is given.
+        Only an instance alone with a key (its lease the only one counted) keeps the row it wrote: where others
+        lease too, the next write would most likely fail its condition, so a read first costs one call, not two.
         """
-        place = (encode_key(kind), encode_key(key))
+        place = (partition_of(kind, key), encode_key(key))
         table = await self._table.client()
         cached = self._cache.get(place)
         for _ in range(_CONFLICT_RETRIES):
@@ -165,7 +197,7 @@ class LeaseTable:
                     return row
                 cached = None
                 continue
-            entity = _entity(place, new, self.instance_id)
+            entity = row_entity(place, new, self.instance_id)
             try:
                 self.operations += 1
                 metadata = await write_unless_changed(table, entity, etag)
@@ -179,18 +211,21 @@ class LeaseTable:
                     table = await self._table.client()
                 cached = None
                 continue
-            self._cache[place] = (new, metadata.get("etag"))
+            if sum(new.holders.values()) > 1:
+                self._cache.pop(place, None)
+            else:
+                self._cache[place] = (new, metadata.get("etag"))
             return new
         self._cache.pop(place, None)
         raise LeaseContention(f"{kind} {key!r}: too many concurrent lease updates")
 
     async def read(self, kind: str, key: str) -> Row | None:
         """The stored row (the operator view and tests); None if there is none."""
-        row, etag = await self._read(await self._table.client(), (encode_key(kind), encode_key(key)))
+        row, etag = await self._read(await self._table.client(), (partition_of(kind, key), encode_key(key)))
         return None if etag is None else row
 
     def forget(self, kind: str, key: str) -> None:
-        self._cache.pop((encode_key(kind), encode_key(key)), None)
+        self._cache.pop((partition_of(kind, key), encode_key(key)), None)
 
     async def close(self) -> None:
         await self._table.close()
@@ -207,21 +242,26 @@ class LeaseTable:
                 self._table.lost()
                 await self._table.client()
             return Row(), None
-        row = Row(
-            {int(b): int(a) for b, a in json.loads(entity.get("Buckets") or "{}").items()},
-            {str(n): float(e) for n, e in json.loads(entity.get("Holders") or "{}").items()},
-            int(entity.get("Limit") or 0),
-        )
-        self._cache[place] = (row, entity.metadata["etag"])
+        self._cache[place] = (decode_row(entity), entity.metadata["etag"])
         return self._cache[place]
 
 
-def _entity(place: tuple[str, str], row: Row, instance_id: str) -> dict[str, Any]:
+def decode_row(entity: Mapping[str, Any]) -> Row:
+    """The row a stored entity holds (the inverse of `row_entity`)."""
+    return Row(
+        {int(b): int(a) for b, a in json.loads(entity.get("Buckets") or "{}").items()},
+        {int(s): int(c) for s, c in json.loads(entity.get("Holders") or "{}").items()},
+        int(entity.get("Limit") or 0),
+    )
+
+
+def row_entity(place: tuple[str, str], row: Row, instance_id: str) -> dict[str, Any]:
+    """The entity that stores `row` at `place` (partition key, row key)."""
     return {
         "PartitionKey": place[0],
         "RowKey": place[1],
         "Buckets": json.dumps({str(b): a for b, a in sorted(row.buckets.items())}, separators=(",", ":")),
-        "Holders": json.dumps(row.holders, separators=(",", ":")),
+        "Holders": json.dumps({str(s): c for s, c in sorted(row.holders.items())}, separators=(",", ":")),
         # A string, not an Edm.Int32: token limits pass 2**31 (a 10B TPM pool).
         "Limit": str(row.limit),
         "UpdatedBy": instance_id,

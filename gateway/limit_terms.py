@@ -9,10 +9,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FAIR_SHARE", "HEADROOM", "Grant", "Refusal", "Window", "limit_key", "slice_size", "split_limit_key"]
+__all__ = [
+    "FAIR_SHARE", "HEADROOM", "ROOM", "SLICE_REQUESTS", "Grant", "Pace", "Refusal", "Window", "lease_terms",
+    "limit_key", "slice_size", "split_limit_key",
+]  # fmt: skip
 
 HEADROOM = 1.25  # a slice covers a little more than the rate times the lifetime: one lease per lifetime
-FAIR_SHARE = 2  # near the limit, each instance leases at most 1/(FAIR_SHARE * instances) of what is left
+FAIR_SHARE = 1  # near the limit, each instance leases at most 1/(FAIR_SHARE * instances) of what is left
+SLICE_REQUESTS = 8  # a slice is meant to serve about this many of this instance's requests...
+ROOM = 0.25  # ...but one that needs a long lifetime for it only while this share of the limit stays free besides
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +88,36 @@ def slice_size(
     desired = max(wanted, math.ceil(rate * lifetime_s * HEADROOM))
     fair = free if over else free // (FAIR_SHARE * max(1, holders))
     return max(need, min(desired, fair))
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """This instance's use of a key when it asks for a slice: its recent rate, its rate over the last minute
+    (a key it sees only now and then), and the shortest and longest lifetimes a slice may have."""
+
+    rate: float
+    minute_rate: float
+    shortest_s: float
+    longest_s: float
+
+
+def lease_terms(
+    need: int, wanted: int, pace: Pace, free: int, holders: int, limit: int, over: bool = False
+) -> tuple[int, float]:
+    """The slice to lease (0: `need` does not fit) and its lifetime.
+
+    The shortest lifetime if at the recent rate it serves `SLICE_REQUESTS` requests like this one. Else, for a key
+    this instance sees now and then, one long enough for that at the last minute's rate (up to `longest_s`), with
+    a slice sized for it, but only while `ROOM` of the limit stays free besides the slice, and only for as long as
+    the slice's rest needs: a slice counts what it admitted at its expiry until the next lease, so near the limit
+    a long one would hold budget the other instances could use.
+    """
+    size = slice_size(need, wanted, pace.rate, pace.shortest_s, free, holders, over)
+    sparse = max(pace.rate, pace.minute_rate)
+    if not size or sparse <= 0 or pace.rate * pace.shortest_s >= SLICE_REQUESTS * need:
+        return size, pace.shortest_s
+    longest = min(pace.longest_s, max(pace.shortest_s, SLICE_REQUESTS * need / sparse))
+    roomy = slice_size(need, wanted, sparse, longest, free, holders, over)
+    if free - roomy < ROOM * limit:
+        return size, pace.shortest_s
+    return roomy, min(longest, max(pace.shortest_s, (roomy - need) / sparse))

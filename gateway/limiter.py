@@ -1,10 +1,13 @@
 """Rate limits (requests or tokens per sliding 60 s) shared by every instance, without a storage call per request.
 
 Each instance leases a slice of a key's budget from its row (`leases.LeaseTable`), spends it in memory, and
-leases again when the slice runs out or its short lifetime ends; the new lease carries back what the old one
-really admitted, so unspent budget is free again at once. Slices follow this instance's observed rate (a
-busy caller far from its limit costs one storage write per lifetime) and shrink to a fair share of what is
-left as the caller nears its limit. Tokens are reserved before forwarding and settled afterwards, in memory.
+leases again when the slice runs out or its lifetime ends; the new lease carries back what the old one really
+admitted, so unspent budget is free again at once. Slices follow this instance's observed rate (a busy caller
+far from its limit costs one storage write per lifetime) and shrink to a fair share of what is left as the
+caller nears its limit. A lifetime is short (2 s) where the key is busy, and grows to up to 30 s where the
+instance sees the key only now and then, so that a slice still serves a few requests: spread over 1,000
+instances, a caller would otherwise cost a storage write or three per request. Tokens are reserved before
+forwarding and settled afterwards, in memory.
 
 If storage is unreachable, each instance enforces the full limit on its own (said once, and flagged on every
 answer) and writes what it admitted meanwhile when storage is back.
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .leases import (
+    ACTIVE_S,
     BUCKETS_PER_S,
     WINDOW_S,
     LeaseContention,
@@ -29,17 +33,20 @@ from .leases import (
     active_holders,
     bucket_of,
     counted,
+    holder_second,
     merged,
+    merged_holders,
     retry_after,
 )
-from .limit_terms import Grant, Refusal, Window, slice_size
+from .limit_terms import SLICE_REQUESTS, Grant, Pace, Refusal, Window, lease_terms
 from .state_sync import STORAGE_ERRORS
 
 __all__ = ["Limiter"]
 
 log = logging.getLogger("gateway.limits")
 
-LEASE_LIFETIME_S = 2.0  # a slice is spent within this, or its rest goes back with the next lease
+LEASE_LIFETIME_S = 2.0  # a slice is spent within this, or its rest goes back with the next lease...
+MAX_LIFETIME_S = WINDOW_S  # ...or, where the key is seldom seen here, within up to this (limit_terms.lease_terms)
 RATE_SPAN_S = 5.0  # the observed rate is this instance's admissions over the last few seconds
 REFUSAL_HOLD_S = 1.0  # after a refusal, refuse locally this long (or until budget frees) before asking again
 OVER_S = 5.0  # refused this recently, a caller is over its limit: its slices need not be fair shares
@@ -67,6 +74,7 @@ class _Key:
     last: float = 0.0
     lease: _Lease | None = None
     pending: dict[int, int] = field(default_factory=dict)  # changes for the row (returns, local admissions)
+    holding: dict[int, int] = field(default_factory=dict)  # changes for its holders (this instance's old lease out)
     history: dict[int, int] = field(default_factory=dict)  # this instance's admissions by bucket
     snapshot: dict[int, int] = field(default_factory=dict)  # the row's buckets at the last storage call
     refused_until: float = 0.0
@@ -89,11 +97,13 @@ class Limiter:
         clock: Callable[[], float] = time.time,
         *,
         lifetime_s: float = LEASE_LIFETIME_S,
+        max_lifetime_s: float = MAX_LIFETIME_S,
     ) -> None:
         self._table = LeaseTable(table_client_factory, instance_id)
         self.instance_id = instance_id
         self._clock = clock
         self.lifetime_s = lifetime_s
+        self.max_lifetime_s = max(lifetime_s, max_lifetime_s)
         self._keys: dict[tuple[str, str], _Key] = {}
         self._serial = 0
         self._retry_at = 0.0
@@ -178,7 +188,7 @@ class Limiter:
             for state in list(self._keys.values()):
                 async with state.lock:
                     self._retire(state)
-                    if state.pending:
+                    if state.pending or state.holding:
                         await self._give_back(state)
         await self._table.close()
 
@@ -245,30 +255,30 @@ class Limiter:
         """Returns the current slice and leases a new one with room for `amount` (one conditional write)."""
         self._retire(state)
         applied = dict(state.pending)  # what this write carries back; settles may add to `pending` meanwhile
-        rate = self._rate(state, self._clock())
-        me = self.instance_id
-        decided: list[Any] = []  # the last decision: (size, now, buckets)
+        leaving = dict(state.holding)
+        pace = self._pace(state, amount, self._clock())
+        decided: list[Any] = []  # the last decision: (size, now, buckets, lifetime)
 
         def decide(row: Row, fresh: bool) -> Row | None:
             now = self._clock()
             buckets = merged(row.buckets, applied, now)
-            holders = {name: e for name, e in row.holders.items() if e > now - WINDOW_S}
+            holders = merged_holders(row.holders, leaving, now)
             free = state.limit - counted(buckets, now)
-            holding = active_holders(holders, now, me)
+            sharing = active_holders(holders, now)
             over = now - state.refused_at < OVER_S
-            size = slice_size(amount, amount + state.waiting, rate, self.lifetime_s, free, holding, over)
-            decided[:] = [size, now, buckets]
+            size, lifetime = lease_terms(amount, amount + state.waiting, pace, free, sharing, state.limit, over)
+            decided[:] = [size, now, buckets, lifetime]
             if size:
-                expires = now + self.lifetime_s
+                expires = now + lifetime
                 _add(buckets, bucket_of(expires), size)
-                holders[me] = expires
-            elif not applied:
+                _add(holders, holder_second(expires), 1)
+            elif not applied and not leaving:
                 return None  # a refusal with nothing to give back: no write
             return Row(buckets, holders, state.limit)
 
-        if await self._write(state, applied, decide) is None:
+        if await self._write(state, applied, decide, leaving) is None:
             return self._local(state, amount, self._clock())
-        size, now, buckets = decided
+        size, now, buckets, lifetime = decided
         if not size:
             state.refused_free = state.limit - counted(buckets, now)
             retry = retry_after(buckets, now, state.limit, amount)
@@ -276,16 +286,21 @@ class Limiter:
             state.refused_at = now
             return Refusal(retry, counted(buckets, now), state.limit, True)
         self._serial += 1
-        state.lease = _Lease(self._serial, now + self.lifetime_s, size, size)
+        state.lease = _Lease(self._serial, now + lifetime, size, size)
         state.refused_until = 0.0
         # The request that asked for the slice is admitted even if storage took longer than its lifetime; its
         # bucket is its own admission time, so the row gets it right when this slice goes back.
         return self._take(state, state.lease, amount, self._clock())
 
     async def _write(
-        self, state: _Key, applied: dict[int, int], decide: Callable[[Row, bool], Row | None]
+        self,
+        state: _Key,
+        applied: dict[int, int],
+        decide: Callable[[Row, bool], Row | None],
+        leaving: dict[int, int],
     ) -> Row | None:
-        """One transaction on the key's row, carrying `applied` (a copy of `pending`); None if storage failed."""
+        """One transaction on the key's row, carrying `applied` and `leaving` (copies of `pending` and `holding`);
+        None if storage failed."""
         try:
             row = await self._table.transact(state.kind, state.key, decide)
         except Exception as exc:
@@ -293,6 +308,8 @@ class Limiter:
             return None
         for bucket, change in applied.items():  # what the row took; settles may have added more meanwhile
             _add(state.pending, bucket, -change)
+        for second, change in leaving.items():
+            _add(state.holding, second, -change)
         state.snapshot = row.buckets
         if not self.storage_ok:
             log.warning("Limit storage is reachable again; limits are shared across instances again")
@@ -301,20 +318,20 @@ class Limiter:
 
     async def _give_back(self, state: _Key) -> None:
         """Writes what storage has not taken yet, without a new slice, and leaves the holders."""
-        applied = dict(state.pending)
+        applied, leaving = dict(state.pending), dict(state.holding)
 
         def decide(row: Row, fresh: bool) -> Row | None:
             now = self._clock()
-            holders = {n: e for n, e in row.holders.items() if e > now - WINDOW_S and n != self.instance_id}
-            return Row(merged(row.buckets, applied, now), holders, state.limit)
+            return Row(merged(row.buckets, applied, now), merged_holders(row.holders, leaving, now), state.limit)
 
-        await self._write(state, applied, decide)
+        await self._write(state, applied, decide, leaving)
 
     def _retire(self, state: _Key) -> None:
         """Ends the current slice: its reservation leaves the row and what it admitted takes its place."""
         lease, state.lease = state.lease, None
         if lease is not None:
             _add(state.pending, bucket_of(lease.expires), -lease.amount)
+            _add(state.holding, holder_second(lease.expires), -1)
             for bucket, amount in lease.spent.items():
                 _add(state.pending, bucket, amount)
 
@@ -334,9 +351,15 @@ class Limiter:
 
     # ------------------------------------------------------------------ views and housekeeping
 
-    def _rate(self, state: _Key, now: float) -> float:
-        """This instance's admissions per second for the key, over the last few seconds."""
-        span = min(RATE_SPAN_S, max(now - state.seen, 1.0 / BUCKETS_PER_S))
+    def _pace(self, state: _Key, amount: int, now: float) -> Pace:
+        """This instance's rates for the key (the minute's only where the recent one is too slow to matter)."""
+        rate = self._rate(state, now)
+        busy = rate * self.lifetime_s >= SLICE_REQUESTS * amount
+        return Pace(rate, rate if busy else self._rate(state, now, WINDOW_S), self.lifetime_s, self.max_lifetime_s)
+
+    def _rate(self, state: _Key, now: float, span_s: float = RATE_SPAN_S) -> float:
+        """This instance's admissions per second for the key, over the last few seconds (or `span_s`)."""
+        span = min(span_s, now - state.seen + 1.0 / BUCKETS_PER_S)  # the bucket of its first use included
         edge = (now - span) * BUCKETS_PER_S
         return sum(a for b, a in state.history.items() if b > edge) / span
 
@@ -365,6 +388,7 @@ class Limiter:
             state.history = {b: a for b, a in state.history.items() if b > edge}
         if len(state.pending) > (WINDOW_S + 2 * RATE_SPAN_S) * BUCKETS_PER_S:  # a long outage
             state.pending = {b: a for b, a in state.pending.items() if b > edge}
+            state.holding = {s: c for s, c in state.holding.items() if s > now - ACTIVE_S}
         return state
 
     def _sweep(self, now: float) -> None:

@@ -1,7 +1,10 @@
 """Shared-state sync: the pool's breakers and probe results, kept in step with the state table.
 
 Reads happen at most every `GATEWAY_STATE_REFRESH_MS`, in the background so requests do not wait: the version
-entity (one small row), then only the buckets of rows whose counter moved (state_versions.py). A full read
+entity (one small row), then only the buckets of rows whose counter moved (state_versions.py). While requests
+come, the next read starts on a timer one interval after the last one ended, not at the first request after
+that: waiting for a request added its gap to the interval, and at 100 instances the last one to learn of a
+change did so about 1.7 s after it (docs/capacity.md). An idle instance stops reading. A full read
 happens on the first refresh, after any failed one (a storage outage), and about once a minute
 (`RESYNC_S`), so a bump lost with a writer that died between its row and its bump leaves no instance stale
 for long. Writes happen only on transitions, in the background, ETag-conditional with merges. The half-open
@@ -64,6 +67,8 @@ class SharedState:
         self._full_at: float | None = None
         self._jitter = 1.0
         self.reads = {"full": 0, "partial": 0, "buckets": 0}  # refreshes by kind, and buckets re-read
+        self._asked = False  # a request came since the last refresh began: the next one is due on time
+        self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -75,6 +80,7 @@ class SharedState:
         """
         if self.store is None:
             return
+        self._asked = True
         interval = self._state.settings.state_refresh_s
         age = None if self.loaded_at is None else time.monotonic() - self.loaded_at
         if age is not None and age < interval:
@@ -90,6 +96,7 @@ class SharedState:
     async def refresh(self) -> None:
         """The changed rows (or all of them, when a full read is due); then the transitions storage missed."""
         assert self.store is not None
+        self._asked = False
         try:
             if self.store.pending_bumps:
                 await self.store.flush_bumps()
@@ -98,6 +105,7 @@ class SharedState:
             self._failed(exc, "refresh")
             self.seen = None  # whatever we missed meanwhile: the next read is a full one
             self.loaded_at = time.monotonic()  # retry after one interval, not on every request
+            self._next_on_time()
             return
         if not self.storage_ok:
             log.warning("State storage is reachable again; resynchronising %d pending change(s)", len(self._pending))
@@ -127,6 +135,20 @@ class SharedState:
         for listener in self.listeners:
             listener(snapshot)  # governance: suspensions and profile overrides (storage is the truth, as above)
         self.loaded_at = time.monotonic()
+        self._next_on_time()
+
+    def _next_on_time(self) -> None:
+        """Sets the timer for the next refresh, one interval from now; it reads only if a request came since
+        this refresh began (an idle instance makes no storage call)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._state.settings.state_refresh_s, self._on_time)
+
+    def _on_time(self) -> None:
+        self._timer = None
+        if self._asked and (self._refresh_task is None or self._refresh_task.done()):
+            self._refresh_task = asyncio.ensure_future(self.refresh())
 
     async def _read(self, store: StateStore) -> bool:
         """Brings the view up to date: the version entity, then changed buckets or everything. True if the
@@ -301,6 +323,10 @@ class SharedState:
         task.add_done_callback(self._tasks.discard)
 
     async def settle(self) -> None:
-        """Waits for background writes and refreshes (shutdown, and tests that inspect storage)."""
+        """Waits for background writes and refreshes (shutdown, and tests that inspect storage); the refresh
+        timer stops until the next request."""
         while self._tasks or (self._refresh_task is not None and not self._refresh_task.done()):
             await asyncio.gather(*self._tasks, *([self._refresh_task] if self._refresh_task else []))
+        if self._timer is not None:  # the next request sets it again
+            self._timer.cancel()
+            self._timer = None

@@ -10,6 +10,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.leases import WINDOW_S, bucket_of, counted
-from gateway.limit_terms import Grant, Refusal
-from gateway.limiter import Limiter
+from gateway.limit_terms import SLICE_REQUESTS, Grant, Refusal
+from gateway.limiter import MAX_LIFETIME_S, Limiter
 from gateway.storage import StorageAccount
 from tests.support.azurite import Azurite
 from tests.support.clock import Clock
@@ -233,6 +234,26 @@ async def test_a_busy_caller_well_under_a_generous_limit_costs_almost_no_storage
     await limiter.close()
 
 
+async def test_a_key_seen_now_and_then_gets_a_slice_that_lasts_for_several_requests(azurite, limiters):
+    """Spread over 1,000 instances, a caller reaches each one only now and then: slices of 2 s would cost a
+    storage write (and, with other instances writing the row, a failed one and a read) for each request."""
+    clock = Clock(START)
+    [limiter] = limiters(azurite.connection_string, clock, 1)
+    assert isinstance(await limiter.acquire("k", "rpm", 1000, 1), Grant)  # nothing known yet: a slice of one
+    clock.now += 10
+    before = limiter.operations
+    assert isinstance(await limiter.acquire("k", "rpm", 1000, 1), Grant)  # 0.1 requests/s over the last minute
+    assert limiter.operations == before + 1
+    lifetime = min(MAX_LIFETIME_S, SLICE_REQUESTS / 0.1)
+    for _ in range(SLICE_REQUESTS - 1):  # the rest of the slice, within its lifetime: no storage call
+        clock.now += (lifetime - 1) / SLICE_REQUESTS
+        assert isinstance(await limiter.acquire("k", "rpm", 1000, 1), Grant)
+    assert limiter.operations == before + 1
+    row = await limiter.read("k", "rpm")
+    assert row is not None and row.holders == {math.ceil(START + 10 + lifetime): 1}  # the first lease went out
+    await limiter.close()
+
+
 async def test_waiting_requests_share_one_lease_request(azurite, limiters):
     clock = Clock(START)
     [limiter] = limiters(azurite.connection_string, clock, 1)
@@ -250,9 +271,12 @@ async def test_the_row_layout_operators_see(azurite, limiters, table):
     account = StorageAccount(connection_string=azurite.connection_string)
     async with account.table_client(table, None) as client:
         [entity] = [e async for e in client.list_entities()]
-    assert entity["PartitionKey"] == "tpm" and entity["RowKey"] == "team%2Fa%3Fb%23c%5Cd%09model"
-    assert json.loads(entity["Holders"]) == {"I0": START + limiter.lifetime_s}
-    assert json.loads(entity["Buckets"]) == {str(bucket_of(START + limiter.lifetime_s)): 700}  # the live slice
+    # A partition per (kind, key): callers never share Azure's per-partition target.
+    assert entity["PartitionKey"] == "tpm|team%2Fa%3Fb%23c%5Cd%09model"
+    assert entity["RowKey"] == "team%2Fa%3Fb%23c%5Cd%09model"
+    expires = START + limiter.lifetime_s  # the first slice of a key: the shortest lifetime
+    assert json.loads(entity["Holders"]) == {str(math.ceil(expires)): 1}  # live leases by the second they expire
+    assert json.loads(entity["Buckets"]) == {str(bucket_of(expires)): 700}  # the live slice
     assert entity["Limit"] == "10000" and entity["UpdatedBy"] == "I0"
 
 

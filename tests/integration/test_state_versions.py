@@ -140,6 +140,33 @@ async def test_a_bump_lost_with_its_writer_is_caught_by_the_periodic_full_read(b
         await gateway.close()
 
 
+async def test_a_busy_instance_reads_on_time_and_an_idle_one_stops_reading(backends, azurite, table):
+    """While requests come, the next refresh is timed from the last one, not from the first request after it: a
+    change reaches B within about one interval although no request reaches B after the change. Then B, idle,
+    makes no storage call."""
+    interval = 0.3
+    env = env_for(backends, azurite.connection_string, table) | {"GATEWAY_STATE_REFRESH_MS": str(int(interval * 1000))}
+    a, b = instance(env, "A"), instance(env, "B")
+    assert (await b.pipeline.handle(chat())).status == 200  # the first load, awaited
+    assert (await b.pipeline.handle(chat())).status == 200  # a request after it: B is busy
+    seen = asyncio.Event()
+    b.pool.sync.listeners.append(lambda snapshot: "team-z" in snapshot.suspended and seen.set())
+    await a.governance.set_suspended("team-z", True)
+    changed = time.monotonic()
+    try:
+        await asyncio.wait_for(seen.wait(), 10 * interval)
+    except TimeoutError:
+        pytest.fail("B learned nothing without a request (its refresh waited for one)")
+    learned = time.monotonic() - changed
+    assert learned < 3 * interval, learned  # one interval and two reads, with room for a busy machine
+    assert "team-z" in suspended(b)
+    reads = b.pool.store.meter.reads
+    await asyncio.sleep(4 * interval)  # idle: at most the refresh under way when B learned
+    assert b.pool.store.meter.reads - reads <= 1
+    for gateway in (a, b):
+        await gateway.close()
+
+
 async def test_after_an_outage_the_first_refresh_reads_everything(backends, table):
     storage = Azurite().start()
     try:

@@ -1,16 +1,24 @@
-"""Bucket maths and key encoding of the lease rows, with time passed in (no storage)."""
+"""Bucket maths, key encoding and layout of the lease rows, with time passed in (no storage)."""
+
+import math
 
 import pytest
 
 from gateway.leases import (
     BUCKETS_PER_S,
     WINDOW_S,
+    Row,
     active_holders,
     bucket_of,
     counted,
+    decode_row,
     encode_key,
+    holder_second,
     merged,
+    merged_holders,
+    partition_of,
     retry_after,
+    row_entity,
 )
 
 NOW = 1_800_000_000.0
@@ -56,9 +64,16 @@ def test_retry_after_is_when_enough_of_the_oldest_amounts_leave_the_window():
 
 
 def test_active_holders_counts_recent_leases_and_this_instance_once():
-    holders = {"me": NOW - 100, "a": NOW - 1, "b": NOW - 9, "c": NOW - 11}
-    assert active_holders(holders, NOW, "me") == 3
-    assert active_holders({}, NOW, "me") == 1
+    holders = {math.ceil(NOW - 100): 1, math.ceil(NOW - 1): 2, math.ceil(NOW - 9): 1, math.ceil(NOW - 11): 4}
+    assert active_holders(holders, NOW) == 1 + 2 + 1  # expired within ACTIVE_S (10 s), and this instance
+    assert active_holders({}, NOW) == 1
+
+
+def test_a_renewing_instance_moves_its_lease_among_the_holders_instead_of_adding_one():
+    old, new = holder_second(NOW + 1.5), holder_second(NOW + 31.2)
+    holders = {old: 3, holder_second(NOW - 30): 2}
+    assert merged_holders(holders, {old: -1}, NOW) | {new: 1} == {old: 2, new: 1}  # the long-expired pair pruned
+    assert merged_holders({}, {holder_second(NOW - 50): -1}, NOW) == {}  # an old lease already pruned: gone
 
 
 def test_keys_from_outside_are_escaped_without_collisions():
@@ -73,3 +88,24 @@ def test_keys_from_outside_are_escaped_without_collisions():
     assert encode_key(long).startswith("%H") and encode_key(long) != encode_key(long + "y")
     assert len(encode_key(long).encode("utf-16-le")) <= 1024
     assert encode_key("").startswith("%H")
+
+
+def test_every_key_and_kind_has_a_partition_of_its_own():
+    places = {partition_of(kind, key) for kind in ("rpm", "tpm") for key in ("a", "b", "a|tpm", "")}
+    assert len(places) == 8  # no two limits share Azure's per-partition target
+    assert partition_of("rpm", "team/a") == "rpm|team%2Fa"
+    assert partition_of("rpm", "x" * 600).startswith("%H")  # over-long: hashed, within a key's 1 KiB
+
+
+def test_a_row_stays_small_however_many_instances_hold_it():
+    """Azure states its per-partition target for 1 KiB entities, and refuses a string property over 64 KiB: the
+    holders are counted by expiry second, not named, so 1,000 instances' leases take at most a minute's seconds."""
+    holders: dict[int, int] = {}
+    for i in range(1000):
+        holders = merged_holders(holders, {holder_second(NOW + 2 + (i * 7919 % 58_000) / 1000): 1}, NOW)
+    assert sum(holders.values()) == 1000 and len(holders) <= 60
+    row = Row({b(NOW + i): 1 + i for i in range(120)}, holders, 10_000_000_000)
+    entity = row_entity(("rpm|k", "k"), row, "0123456789abcdef")
+    assert len(entity["Holders"]) < 1024 and len(entity["Buckets"]) < 2048
+    back = decode_row(entity)
+    assert (back.buckets, back.holders, back.limit) == (row.buckets, row.holders, row.limit)
