@@ -67,16 +67,21 @@ async def stack(
             await services.close()
 
 
-def requests_by_outcome(reader: InMemoryMetricReader) -> dict[str, int]:
+def requests_by(reader: InMemoryMetricReader, attribute: str) -> dict[str, int]:
+    """The `gateway.requests` counter summed by one of its attributes (points without it left out)."""
     counts: dict[str, int] = {}
     for resource in reader.get_metrics_data().resource_metrics:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 if metric.name == "gateway.requests":
                     for point in metric.data.data_points:
-                        outcome = point.attributes["gateway.outcome"]
-                        counts[outcome] = counts.get(outcome, 0) + point.value
+                        if value := point.attributes.get(attribute):
+                            counts[value] = counts.get(value, 0) + point.value
     return counts
+
+
+def requests_by_outcome(reader: InMemoryMetricReader) -> dict[str, int]:
+    return requests_by(reader, "gateway.outcome")
 
 
 def post(body: dict, **headers: str) -> Inbound:
@@ -138,15 +143,7 @@ async def test_a_caller_limit_refusal_is_a_record_with_its_own_outcome_and_limit
 
 
 def refused_by_limit(reader: InMemoryMetricReader) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for resource in reader.get_metrics_data().resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == "gateway.requests":
-                    for point in metric.data.data_points:
-                        if limit := point.attributes.get("gateway.limit"):
-                            counts[limit] = counts.get(limit, 0) + point.value
-    return counts
+    return requests_by(reader, "gateway.limit")
 
 
 async def submit(services: Services, body: dict = CHAT) -> dict:
