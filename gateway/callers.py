@@ -45,6 +45,11 @@ class Callers:
             for k, name in settings.api_keys.items()
         }
 
+    @property
+    def unexpected_errors(self) -> int:
+        """Bugs the Entra key fetches met (0 without Entra)."""
+        return self._entra.unexpected_errors if self._entra is not None else 0
+
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """The caller behind the request's credential; 401 when there is none or it is wrong."""
         if self._disabled:

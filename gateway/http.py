@@ -108,7 +108,8 @@ def build_blueprint(services: Services, start_async: StartAsync | None = None) -
         limiter = services.quotas.limiter
         slot_ops = pipeline.slots.operations + pipeline.quotas.caller_slots.operations
         limit_ops = (limiter.operations if limiter else 0) + slot_ops
-        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters, limit_ops))
+        unexpected = operations.unexpected_errors(services)
+        return JSONResponse(operations.stats(pool, pipeline.requests, services.usage_counters, limit_ops, unexpected))
 
     @bp.route(route="gateway/callers", methods=["GET"], auth_level=FUNCTION)
     async def list_callers(req: Request) -> JSONResponse:

@@ -91,10 +91,16 @@ async def override_profile(governance: Governance, name: str, body: bytes) -> di
 
 
 def stats(
-    pool: BackendPool, requests: int, counters: UsageCounters | None = None, limit_operations: int = 0
+    pool: BackendPool,
+    requests: int,
+    counters: UsageCounters | None = None,
+    limit_operations: int = 0,
+    unexpected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """This instance's counters. `storage_ops_per_s` (state table reads and writes per second over the last
-    minute) times the instance count is what the account and the version entity's partition see."""
+    minute) times the instance count is what the account and the version entity's partition see.
+    `unexpected_errors`: bugs met where only outages were expected, by part (`unexpected_errors(services)`);
+    each was logged at ERROR with its traceback."""
     store = pool.store
     return {
         "instance": pool.instance_id,
@@ -106,9 +112,21 @@ def stats(
         "state_reads": dict(pool.sync.reads),
         "storage_ok": pool.storage_ok,
         "unexpected_storage_errors": pool.sync.unexpected_errors,
+        "unexpected_errors": dict(unexpected or {"state": pool.sync.unexpected_errors}),
         "usage_storage_operations": counters.table.operations if counters else 0,
         "limit_storage_operations": limit_operations,
         "usage_flushes": counters.flushes if counters else 0,
+    }
+
+
+def unexpected_errors(services: Services) -> dict[str, int]:
+    """Bugs met by the parts that expect only outages (state sync, limit leases, probes, Entra key fetches)."""
+    limiter = services.quotas.limiter
+    return {
+        "state": services.pool.sync.unexpected_errors,
+        "limits": limiter.unexpected_errors if limiter else 0,
+        "probes": services.attempts.unexpected_errors,
+        "entra": services.callers.unexpected_errors,
     }
 
 

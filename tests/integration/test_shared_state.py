@@ -247,6 +247,7 @@ async def test_a_bug_in_the_store_is_logged_and_counted_never_taken_for_an_outag
     assert store.bug_in is None  # the bug was met
     assert gw.pool.storage_ok and gw.pool.sync.unexpected_errors == 1  # shared state still in use
     assert operations.stats(gw.pool, gw.pipeline.requests)["unexpected_storage_errors"] == 1
+    assert operations.unexpected_errors(gw) == {"state": 1, "limits": 0, "probes": 0, "entra": 0}  # /gateway/stats
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.exc_info is not None and record.exc_info[0] is TypeError  # with its traceback
     assert not any("unreachable" in r.getMessage() for r in caplog.records)
