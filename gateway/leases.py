@@ -38,6 +38,7 @@ __all__ = [
     "LeaseTable",
     "Row",
     "active_holders",
+    "add_to",
     "bucket_of",
     "counted",
     "decode_row",
@@ -105,6 +106,15 @@ def bucket_of(t: float) -> int:
 def _oldest_counted(now: float) -> float:
     """Buckets numbered above this are in the window ending at `now` (any part of them is within 60 s)."""
     return (now - WINDOW_S) * BUCKETS_PER_S
+
+
+def add_to(buckets: dict[int, int], bucket: int, amount: int) -> None:
+    """Adds `amount` to a bucket; a bucket that comes to zero is dropped."""
+    total = buckets.get(bucket, 0) + amount
+    if total:
+        buckets[bucket] = total
+    else:
+        buckets.pop(bucket, None)
 
 
 def counted(buckets: Mapping[int, int], now: float) -> int:

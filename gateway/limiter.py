@@ -31,6 +31,7 @@ from .leases import (
     LeaseTable,
     Row,
     active_holders,
+    add_to,
     bucket_of,
     counted,
     holder_second,
@@ -143,13 +144,13 @@ class Limiter:
         if delta == 0 or state is None:
             return
         bucket = bucket_of(grant.at)
-        _add(state.history, bucket, delta)
+        add_to(state.history, bucket, delta)
         lease = state.lease
         if lease is not None and grant.lease == lease.serial:
             lease.remaining -= delta
-            _add(lease.spent, bucket, delta)
+            add_to(lease.spent, bucket, delta)
         else:
-            _add(state.pending, bucket, delta)
+            add_to(state.pending, bucket, delta)
 
     def window(self, key: str, kind: str) -> Window | None:
         """The last known use of a key's window; None for a key this instance has not seen lately."""
@@ -173,8 +174,7 @@ class Limiter:
         return [(s.kind, s.key, s.limit) for s in list(self._keys.values()) if s.last >= edge]
 
     def admitted_here(self, key: str, kind: str) -> int | None:
-        """What this instance itself admitted for a key in the last 60 s, settled (exact, unlike `window`'s
-        shared estimate); None for a key it has not seen lately."""
+        """What this instance admitted for a key in the last 60 s, settled (exact); None for a key not seen lately."""
         state = self._keys.get((kind, key))
         return None if state is None else max(0, counted(state.history, self._clock()))
 
@@ -203,8 +203,8 @@ class Limiter:
     def _take(self, state: _Key, lease: _Lease, amount: int, now: float) -> Grant:
         lease.remaining -= amount
         bucket = bucket_of(now)
-        _add(lease.spent, bucket, amount)
-        _add(state.history, bucket, amount)
+        add_to(lease.spent, bucket, amount)
+        add_to(state.history, bucket, amount)
         return Grant(state.key, state.kind, amount, now, lease.serial, True)
 
     def _without_lease(self, state: _Key, amount: int, now: float, probe: bool = False) -> Grant | Refusal | None:
@@ -228,8 +228,8 @@ class Limiter:
         if used + amount > state.limit:
             return Refusal(retry_after(state.history, now, state.limit, amount), used, state.limit, False)
         bucket = bucket_of(now)
-        _add(state.history, bucket, amount)
-        _add(state.pending, bucket, amount)  # for the row, once storage is back
+        add_to(state.history, bucket, amount)
+        add_to(state.pending, bucket, amount)  # for the row, once storage is back
         return Grant(state.key, state.kind, amount, now, 0, False)
 
     # ------------------------------------------------------------------ leasing
@@ -270,8 +270,8 @@ class Limiter:
             decided[:] = [size, now, buckets, lifetime]
             if size:
                 expires = now + lifetime
-                _add(buckets, bucket_of(expires), size)
-                _add(holders, holder_second(expires), 1)
+                add_to(buckets, bucket_of(expires), size)
+                add_to(holders, holder_second(expires), 1)
             elif not applied and not leaving:
                 return None  # a refusal with nothing to give back: no write
             return Row(buckets, holders, state.limit)
@@ -299,17 +299,16 @@ class Limiter:
         decide: Callable[[Row, bool], Row | None],
         leaving: dict[int, int],
     ) -> Row | None:
-        """One transaction on the key's row, carrying `applied` and `leaving` (copies of `pending` and `holding`);
-        None if storage failed."""
+        """One transaction on the key's row carrying `applied`/`leaving` (`pending`/`holding`); None: it failed."""
         try:
             row = await self._table.transact(state.kind, state.key, decide)
         except Exception as exc:
             self._failed(exc)
             return None
         for bucket, change in applied.items():  # what the row took; settles may have added more meanwhile
-            _add(state.pending, bucket, -change)
+            add_to(state.pending, bucket, -change)
         for second, change in leaving.items():
-            _add(state.holding, second, -change)
+            add_to(state.holding, second, -change)
         state.snapshot = row.buckets
         if not self.storage_ok:
             log.warning("Limit storage is reachable again; limits are shared across instances again")
@@ -330,10 +329,10 @@ class Limiter:
         """Ends the current slice: its reservation leaves the row and what it admitted takes its place."""
         lease, state.lease = state.lease, None
         if lease is not None:
-            _add(state.pending, bucket_of(lease.expires), -lease.amount)
-            _add(state.holding, holder_second(lease.expires), -1)
+            add_to(state.pending, bucket_of(lease.expires), -lease.amount)
+            add_to(state.holding, holder_second(lease.expires), -1)
             for bucket, amount in lease.spent.items():
-                _add(state.pending, bucket, amount)
+                add_to(state.pending, bucket, amount)
 
     def _failed(self, exc: Exception) -> None:
         if isinstance(exc, LeaseContention):
@@ -399,11 +398,3 @@ class Limiter:
             if state.last < now - IDLE_S and not state.lock.locked():
                 del self._keys[place]
                 self._table.forget(state.kind, state.key)
-
-
-def _add(buckets: dict[int, int], bucket: int, amount: int) -> None:
-    total = buckets.get(bucket, 0) + amount
-    if total:
-        buckets[bucket] = total
-    else:
-        buckets.pop(bucket, None)
