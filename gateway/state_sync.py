@@ -25,7 +25,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 from azure.core.exceptions import AzureError
 
 from .breakers import CLOSED, HALF_OPEN, SharedBreaker
@@ -33,13 +32,15 @@ from .pool_state import PoolState, Target, _Scope
 from .state_rows import BREAKER, RowView, Snapshot
 from .state_store import Health, StateStore
 from .state_versions import Versions, changed_buckets
+from .upstream import NETWORK_ERRORS
 
 __all__ = ["STORAGE_ERRORS", "SharedState"]
 
 log = logging.getLogger("gateway.pool")
 
-# What "storage is unreachable" means; anything else is a programming error.
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (AzureError, aiohttp.ClientError, OSError, TimeoutError)
+# What "storage is unreachable" means (Azure Storage's errors and the network's, as the transport meets them);
+# anything else is a programming error.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (AzureError, *NETWORK_ERRORS)
 TRIAL_TTL_S = 30.0  # a half-open trial claim lapses after this, in case its holder died
 STALE_FACTOR = 5  # state older than this many refresh intervals is awaited, not refreshed in the background
 INITIAL_LOAD_TIMEOUT_S = 2.0
