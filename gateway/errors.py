@@ -125,14 +125,17 @@ def too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"Request body exceeds the gateway limit of {limit} bytes.", code="request_too_large")
 
 
-def unavailable(status: int, message: str, retry_after_s: int | None) -> GatewayError:
-    """429/503 when no backend can take the request now; Retry-After tells the client when one can."""
+def unavailable(
+    status: int, message: str, retry_after_s: int | None, *, code: str = "backends_unavailable"
+) -> GatewayError:
+    """429/503 when the request cannot be served now (by default: no backend can take it); Retry-After tells the
+    client when to try again."""
     headers = {"Retry-After": str(max(1, retry_after_s))} if retry_after_s is not None else None
     return GatewayError(
         status,
         message,
         type="rate_limit_error" if status == 429 else "service_unavailable",
-        code="backends_unavailable",
+        code=code,
         headers=headers,
     )
 
@@ -140,25 +143,14 @@ def unavailable(status: int, message: str, retry_after_s: int | None) -> Gateway
 def storage_unavailable(retry_after_s: int = 5) -> GatewayError:
     """503 when the gateway's own storage (results, files, the Durable task hub) cannot be reached: an outage the
     client waits out, never a 500 that reads like a bug."""
-    return GatewayError(
-        503,
-        "The gateway's storage is unavailable; retry later.",
-        type="service_unavailable",
-        code="storage_unavailable",
-        headers={"Retry-After": str(max(1, retry_after_s))},
-    )
+    message = "The gateway's storage is unavailable; retry later."
+    return unavailable(503, message, retry_after_s, code="storage_unavailable")
 
 
 def conversation_unavailable(message: str, retry_after_s: int) -> GatewayError:
     """503 for a request that must reach the backend keeping its response (affinity) when that cannot be done:
     it is never sent elsewhere, where the conversation does not exist."""
-    return GatewayError(
-        503,
-        message,
-        type="service_unavailable",
-        code="conversation_unavailable",
-        headers={"Retry-After": str(max(1, retry_after_s))},
-    )
+    return unavailable(503, message, retry_after_s, code="conversation_unavailable")
 
 
 class CoolingDown(GatewayError):
