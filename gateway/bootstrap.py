@@ -106,10 +106,10 @@ def build_services(
     `leases` makes the table client of the shared limits and backend slots; without it limits are not enforced
     and each backend's concurrency is this instance's alone.
     """
-    pool = BackendPool(settings, store, instance_id=store.instance_id if store else "local", clock=clock)
+    instance = store.instance_id if store else "local"
+    pool = BackendPool(settings, store, instance_id=instance, clock=clock)
     upstream = Upstream(settings.connect_timeout_s, settings.read_timeout_s)
     auth = BackendAuth(upstream.get_json, credential)
-    instance = store.instance_id if store else "local"
     slots = Slots(settings.backends, leases, instance, settings.aging_s)
     attempts = Attempts(pool, transport or upstream, auth, settings, slots)
     entra = EntraValidator(settings, upstream.get_json) if settings.entra_tenant_id else None
