@@ -128,7 +128,7 @@ async def _attempt_in_lane(
         free_at = pool.earliest_open_until(route.model, tiers=tiers)
         return _retry(free_at or now + services.settings.default_retry_after_s, None, None, "no backend available")
     try:
-        return await _attempt_on(services, payload, route, stored, target, time.time())
+        return await _attempt_on(services, payload, route, stored, target, tiers, time.time())
     finally:
         if slot is not None:
             slot.release()  # held while the answer is read, as on the sync path
@@ -140,12 +140,13 @@ async def _attempt_on(
     route: translate.Route,
     stored: StoredBlob,
     target: Target,
+    tiers: frozenset[str] | None,
     now: float,
 ) -> dict[str, Any]:
-    """The attempt on the chosen backend: send, read, assemble a stream, store the result, record usage."""
+    """The attempt on the chosen backend: send, read, assemble a stream, store the result, record usage. `tiers`:
+    the lane's, for where a retry could go."""
     request, attempt_no = payload["request"], payload["attempt"]
     settings, pool, attempts = services.settings, services.pool, services.attempts
-    tiers = frozenset(request["tiers"]) if request.get("tiers") else None
     headers = forwarded_headers(request["headers"], request["request_id"], settings.forward_headers)
     remaining = min(request["deadline"] - now, ACTIVITY_BUDGET_S)
     attempt = await attempts.forward(target, "POST", route, stored.body, headers, total_s=remaining)
